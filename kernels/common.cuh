@@ -1,0 +1,181 @@
+// Shared device helpers for every liam-gpu kernel family.
+//
+// Self-contained CUDA C++: NVRTC here has no cuda_fp16.h and no standard
+// headers, and the CPU emulator (which defines LIAM_EMULATOR) compiles this
+// same text with g++.  Everything below is therefore plain C++ that both
+// compilers accept; GPU-only fast paths (inline PTX) sit under
+// `#ifndef LIAM_EMULATOR` next to a plain path that computes the same bits.
+//
+// Contents:
+//   * 64-bit index helpers (grid sizes and element counts can pass 2^31);
+//   * lg_half: IEEE binary16 storage with bit-exact round-to-nearest-even
+//     conversion from float (the same rule as numpy's float16 cast);
+//   * lg_math: float/double overloads of the math functions the epilogues use;
+//   * apply_activation<ACT>(x): the activation codes of liam_gpu/activations.py.
+#pragma once
+
+// ------------------------------------------------------------------ 64-bit indexing
+
+// This thread's index in a 1-D grid, as a 64-bit value.
+__device__ __forceinline__ long long lg_global_thread_1d() {
+    return (long long)blockIdx.x * (long long)blockDim.x + (long long)threadIdx.x;
+}
+
+// Threads in a 1-D grid (the stride of a grid-stride loop), as a 64-bit value.
+__device__ __forceinline__ long long lg_grid_threads_1d() {
+    return (long long)gridDim.x * (long long)blockDim.x;
+}
+
+// Ceiling division for non-negative 64-bit sizes.
+__device__ __forceinline__ long long lg_ceil_div(long long a, long long b) {
+    return (a + b - 1) / b;
+}
+
+// ------------------------------------------------------------------ bit casts
+
+__device__ __forceinline__ unsigned int lg_float_bits(float f) {
+#ifdef LIAM_EMULATOR
+    unsigned int u;
+    __builtin_memcpy(&u, &f, sizeof(u));
+    return u;
+#else
+    return __float_as_uint(f);
+#endif
+}
+
+__device__ __forceinline__ float lg_bits_float(unsigned int u) {
+#ifdef LIAM_EMULATOR
+    float f;
+    __builtin_memcpy(&f, &u, sizeof(f));
+    return f;
+#else
+    return __uint_as_float(u);
+#endif
+}
+
+// ------------------------------------------------------------------ 16-bit storage
+
+// IEEE binary16 as stored in memory (numpy float16): two bytes, no arithmetic.
+// Kernels load it, convert to float, compute in float and convert back once.
+struct alignas(2) lg_half {
+    unsigned short bits;
+};
+
+// binary16 -> binary32 (exact: every half value is a float value).
+__device__ __forceinline__ float lg_half_to_float(lg_half h) {
+#ifndef LIAM_EMULATOR
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits));
+    return f;
+#else
+    const unsigned int sign = (unsigned int)(h.bits & 0x8000u) << 16;
+    const unsigned int exp = (h.bits >> 10) & 0x1fu;
+    const unsigned int man = h.bits & 0x3ffu;
+    if (exp == 0x1fu) {  // inf / nan: keep the payload
+        return lg_bits_float(sign | 0x7f800000u | (man << 13));
+    }
+    if (exp == 0u) {  // zero or subnormal: man * 2^-24, exact in float
+        const float mag = (float)man * 5.9604644775390625e-8f;
+        return sign ? -mag : mag;
+    }
+    return lg_bits_float(sign | ((exp + 112u) << 23) | (man << 13));
+#endif
+}
+
+// binary32 -> binary16, round to nearest, ties to even; overflow gives inf and
+// NaN stays NaN.  Both branches give identical bits for every non-NaN input
+// (the hardware returns one canonical NaN, this path keeps the payload).
+__device__ __forceinline__ lg_half lg_float_to_half(float f) {
+    lg_half h;
+#ifndef LIAM_EMULATOR
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
+#else
+    const unsigned int u = lg_float_bits(f);
+    const unsigned int sign = (u >> 16) & 0x8000u;
+    const unsigned int a = u & 0x7fffffffu;
+    unsigned int r;
+    if (a > 0x7f800000u) {  // NaN: quiet it, keep the top payload bits
+        r = 0x7e00u | ((a >> 13) & 0x3ffu);
+    } else if (a >= 0x477ff000u) {  // >= 65520 (halfway above 65504) rounds to inf
+        r = 0x7c00u;
+    } else if (a >= 0x38800000u) {  // normal half: rebias, round 13 dropped bits
+        r = (a - 0x38000000u) >> 13;
+        const unsigned int rem = a & 0x1fffu;
+        if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) r += 1u;  // a carry into the exponent is right
+    } else if (a > 0x33000000u) {  // subnormal half: value / 2^-24, rounded
+        const unsigned int e = a >> 23;  // 102 .. 112
+        const unsigned int m = (a & 0x7fffffu) | 0x800000u;
+        const unsigned int shift = 126u - e;  // 14 .. 24
+        r = m >> shift;
+        const unsigned int rem = m & ((1u << shift) - 1u);
+        const unsigned int halfway = 1u << (shift - 1u);
+        if (rem > halfway || (rem == halfway && (r & 1u))) r += 1u;
+    } else {  // <= 2^-25: rounds to (signed) zero
+        r = 0u;
+    }
+    h.bits = (unsigned short)(sign | r);
+#endif
+    return h;
+}
+
+// ------------------------------------------------------------------ math by precision
+
+// float and double overloads, so templated code calls one name for both.
+__device__ __forceinline__ float lg_exp(float x) { return expf(x); }
+__device__ __forceinline__ double lg_exp(double x) { return exp(x); }
+__device__ __forceinline__ float lg_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double lg_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float lg_erf(float x) { return erff(x); }
+__device__ __forceinline__ double lg_erf(double x) { return erf(x); }
+
+// Storage <-> compute conversions, overloaded so that templates over the
+// storage type read one name.  The compute type of lg_half is float.
+__device__ __forceinline__ float lg_to_compute(float x) { return x; }
+__device__ __forceinline__ double lg_to_compute(double x) { return x; }
+__device__ __forceinline__ float lg_to_compute(lg_half x) { return lg_half_to_float(x); }
+
+template <typename T> struct lg_storage;
+template <> struct lg_storage<float> {
+    typedef float compute;
+    static __device__ __forceinline__ float from(float x) { return x; }
+};
+template <> struct lg_storage<double> {
+    typedef double compute;
+    static __device__ __forceinline__ double from(double x) { return x; }
+};
+template <> struct lg_storage<lg_half> {
+    typedef float compute;
+    static __device__ __forceinline__ lg_half from(float x) { return lg_float_to_half(x); }
+};
+
+// ------------------------------------------------------------------ activations
+
+// Codes shared with liam_gpu/activations.py (ACTIVATIONS).
+#define LG_ACT_NONE 0
+#define LG_ACT_RELU 1
+#define LG_ACT_GELU 2       // exact: 0.5 x (1 + erf(x / sqrt 2))
+#define LG_ACT_GELU_TANH 3  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+#define LG_ACT_SILU 4       // x * sigmoid(x)
+#define LG_ACT_SIGMOID 5    // 1 / (1 + exp(-x))
+#define LG_ACT_TANH 6
+#define LG_ACT_COUNT 7
+
+// The activation ACT applied to one value, in F = float or double.
+template <int ACT, typename F>
+__device__ __forceinline__ F apply_activation(F x) {
+    if (ACT == LG_ACT_RELU) {
+        return x < F(0) ? F(0) : x;  // NaN passes through, as np.maximum(x, 0)
+    } else if (ACT == LG_ACT_GELU) {
+        return F(0.5) * x * (F(1) + lg_erf(x * F(0.70710678118654752440)));
+    } else if (ACT == LG_ACT_GELU_TANH) {
+        const F inner = F(0.79788456080286535588) * (x + F(0.044715) * x * x * x);
+        return F(0.5) * x * (F(1) + lg_tanh(inner));
+    } else if (ACT == LG_ACT_SILU) {
+        return x / (F(1) + lg_exp(-x));
+    } else if (ACT == LG_ACT_SIGMOID) {
+        return F(1) / (F(1) + lg_exp(-x));
+    } else if (ACT == LG_ACT_TANH) {
+        return lg_tanh(x);
+    }
+    return x;
+}

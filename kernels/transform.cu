@@ -1,0 +1,444 @@
+// Fused matrix transform: out = act(x @ w^T + bias), one pass over the output.
+//
+//   x    (batch, n, d_in)      row-major, C-contiguous
+//   w    (batch, d_out, d_in)  row-major (the torch.nn.Linear layout)
+//   bias (batch, d_out)        optional
+//   out  (batch, n, d_out)
+//
+// Both operands are K-major (d_in contiguous), so a block streams a BM x BK
+// tile of x and a BN x BK tile of w through shared memory, stored transposed
+// (k-major) so that each thread reads its TM rows and TN columns as 16-byte
+// groups.  Each thread accumulates a TM x TN block in registers; the bias and
+// the activation are applied to those registers and every output element is
+// stored exactly once.
+//
+// Tiles are double-buffered: while the block computes on one shared-memory
+// buffer, each thread's global loads for the next k-tile are in flight into
+// registers, then written to the other buffer; one barrier per k-tile.
+//
+// VEC=true loads 16 bytes at a time (4 float, 2 double, 8 half); the launcher
+// sets it only when d_in is a multiple of that width and x and w start on a
+// 16-byte boundary (then every row and every k-chunk is aligned and a chunk is
+// wholly inside or wholly outside the matrix).  VEC=false loads element by
+// element and works for any shape and alignment.
+//
+// The grid is (row tiles, column tiles, batch items); every dimension is a
+// loop with the grid size as stride, so a launch whose tile counts exceed the
+// hardware grid limits (65535 on y and z) is still complete.  All offsets are
+// 64-bit.
+//
+// Also here: epilogue_kernel, bias + activation in place over a GEMM result
+// (used after cuBLAS where that path is faster).
+#include "common.cuh"
+
+// ------------------------------------------------------------------ vector access
+
+// A if C else B (no <type_traits> under NVRTC here).
+template <bool C, typename A, typename B> struct lg_select { typedef A type; };
+template <typename A, typename B> struct lg_select<false, A, B> { typedef B type; };
+
+// Per storage type: WIDTH elements per 16-byte global access, and GROUP
+// elements per 16-byte access of the compute type (shared-memory reads of a
+// thread's rows/columns, and output stores of one group).
+template <typename T> struct lg_vec;
+
+template <> struct lg_vec<float> {
+    enum { WIDTH = 4, GROUP = 4 };
+    typedef float4 raw;
+    static __device__ __forceinline__ raw load(const float* p) { return *reinterpret_cast<const float4*>(p); }
+    static __device__ __forceinline__ void zero(raw& r) { r.x = 0.f; r.y = 0.f; r.z = 0.f; r.w = 0.f; }
+    static __device__ __forceinline__ void unpack(const raw& r, float* v) {
+        v[0] = r.x; v[1] = r.y; v[2] = r.z; v[3] = r.w;
+    }
+    static __device__ __forceinline__ void store_width(float* p, const float* v) {
+        float4 r; r.x = v[0]; r.y = v[1]; r.z = v[2]; r.w = v[3];
+        *reinterpret_cast<float4*>(p) = r;
+    }
+    static __device__ __forceinline__ void store_group(float* p, const float* v) { store_width(p, v); }
+};
+
+template <> struct lg_vec<double> {
+    enum { WIDTH = 2, GROUP = 2 };
+    typedef double2 raw;
+    static __device__ __forceinline__ raw load(const double* p) { return *reinterpret_cast<const double2*>(p); }
+    static __device__ __forceinline__ void zero(raw& r) { r.x = 0.0; r.y = 0.0; }
+    static __device__ __forceinline__ void unpack(const raw& r, double* v) { v[0] = r.x; v[1] = r.y; }
+    static __device__ __forceinline__ void store_width(double* p, const double* v) {
+        double2 r; r.x = v[0]; r.y = v[1];
+        *reinterpret_cast<double2*>(p) = r;
+    }
+    static __device__ __forceinline__ void store_group(double* p, const double* v) { store_width(p, v); }
+};
+
+template <> struct lg_vec<lg_half> {
+    enum { WIDTH = 8, GROUP = 4 };
+    typedef uint4 raw;
+    static __device__ __forceinline__ raw load(const lg_half* p) { return *reinterpret_cast<const uint4*>(p); }
+    static __device__ __forceinline__ void zero(raw& r) { r.x = 0u; r.y = 0u; r.z = 0u; r.w = 0u; }
+    // Two halves per 32-bit word, the lower address in the low bits (little endian).
+    static __device__ __forceinline__ void split(unsigned int word, float* v) {
+        lg_half lo, hi;
+        lo.bits = (unsigned short)(word & 0xffffu);
+        hi.bits = (unsigned short)(word >> 16);
+        v[0] = lg_half_to_float(lo);
+        v[1] = lg_half_to_float(hi);
+    }
+    static __device__ __forceinline__ unsigned int join(float a, float b) {
+        return (unsigned int)lg_float_to_half(a).bits | ((unsigned int)lg_float_to_half(b).bits << 16);
+    }
+    static __device__ __forceinline__ void unpack(const raw& r, float* v) {
+        split(r.x, v); split(r.y, v + 2); split(r.z, v + 4); split(r.w, v + 6);
+    }
+    static __device__ __forceinline__ void store_width(lg_half* p, const float* v) {
+        uint4 r;
+        r.x = join(v[0], v[1]); r.y = join(v[2], v[3]); r.z = join(v[4], v[5]); r.w = join(v[6], v[7]);
+        *reinterpret_cast<uint4*>(p) = r;
+    }
+    static __device__ __forceinline__ void store_group(lg_half* p, const float* v) {
+        uint2 r;
+        r.x = join(v[0], v[1]); r.y = join(v[2], v[3]);
+        *reinterpret_cast<uint2*>(p) = r;
+    }
+};
+
+// One element as a "vector" of width 1: the scalar path shares the tile code.
+template <typename T> struct lg_scalar {
+    enum { WIDTH = 1 };
+    typedef T raw;
+    static __device__ __forceinline__ raw load(const T* p) { return *p; }
+    static __device__ __forceinline__ void zero(raw& r) { r = lg_storage<T>::from(0.0f); }
+    static __device__ __forceinline__ void unpack(const raw& r, typename lg_storage<T>::compute* v) {
+        v[0] = lg_to_compute(r);
+    }
+};
+
+// GROUP consecutive compute values from 16-byte-aligned shared memory.
+__device__ __forceinline__ void lg_smem_group(const float* p, float* v) {
+    const float4 r = *reinterpret_cast<const float4*>(p);
+    v[0] = r.x; v[1] = r.y; v[2] = r.z; v[3] = r.w;
+}
+__device__ __forceinline__ void lg_smem_group(const double* p, double* v) {
+    const double2 r = *reinterpret_cast<const double2*>(p);
+    v[0] = r.x; v[1] = r.y;
+}
+
+__device__ __forceinline__ void lg_smem_store_group(float* p, const float* v) {
+    float4 r; r.x = v[0]; r.y = v[1]; r.z = v[2]; r.w = v[3];
+    *reinterpret_cast<float4*>(p) = r;
+}
+__device__ __forceinline__ void lg_smem_store_group(double* p, const double* v) {
+    double2 r; r.x = v[0]; r.y = v[1];
+    *reinterpret_cast<double2*>(p) = r;
+}
+
+// ------------------------------------------------------------------ the GEMM tile
+
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool VEC>
+struct LinearTile {
+    typedef typename lg_storage<T>::compute Acc;
+    // The global-load path: 16-byte vectors or single elements.
+    typedef typename lg_select<VEC, lg_vec<T>, lg_scalar<T> >::type Load;
+
+    static constexpr int THREADS_M = BM / TM;
+    static constexpr int THREADS_N = BN / TN;
+    static constexpr int THREADS = THREADS_M * THREADS_N;
+    static constexpr int G = lg_vec<T>::GROUP;
+    static constexpr int V = Load::WIDTH;
+    static constexpr int KV = BK / V;  // loads per tile row
+    // Padding keeps rows 16-byte aligned and spreads the transposed stores over banks.
+    static constexpr int PAD = G;
+    static constexpr int A_LOADS = (BM * KV + THREADS - 1) / THREADS;
+    static constexpr int B_LOADS = (BN * KV + THREADS - 1) / THREADS;
+    // A thread's rows (columns) come in groups of G, strided so that the
+    // threads of a warp read adjacent 16-byte groups of shared memory.
+    static constexpr int ROW_STRIDE = THREADS_M * G;
+    static constexpr int COL_STRIDE = THREADS_N * G;
+
+    static_assert(BM % TM == 0 && BN % TN == 0, "tile must split evenly into thread blocks");
+    static_assert(TM % G == 0 && TN % G == 0, "per-thread block must be whole 16-byte groups");
+    static_assert(BK % V == 0, "k-tile must be whole vectors");
+
+    // Shared memory: the double-buffered k-tiles; after the k-loop the same
+    // bytes stage one row group (ROW_STRIDE rows) of the output tile at a time.
+    struct Tiles {
+        alignas(16) Acc a[2][BK][BM + PAD];
+        alignas(16) Acc b[2][BK][BN + PAD];
+    };
+    struct Staging {
+        alignas(16) Acc c[ROW_STRIDE][BN + PAD];
+    };
+    union Shared {
+        Tiles t;
+        Staging o;
+    };
+
+    // Registers holding one k-tile's global loads between load and shared store.
+    struct Stage {
+        typename Load::raw a[A_LOADS];
+        typename Load::raw b[B_LOADS];
+    };
+
+    // Global -> registers: this thread's share of the k-tile starting at k0.
+    static __device__ __forceinline__ void load_stage(
+        Stage& s, const T* const* a_row, const T* const* b_row, long long k0, long long d_in, int tid) {
+#pragma unroll
+        for (int l = 0; l < A_LOADS; ++l) {
+            const int q = tid + l * THREADS;
+            const long long k = k0 + (long long)((q % KV) * V);
+            if (a_row[l] != 0 && k < d_in) {
+                s.a[l] = Load::load(a_row[l] + k);
+            } else {
+                Load::zero(s.a[l]);
+            }
+        }
+#pragma unroll
+        for (int l = 0; l < B_LOADS; ++l) {
+            const int q = tid + l * THREADS;
+            const long long k = k0 + (long long)((q % KV) * V);
+            if (b_row[l] != 0 && k < d_in) {
+                s.b[l] = Load::load(b_row[l] + k);
+            } else {
+                Load::zero(s.b[l]);
+            }
+        }
+    }
+
+    // Registers -> shared buffer `buf`, transposed to k-major.
+    static __device__ __forceinline__ void store_stage(const Stage& s, Shared& sh, int buf, int tid) {
+#pragma unroll
+        for (int l = 0; l < A_LOADS; ++l) {
+            const int q = tid + l * THREADS;
+            if (A_LOADS * THREADS == BM * KV || q < BM * KV) {
+                Acc v[V];
+                Load::unpack(s.a[l], v);
+#pragma unroll
+                for (int j = 0; j < V; ++j) sh.t.a[buf][(q % KV) * V + j][q / KV] = v[j];
+            }
+        }
+#pragma unroll
+        for (int l = 0; l < B_LOADS; ++l) {
+            const int q = tid + l * THREADS;
+            if (B_LOADS * THREADS == BN * KV || q < BN * KV) {
+                Acc v[V];
+                Load::unpack(s.b[l], v);
+#pragma unroll
+                for (int j = 0; j < V; ++j) sh.t.b[buf][(q % KV) * V + j][q / KV] = v[j];
+            }
+        }
+    }
+
+    // acc += the outer products of one shared k-tile.
+    static __device__ __forceinline__ void compute(const Shared& sh, int buf, int ty, int tx, Acc (&acc)[TM][TN]) {
+#pragma unroll
+        for (int k = 0; k < BK; ++k) {
+            Acc a[TM], b[TN];
+#pragma unroll
+            for (int g = 0; g < TM / G; ++g) lg_smem_group(&sh.t.a[buf][k][g * ROW_STRIDE + ty * G], a + g * G);
+#pragma unroll
+            for (int g = 0; g < TN / G; ++g) lg_smem_group(&sh.t.b[buf][k][g * COL_STRIDE + tx * G], b + g * G);
+#pragma unroll
+            for (int i = 0; i < TM; ++i) {
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+            }
+        }
+    }
+
+    // Bias + activation over the staged rows [row0, row0 + ROW_STRIDE) of the
+    // tile, then the single store of each element.  Consecutive threads take
+    // consecutive 16-byte groups of a row, so the stores coalesce; the loop is
+    // not unrolled, so each activation is emitted once per G elements.
+    template <int ACT>
+    static __device__ __forceinline__ void finish_rows(
+        const Shared& sh, const T* bias, T* out, long long row0, long long col0, long long n,
+        long long d_out, int has_bias, bool vec_out, int tid) {
+        constexpr int GROUPS_PER_ROW = BN / G;
+#pragma unroll 1
+        for (int idx = tid; idx < ROW_STRIDE * GROUPS_PER_ROW; idx += THREADS) {
+            const int r = idx / GROUPS_PER_ROW;
+            const int c = (idx % GROUPS_PER_ROW) * G;
+            const long long row = row0 + r;
+            const long long col = col0 + c;
+            if (row >= n || col >= d_out) continue;
+            Acc v[G];
+            lg_smem_group(&sh.o.c[r][c], v);
+#pragma unroll
+            for (int e = 0; e < G; ++e) {
+                Acc t = v[e];
+                if (has_bias && col + e < d_out) t += lg_to_compute(bias[col + e]);
+                v[e] = apply_activation<ACT>(t);
+            }
+            T* dst = out + row * d_out + col;
+            if (vec_out && col + G <= d_out) {
+                lg_vec<T>::store_group(dst, v);
+            } else {
+#pragma unroll
+                for (int e = 0; e < G; ++e) {
+                    if (col + e < d_out) dst[e] = lg_storage<T>::from(v[e]);
+                }
+            }
+        }
+    }
+
+    static __device__ __forceinline__ void finish_rows_dispatch(
+        const Shared& sh, const T* bias, T* out, long long row0, long long col0, long long n,
+        long long d_out, int has_bias, int act, bool vec_out, int tid) {
+        // `act` is uniform over the grid: one branch per pass.
+        switch (act) {
+            case LG_ACT_RELU:
+                finish_rows<LG_ACT_RELU>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
+            case LG_ACT_GELU:
+                finish_rows<LG_ACT_GELU>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
+            case LG_ACT_GELU_TANH:
+                finish_rows<LG_ACT_GELU_TANH>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
+            case LG_ACT_SILU:
+                finish_rows<LG_ACT_SILU>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
+            case LG_ACT_SIGMOID:
+                finish_rows<LG_ACT_SIGMOID>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
+            case LG_ACT_TANH:
+                finish_rows<LG_ACT_TANH>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
+            default:
+                finish_rows<LG_ACT_NONE>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
+        }
+    }
+
+    // One BM x BN output tile of one batch item.
+    static __device__ __forceinline__ void run(
+        Shared& sh, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+        T* __restrict__ out, long long n, long long d_in, long long d_out, long long row0, long long col0,
+        int has_bias, int act, bool vec_out) {
+        const int tid = threadIdx.x;
+        const int tx = tid % THREADS_N;
+        const int ty = tid / THREADS_N;
+
+        // The rows of x and w this thread loads; null where the row is outside the matrix.
+        const T* a_row[A_LOADS];
+        const T* b_row[B_LOADS];
+#pragma unroll
+        for (int l = 0; l < A_LOADS; ++l) {
+            const int q = tid + l * THREADS;
+            const long long r = row0 + q / KV;
+            const bool ok = (A_LOADS * THREADS == BM * KV || q < BM * KV) && r < n;
+            a_row[l] = ok ? x + r * d_in : 0;
+        }
+#pragma unroll
+        for (int l = 0; l < B_LOADS; ++l) {
+            const int q = tid + l * THREADS;
+            const long long c = col0 + q / KV;
+            const bool ok = (B_LOADS * THREADS == BN * KV || q < BN * KV) && c < d_out;
+            b_row[l] = ok ? w + c * d_in : 0;
+        }
+
+        Acc acc[TM][TN];
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
+        }
+
+        const long long k_tiles = lg_ceil_div(d_in, BK);
+        Stage stage;
+        load_stage(stage, a_row, b_row, 0, d_in, tid);
+        store_stage(stage, sh, 0, tid);
+        __syncthreads();
+        for (long long t = 0; t < k_tiles; ++t) {
+            const int buf = (int)(t & 1);
+            const bool more = t + 1 < k_tiles;
+            if (more) load_stage(stage, a_row, b_row, (t + 1) * BK, d_in, tid);  // in flight during compute
+            compute(sh, buf, ty, tx, acc);
+            if (more) store_stage(stage, sh, buf ^ 1, tid);
+            __syncthreads();
+        }
+
+        // Epilogue, one row group at a time: registers -> staging -> global.
+        // The k-loop's final barrier has retired every read of the tiles.
+#pragma unroll
+        for (int p = 0; p < TM / G; ++p) {
+#pragma unroll
+            for (int e = 0; e < G; ++e) {
+#pragma unroll
+                for (int g = 0; g < TN / G; ++g) {
+                    lg_smem_store_group(&sh.o.c[ty * G + e][g * COL_STRIDE + tx * G], &acc[p * G + e][g * G]);
+                }
+            }
+            __syncthreads();
+            finish_rows_dispatch(sh, bias, out, row0 + p * ROW_STRIDE, col0, n, d_out, has_bias, act, vec_out, tid);
+            __syncthreads();  // the staging area is rewritten by the next pass or tile
+        }
+    }
+};
+
+// Entry point: grid (row tiles, column tiles, batch items), each a strided loop.
+//   vec_out: out starts on a GROUP * sizeof(T) boundary and d_out % GROUP == 0.
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool VEC>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+linear_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+              T* __restrict__ out, long long batch, long long n, long long d_in, long long d_out,
+              int has_bias, int act, int vec_out) {
+    typedef LinearTile<T, BM, BN, BK, TM, TN, VEC> Tile;
+    __shared__ typename Tile::Shared sh;
+    const long long row_tiles = lg_ceil_div(n, BM);
+    const long long col_tiles = lg_ceil_div(d_out, BN);
+    for (long long z = blockIdx.z; z < batch; z += gridDim.z) {
+        const T* xz = x + z * n * d_in;
+        const T* wz = w + z * d_out * d_in;
+        const T* bz = bias + (has_bias ? z * d_out : 0);
+        T* oz = out + z * n * d_out;
+        for (long long ct = blockIdx.y; ct < col_tiles; ct += gridDim.y) {
+            for (long long rt = blockIdx.x; rt < row_tiles; rt += gridDim.x) {
+                Tile::run(sh, xz, wz, bz, oz, n, d_in, d_out, rt * BM, ct * BN, has_bias, act, vec_out != 0);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ epilogue only
+
+// y[r, c] = act(y[r, c] + bias[r / rows_per_item, c]) in place, W elements per step.
+template <typename T, int W, int ACT>
+__device__ __forceinline__ void epilogue_loop(T* y, const T* bias, long long rows, long long d_out,
+                                              long long rows_per_item, int has_bias) {
+    typedef typename lg_storage<T>::compute Acc;
+    const long long steps = rows * d_out / W;  // W divides d_out
+    for (long long q = lg_global_thread_1d(); q < steps; q += lg_grid_threads_1d()) {
+        const long long e0 = q * W;
+        const long long row = e0 / d_out;
+        const long long col = e0 - row * d_out;
+        Acc v[W];
+        if constexpr (W == 1) {
+            v[0] = lg_to_compute(y[e0]);
+        } else {
+            lg_vec<T>::unpack(lg_vec<T>::load(y + e0), v);
+        }
+        const T* b = has_bias ? bias + (row / rows_per_item) * d_out + col : 0;
+#pragma unroll
+        for (int j = 0; j < W; ++j) {
+            const Acc t = has_bias ? v[j] + lg_to_compute(b[j]) : v[j];
+            v[j] = apply_activation<ACT>(t);
+        }
+        if constexpr (W == 1) {
+            y[e0] = lg_storage<T>::from(v[0]);
+        } else {
+            lg_vec<T>::store_width(y + e0, v);
+        }
+    }
+}
+
+// VEC: y starts on a 16-byte boundary and d_out is a multiple of the 16-byte width.
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(256)
+epilogue_kernel(T* __restrict__ y, const T* __restrict__ bias, long long rows, long long d_out,
+                long long rows_per_item, int has_bias, int act) {
+    constexpr int W = VEC ? (int)lg_vec<T>::WIDTH : 1;
+    switch (act) {
+        case LG_ACT_RELU: epilogue_loop<T, W, LG_ACT_RELU>(y, bias, rows, d_out, rows_per_item, has_bias); break;
+        case LG_ACT_GELU: epilogue_loop<T, W, LG_ACT_GELU>(y, bias, rows, d_out, rows_per_item, has_bias); break;
+        case LG_ACT_GELU_TANH:
+            epilogue_loop<T, W, LG_ACT_GELU_TANH>(y, bias, rows, d_out, rows_per_item, has_bias); break;
+        case LG_ACT_SILU: epilogue_loop<T, W, LG_ACT_SILU>(y, bias, rows, d_out, rows_per_item, has_bias); break;
+        case LG_ACT_SIGMOID:
+            epilogue_loop<T, W, LG_ACT_SIGMOID>(y, bias, rows, d_out, rows_per_item, has_bias); break;
+        case LG_ACT_TANH: epilogue_loop<T, W, LG_ACT_TANH>(y, bias, rows, d_out, rows_per_item, has_bias); break;
+        default: epilogue_loop<T, W, LG_ACT_NONE>(y, bias, rows, d_out, rows_per_item, has_bias); break;
+    }
+}

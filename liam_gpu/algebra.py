@@ -1,0 +1,261 @@
+"""``BinaryAlgebra``: the original LIAM engine's API, as a thin face over liam_gpu.
+
+Every method keeps the meaning it had in LIAM (``transform_matrix`` is
+``np.dot(data, weights.T)``, ``svd_compress`` gives the rank-k reconstruction
+through ``np.asarray``), accepts numpy, CuPy and torch arrays, and returns the
+caller's array type.  The heavy operations delegate to
+:func:`liam_gpu.transform_matrix` and :func:`liam_gpu.svd_compress`; the light
+ones run with the backend's array module (numpy or CuPy).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from . import arrays, backends, validation
+from .transform import transform_matrix as _transform_matrix
+
+#: Bits per value of :meth:`BinaryAlgebra.binary_encode` (two's complement int64).
+BITS = 64
+
+
+class BinaryAlgebra:
+    """Matrix operations of the LIAM engine on the best backend present.
+
+    Parameters
+    ----------
+    device
+        ``None``/``"auto"`` (the input's GPU, else a GPU if CuPy sees one,
+        else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"emulator"``,
+        or a :class:`liam_gpu.Scheduler`.
+    check_finite
+        Reject NaN/Inf inputs (default True, like scipy).
+
+    Examples
+    --------
+    >>> import numpy as np, liam_gpu as lg
+    >>> algebra = lg.BinaryAlgebra(device="cpu")
+    >>> algebra.transform_matrix(np.ones((2, 3)), np.ones((4, 3))).shape
+    (2, 4)
+    """
+
+    def __init__(self, device: Any = None, *, check_finite: bool = True) -> None:
+        if not _is_scheduler(device):
+            backends.canonical_device(device)  # fail early on a misspelt device
+        self.device = device
+        self.check_finite = check_finite
+
+    def __repr__(self) -> str:
+        return f"BinaryAlgebra(device={self.device!r})"
+
+    # -- the heavy operations ---------------------------------------------------
+    def transform_matrix(self, data: Any, weights: Any, bias: Any = None, activation: str | None = None) -> Any:
+        """``activation(data @ weights.T + bias)``; see :func:`liam_gpu.transform_matrix`."""
+        return _transform_matrix(
+            data, weights, bias, activation, device=self.device, check_finite=self.check_finite
+        )
+
+    def svd_compress(self, x: Any, k: int | None = 32, **kwargs: Any):
+        """Rank-``k`` randomized SVD as a :class:`~liam_gpu.LowRank`.
+
+        ``np.asarray(result)`` is the rank-k reconstruction, which is what the
+        original LIAM ``svd_compress`` returned.  Keyword arguments go to
+        :func:`liam_gpu.svd_compress`.
+        """
+        from .svd import svd_compress
+
+        kwargs.setdefault("check_finite", self.check_finite)
+        return svd_compress(x, k=k, device=self.device, **kwargs)
+
+    # -- the light operations ---------------------------------------------------
+    def hadamard_product(self, a: Any, b: Any) -> Any:
+        """Elementwise product of two arrays of the same shape."""
+        def op(xp, a, b):
+            _same_shape("a", a, "b", b)
+            return a * b
+
+        return self._run(op, a=a, b=b)
+
+    def kronecker_product(self, a: Any, b: Any) -> Any:
+        """Kronecker product ``kron(a, b)`` of two matrices (or vectors)."""
+        return self._run(lambda xp, a, b: xp.kron(a, b), a=a, b=b, ndim=(1, 2))
+
+    def outer_product(self, a: Any, b: Any) -> Any:
+        """Outer product of two vectors: ``(len(a), len(b))``."""
+        return self._run(lambda xp, a, b: xp.outer(a, b), a=a, b=b, ndim=1)
+
+    def frobenius_norm(self, a: Any) -> Any:
+        """Frobenius norm (2-norm of all entries) of an array of any shape."""
+        return self._run(lambda xp, a: xp.linalg.norm(a.ravel()), a=a)
+
+    def spectral_decomposition(self, a: Any) -> tuple[Any, Any]:
+        """Eigen-decomposition ``(eigenvalues, eigenvectors)`` of a square matrix.
+
+        Symmetric (Hermitian) input uses ``eigh``: real eigenvalues in
+        ascending order and orthonormal eigenvectors.  Other input uses
+        ``eig`` and may give complex results.
+        """
+        def op(xp, a):
+            _square("a", a)
+            if xp.allclose(a, a.T, rtol=1e-10, atol=0.0):
+                return xp.linalg.eigh(a)
+            return xp.linalg.eig(a)
+
+        return self._run(op, a=a, ndim=2)
+
+    def matrix_power(self, a: Any, n: int) -> Any:
+        """``a`` multiplied by itself ``n`` times (``n < 0`` inverts first; ``n == 0`` is the identity)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"n must be an integer, got {type(n).__name__}")
+
+        def op(xp, a):
+            _square("a", a)
+            try:
+                return xp.linalg.matrix_power(a, int(n))
+            except np.linalg.LinAlgError as err:
+                raise ValueError(f"a is singular, so matrix_power with n={n} < 0 is undefined") from err
+
+        return self._run(op, a=a, ndim=2)
+
+    def solve_linear_system(self, a: Any, b: Any) -> Any:
+        """Solve ``a @ x = b`` for ``x``; ``a`` square (n, n), ``b`` (n,) or (n, k)."""
+        def op(xp, a, b):
+            _square("a", a)
+            if b.shape[0] != a.shape[0]:
+                raise ValueError(
+                    f"b has {b.shape[0]} rows (shape {tuple(b.shape)}) but a is {a.shape[0]}x{a.shape[1]}"
+                )
+            try:
+                x = xp.linalg.solve(a, b)
+            except np.linalg.LinAlgError as err:
+                raise ValueError("a is singular; the linear system has no unique solution") from err
+            if not bool(xp.isfinite(x).all()):  # cuSOLVER reports singularity as NaN/Inf
+                raise ValueError("a is singular; the linear system has no unique solution")
+            return x
+
+        return self._run(op, a=a, b=b, ndim={"a": 2, "b": (1, 2)})
+
+    def cosine_similarity(self, a: Any, b: Any = None) -> Any:
+        """Cosine similarity between the rows of ``a`` and the rows of ``b``.
+
+        Two vectors give a scalar; matrices ``(n, d)`` and ``(m, d)`` give the
+        ``(n, m)`` matrix of pairwise similarities (``b`` defaults to ``a``).
+        A zero row has no direction: its similarities are an error.
+        """
+        b = a if b is None else b
+
+        def op(xp, a, b):
+            if a.shape[-1] != b.shape[-1]:
+                raise ValueError(f"a and b need the same number of features, got {tuple(a.shape)} and {tuple(b.shape)}")
+            na = xp.linalg.norm(a, axis=-1, keepdims=True)
+            nb = xp.linalg.norm(b, axis=-1, keepdims=True)
+            if not bool((na > 0).all()) or not bool((nb > 0).all()):
+                raise ValueError("cosine similarity is undefined for a zero vector")
+            if a.ndim == 1:
+                return (a / na) @ (b / nb)
+            return (a / na) @ (b / nb).T
+
+        return self._run(op, a=a, b=b, ndim=(1, 2))
+
+    def covariance(self, x: Any, *, rowvar: bool = False, ddof: int = 1) -> Any:
+        """Covariance matrix of the variables of ``x``.
+
+        By default rows are observations and columns variables (``(n, d)`` →
+        ``(d, d)``), as in data matrices; ``rowvar=True`` follows ``np.cov``.
+        """
+        def op(xp, x):
+            n_obs = x.shape[1] if rowvar else x.shape[0]
+            if n_obs <= ddof:
+                raise ValueError(f"covariance needs more than ddof={ddof} observations, got {n_obs}")
+            return xp.cov(x, rowvar=rowvar, ddof=ddof)
+
+        return self._run(op, x=x, ndim=2)
+
+    # -- exact binary coding ----------------------------------------------------
+    def binary_encode(self, x: Any) -> Any:
+        """Each int64 value as its 64 bits (two's complement, most significant first).
+
+        Returns a ``uint8`` array of shape ``x.shape + (64,)`` holding 0/1.
+        Integer input is encoded exactly; float input must hold whole numbers
+        within the int64 range (a fractional part is an error, never truncated).
+        """
+        kind = arrays.common_kind(x=x)
+        backend = backends.resolve(self.device if not _is_scheduler(self.device) else "cpu", kind)
+        xp = backend.xp
+        v = backend.asarray(arrays.to_compute(x, kind))
+        v = _as_int64("x", v, xp)
+        shifts = xp.arange(BITS - 1, -1, -1, dtype=np.uint64)
+        bits = (v.view(np.uint64)[..., None] >> shifts) & np.uint64(1)
+        return arrays.from_compute(bits.astype(np.uint8), kind)
+
+    def binary_decode(self, bits: Any) -> Any:
+        """Inverse of :meth:`binary_encode`: ``(..., 64)`` bits → int64 values."""
+        kind = arrays.common_kind(bits=bits)
+        backend = backends.resolve(self.device if not _is_scheduler(self.device) else "cpu", kind)
+        xp = backend.xp
+        b = backend.asarray(arrays.to_compute(bits, kind))
+        if b.ndim < 1 or b.shape[-1] != BITS:
+            raise ValueError(f"bits must have a last axis of length {BITS}, got shape {tuple(b.shape)}")
+        if b.dtype.kind not in "biuf":
+            raise TypeError(f"bits must be a numeric 0/1 array, got dtype {b.dtype}")
+        if not bool(((b == 0) | (b == 1)).all()):
+            raise ValueError("bits must hold only 0 and 1")
+        shifts = xp.arange(BITS - 1, -1, -1, dtype=np.uint64)
+        words = (b.astype(np.uint64) << shifts).sum(axis=-1, dtype=np.uint64)
+        return arrays.from_compute(words.view(np.int64), kind)
+
+    # -- plumbing -----------------------------------------------------------------
+    def _run(self, op: Callable[..., Any], *, ndim: Any = None, **named: Any) -> Any:
+        """Convert ``named`` arrays, check them, run ``op(xp, *arrays)``, convert back."""
+        kind = arrays.common_kind(**named)
+        device = "cpu" if _is_scheduler(self.device) else self.device
+        backend = backends.resolve(device, kind)
+        values = []
+        for name, value in named.items():
+            want = ndim.get(name) if isinstance(ndim, dict) else ndim
+            a = backend.asarray(arrays.to_compute(value, kind))
+            if want is not None:
+                validation.check_ndim(name, a, ndim=want)
+            values.append(validation.as_float_array(name, a, finite=self.check_finite))
+        with arrays.caller_stream(kind):
+            result = op(backend.xp, *values)
+        if isinstance(result, tuple):
+            return tuple(arrays.from_compute(r, kind) for r in result)
+        return arrays.from_compute(result, kind)
+
+
+def _is_scheduler(device: Any) -> bool:
+    from .alda import Scheduler
+
+    return isinstance(device, Scheduler)
+
+
+def _same_shape(na: str, a: Any, nb: str, b: Any) -> None:
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"{na} and {nb} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def _square(name: str, a: Any) -> None:
+    if a.shape[0] != a.shape[1]:
+        raise ValueError(f"{name} must be square, got shape {tuple(a.shape)}")
+
+
+_INT64_LIMIT = 2.0**63
+
+
+def _as_int64(name: str, v: Any, xp: Any) -> Any:
+    """Exact int64 values from integer or whole-valued float input."""
+    if v.dtype.kind in "iub":
+        if v.dtype == np.uint64 and v.size and int(v.max()) >= 2**63:
+            raise ValueError(f"{name} holds values above the int64 range")
+        return xp.ascontiguousarray(v, dtype=np.int64)
+    if v.dtype.kind != "f":
+        raise TypeError(f"{name} must be an integer array (or whole-valued floats), got dtype {v.dtype}")
+    if not bool(xp.isfinite(v).all()):
+        raise ValueError(f"{name} contains NaN or Inf, which have no int64 encoding")
+    if not bool((xp.floor(v) == v).all()):
+        raise ValueError(f"{name} has values with a fractional part; binary_encode encodes whole numbers only")
+    if v.size and (float(v.min()) < -_INT64_LIMIT or float(v.max()) >= _INT64_LIMIT):
+        raise ValueError(f"{name} holds values outside the int64 range")
+    return xp.ascontiguousarray(v, dtype=np.int64)

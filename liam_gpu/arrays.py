@@ -1,0 +1,317 @@
+"""Array-type dispatch: what the caller passed, and how to give it back.
+
+Every public function accepts numpy arrays, CuPy arrays and PyTorch tensors
+(and Python lists/scalars, which become numpy).  The library computes on numpy
+(CPU and emulator backends) or CuPy (CUDA backend) arrays only; this module is
+the one place that converts between the caller's type and those, zero-copy
+through DLPack for tensors, and the only module below the public API that
+knows about torch (it never imports torch: a tensor can only reach us if the
+caller has imported it already).
+
+Streams and DLPack
+------------------
+The Python DLPack protocol (array API standard, ``array.__dlpack__``) lets the
+*consumer* pass its current stream to the *producer* as
+``__dlpack__(stream=...)``: on CUDA ``None`` or ``1`` mean the legacy default
+stream, ``2`` the per-thread default stream, any other positive integer a
+``cudaStream_t``, and ``-1`` "do not synchronise"; ``0`` is disallowed.  The
+producer must then make the data safe to use on that stream, typically by
+recording an event on its own stream and making the consumer's stream wait for
+it -- never by a device-wide synchronisation.
+
+``cupy.from_dlpack`` passes CuPy's current stream and ``torch.from_dlpack``
+passes torch's current stream.  :func:`caller_stream` makes the two the same
+stream (torch's), so both directions hand over on one stream and neither
+library needs to insert even an event; every conversion of a CUDA tensor must
+therefore happen inside ``with caller_stream(kind):``.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+_CUPY_MODULE = "cupy"
+
+
+@dataclass(frozen=True)
+class ArrayKind:
+    """The array library and device of a caller's input.
+
+    Attributes
+    ----------
+    library
+        ``"numpy"``, ``"cupy"`` or ``"torch"``.
+    device
+        ``"cpu"`` or ``"cuda:N"``.
+    bfloat16
+        The caller's floating-point tensors are all ``torch.bfloat16``.  Neither
+        numpy nor CuPy has that dtype, so such tensors are computed in float32
+        and floating-point results are given back as bfloat16.
+    """
+
+    library: str
+    device: str
+    bfloat16: bool = False
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the caller's memory lives on a CUDA device."""
+        return self.device.startswith("cuda")
+
+    @property
+    def device_index(self) -> int | None:
+        """The CUDA ordinal, or None for host memory."""
+        return int(self.device.split(":")[1]) if self.on_gpu else None
+
+
+NUMPY = ArrayKind("numpy", "cpu")
+
+
+def _torch():
+    """The torch module if the caller has imported it (we never import it ourselves)."""
+    return sys.modules.get("torch")
+
+
+def is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a ``torch.Tensor``."""
+    torch = _torch()
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def is_cupy(x: Any) -> bool:
+    """Whether ``x`` is a ``cupy.ndarray``."""
+    cupy = sys.modules.get(_CUPY_MODULE)
+    return cupy is not None and isinstance(x, cupy.ndarray)
+
+
+def kind_of(x: Any) -> ArrayKind:
+    """Classify one input.  Anything that is neither CuPy nor torch is numpy-like."""
+    if is_tensor(x):
+        dev = x.device
+        bf16 = x.dtype == _torch().bfloat16
+        if dev.type == "cuda":
+            return ArrayKind("torch", f"cuda:{dev.index or 0}", bf16)
+        if dev.type != "cpu":
+            raise TypeError(f"torch tensors on device {dev.type!r} are not supported (only cpu and cuda)")
+        return ArrayKind("torch", "cpu", bf16)
+    if is_cupy(x):
+        return ArrayKind("cupy", f"cuda:{x.device.id}")
+    return NUMPY
+
+
+def common_kind(**named: Any) -> ArrayKind:
+    """The single :class:`ArrayKind` shared by all non-None arguments.
+
+    Mixed array libraries are a ``TypeError`` and mixed devices a ``ValueError``:
+    the library never copies between them implicitly.  Plain Python lists and
+    scalars adopt the kind of the arrays they are passed with.  The result is
+    bfloat16 only when every array argument is (like float16 in
+    :func:`liam_gpu.transform_matrix`, a mix computes and returns float32 or
+    wider).
+    """
+    found: dict[str, ArrayKind] = {}
+    for name, value in named.items():
+        if value is None or _is_plain_python(value):
+            continue
+        found[name] = kind_of(value)
+    if not found:
+        return NUMPY
+    libraries = {k.library for k in found.values()}
+    if len(libraries) > 1:
+        listing = ", ".join(f"{n}: {k.library}" for n, k in found.items())
+        raise TypeError(f"mixed array types in one call ({listing}); pass arrays of one library")
+    devices = {k.device for k in found.values()}
+    if len(devices) > 1:
+        listing = ", ".join(f"{n}: {k.device}" for n, k in found.items())
+        raise ValueError(f"arrays on different devices in one call ({listing}); move them to one device first")
+    first = next(iter(found.values()))
+    return ArrayKind(first.library, first.device, all(k.bfloat16 for k in found.values()))
+
+
+def _is_plain_python(x: Any) -> bool:
+    return isinstance(x, (list, tuple, int, float, bool, complex))
+
+
+def needs_autograd(*xs: Any) -> bool:
+    """Whether a call on ``xs`` must be recorded by torch autograd.
+
+    True when grad mode is on and any argument is a tensor that requires grad;
+    :func:`liam_gpu.transform_matrix` then routes through
+    :mod:`liam_gpu.torch`.  Cheap, and never imports torch.
+    """
+    torch = _torch()
+    if torch is None or not torch.is_grad_enabled():
+        return False
+    return any(isinstance(x, torch.Tensor) and x.requires_grad for x in xs)
+
+
+def to_compute(x: Any, kind: ArrayKind | None = None, *, name: str = "array", writable: bool = False) -> Any:
+    """Turn a caller's input into a numpy or CuPy array, without copying.
+
+    torch tensors go through DLPack (CPU tensors to numpy, CUDA tensors to
+    CuPy) and share the tensor's memory, strides included; a tensor that
+    requires grad is detached first, which also shares memory.  Lists and
+    scalars become numpy arrays.  CUDA tensors must be converted inside
+    :func:`caller_stream`.
+
+    Parameters
+    ----------
+    x
+        The caller's array.
+    kind
+        Its :class:`ArrayKind` (computed when omitted).
+    name
+        The argument's name, for error messages.
+    writable
+        The caller will write into the result (an ``out=`` argument).  A
+        bfloat16 tensor cannot be written through a view, so it is a
+        ``TypeError`` then.
+
+    Notes
+    -----
+    bfloat16 tensors are the one exception to zero-copy: neither numpy nor
+    CuPy (14) has a bfloat16 dtype, so they are converted to float32 (one read,
+    one write, on the caller's stream) and computed there, which is also the
+    precision every kernel accumulates 16-bit inputs in.
+    """
+    kind = kind or kind_of(x)
+    if kind.library == "torch":
+        return _tensor_to_compute(x, kind, name, writable)
+    if kind.library == "cupy":
+        return x
+    if isinstance(x, np.ndarray):
+        return x
+    return np.asarray(x)
+
+
+def _tensor_to_compute(x: Any, kind: ArrayKind, name: str, writable: bool) -> Any:
+    torch = _torch()
+    t = x.detach()  # shares memory; __dlpack__ refuses tensors that require grad
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} is a {t.layout} tensor; pass a dense (strided) tensor, e.g. {name}.to_dense()")
+    # DLPack has no flag for torch's lazy conjugate/negative views: exporting
+    # such a view would silently drop the sign, so materialise it.
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    if t.dtype == torch.bfloat16:
+        if writable:
+            raise TypeError(
+                f"{name} is a bfloat16 tensor, which numpy and CuPy cannot write through; "
+                "pass a float32 or float16 tensor, or omit it and use the returned tensor"
+            )
+        t = t.float()
+    if kind.on_gpu:
+        import cupy
+
+        return cupy.from_dlpack(t)
+    return np.from_dlpack(t)
+
+
+def from_compute(y: Any, kind: ArrayKind) -> Any:
+    """Give a result back as the caller's array type, on the caller's device.
+
+    numpy results for a CuPy/torch-CUDA caller are copied to that device (this
+    happens when the caller asked for ``device="cpu"`` explicitly); CuPy results
+    for a numpy caller come back to the host.  Tensors share the result's
+    memory through DLPack (CUDA results must be handed over inside
+    :func:`caller_stream`); read-only or negatively strided arrays, which a
+    tensor cannot alias, are copied.
+    """
+    if y is None:
+        return None
+    if isinstance(y, np.generic):
+        y = np.asarray(y)
+    on_gpu = is_cupy(y)
+    if kind.library == "numpy":
+        return y.get() if on_gpu else y
+    if kind.library == "cupy":
+        if on_gpu:
+            return y
+        import cupy
+
+        with cupy.cuda.Device(kind.device_index):
+            return cupy.asarray(y)
+    torch = _torch()
+    if kind.on_gpu:
+        if not on_gpu:
+            t = torch.from_numpy(_aliasable(y)).to(kind.device)
+        else:
+            t = torch.from_dlpack(_aliasable(y))
+            if t.device != torch.device(kind.device):
+                t = t.to(kind.device)  # computed on another GPU at the caller's request
+    else:
+        if on_gpu:
+            y = y.get()
+        t = torch.from_dlpack(_aliasable(y))
+    if kind.bfloat16 and t.is_floating_point():
+        t = t.to(torch.bfloat16)
+    return t
+
+
+def _aliasable(y: Any) -> Any:
+    """``y`` itself if a tensor may alias it, else a C-contiguous copy.
+
+    torch has no negative strides (importing them aborts the process, not
+    raises), and a tensor is always writable, so read-only arrays are copied.
+    """
+    if any(s < 0 for s in y.strides):
+        return array_module(y).ascontiguousarray(y)
+    if not is_cupy(y) and not y.flags.writeable:
+        return y.copy()
+    return y
+
+
+def array_module(x: Any):
+    """``numpy`` or ``cupy``, whichever owns ``x`` (a compute array)."""
+    if is_cupy(x):
+        import cupy
+
+        return cupy
+    return np
+
+
+@contextlib.contextmanager
+def caller_stream(kind: ArrayKind) -> Iterator[None]:
+    """Run the enclosed GPU work, and DLPack hand-overs, on the caller's stream.
+
+    For torch CUDA tensors that is ``torch.cuda.current_stream()``, wrapped as
+    a CuPy external stream and made CuPy's current stream, so that our
+    launches are ordered after the caller's pending work and before whatever
+    the caller queues next, with no synchronisation at all.  CuPy callers
+    already run on CuPy's current stream; host callers need nothing.
+
+    Notes
+    -----
+    Inside this context the stream CuPy passes to ``tensor.__dlpack__(stream=s)``
+    (``cupy.from_dlpack``) and the stream torch passes to
+    ``cupy_array.__dlpack__(stream=s)`` (``torch.from_dlpack``) are both the
+    caller's own stream, so under the DLPack rules (array API standard,
+    ``array.__dlpack__``: "stream is provided by the consumer to the producer
+    to instruct the producer to ensure that operations can safely be performed
+    on the array") the producer sees consumer stream == producer stream and
+    inserts nothing.  torch's legacy default stream (handle 0) is passed as
+    ``1`` by both libraries, as the standard requires.  torch's ``__dlpack__``
+    also refuses tensors that are not on torch's current device, hence
+    ``torch.cuda.device`` here.
+
+    Memory of results is allocated from CuPy's pool on this stream and is
+    returned to it when the tensor dies; route CuPy through torch's caching
+    allocator if one pool is wanted (see ``docs/torch.md``).
+    """
+    if kind.library != "torch" or not kind.on_gpu:
+        yield
+        return
+    import cupy
+
+    torch = _torch()
+    index = kind.device_index
+    stream = torch.cuda.current_stream(index)
+    with torch.cuda.device(index), cupy.cuda.Device(index):
+        with cupy.cuda.ExternalStream(stream.cuda_stream, index):
+            yield

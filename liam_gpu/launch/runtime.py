@@ -1,0 +1,169 @@
+"""Who executes a launch: CuPy on a GPU, or the CUDA emulator on the CPU.
+
+Both runtimes expose the same thing to the per-family launch wrappers: a
+memoized module per (device, family) and functions called as
+``fn(grid, block, args, shared_mem=...)``.  The wrappers above this never know
+which one they drive, so the emulator in CI exercises exactly the launch code
+that runs on a GPU.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any, Callable
+
+import numpy as np
+
+from .family import KernelFamily, compile_options
+
+LaunchFn = Callable[..., None]
+
+
+class Runtime:
+    """Common interface of :class:`CudaRuntime` and :class:`EmulatorRuntime`.
+
+    Attributes
+    ----------
+    kind
+        ``"cuda"`` or ``"emulator"``.
+    xp
+        The array module whose arrays stand for device memory (cupy / numpy).
+    sm_count
+        Streaming multiprocessors, used to size grids.
+    """
+
+    kind: str = ""
+    xp: Any = np
+    sm_count: int = 1
+
+    def __init__(self) -> None:
+        self._modules: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def function(self, family: KernelFamily, name_expression: str) -> LaunchFn:
+        """The launchable entry point ``name_expression`` of ``family``."""
+        if name_expression not in family.name_expressions:
+            raise KeyError(f"{name_expression!r} is not an entry point of kernel family {family.name!r}")
+        with self._lock:
+            module = self._modules.get(family.name)
+            if module is None:
+                module = self._modules[family.name] = self._load(family)
+        return module.get_function(name_expression)
+
+    def _load(self, family: KernelFamily) -> Any:
+        raise NotImplementedError
+
+    def data_ptr(self, a: Any) -> int:
+        """The device address of an array (for alignment checks)."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for launched work (a no-op on the emulator, which runs synchronously)."""
+
+
+class CudaRuntime(Runtime):
+    """Launches through ``cupy.RawModule`` on one CUDA device, on the current stream.
+
+    CuPy compiles with NVRTC for the device's architecture and caches the
+    binary on disk (``CUPY_CACHE_DIR``, default ``~/.cupy/kernel_cache``), so
+    the compile cost is paid once per machine and kernel version.
+    """
+
+    kind = "cuda"
+
+    def __init__(self, device_id: int) -> None:
+        super().__init__()
+        import cupy
+
+        self.xp = cupy
+        self.device_id = device_id
+        props = cupy.cuda.runtime.getDeviceProperties(device_id)
+        self.sm_count = int(props["multiProcessorCount"])
+        self.compute_capability = (int(props["major"]), int(props["minor"]))
+
+    def _load(self, family: KernelFamily) -> Any:
+        import cupy
+
+        with cupy.cuda.Device(self.device_id):
+            module = cupy.RawModule(
+                code=family.code(),
+                options=compile_options(),
+                name_expressions=list(family.name_expressions),
+            )
+            module.compile()
+        return module
+
+    def function(self, family: KernelFamily, name_expression: str) -> LaunchFn:
+        kernel = super().function(family, name_expression)
+        device_id = self.device_id
+
+        def launch(grid, block, args, shared_mem: int = 0) -> None:
+            import cupy
+
+            with cupy.cuda.Device(device_id):
+                if shared_mem > 48 * 1024:
+                    kernel.max_dynamic_shared_size_bytes = shared_mem
+                kernel(grid, block, args, shared_mem=shared_mem)
+
+        return launch
+
+    def data_ptr(self, a: Any) -> int:
+        return int(a.data.ptr)
+
+    def synchronize(self) -> None:
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+
+
+class EmulatorRuntime(Runtime):
+    """Launches the same kernels on the CPU emulator; numpy arrays are device memory."""
+
+    kind = "emulator"
+    #: An H100/H200-like SM count, so grid-sizing logic takes the same branches as on a GPU.
+    sm_count = 132
+
+    def _load(self, family: KernelFamily) -> Any:
+        from liam_gpu.emulator import EmulatorModule
+
+        return EmulatorModule(
+            family.code(), name_expressions=family.name_expressions, options=compile_options()
+        )
+
+    def data_ptr(self, a: Any) -> int:
+        return int(a.ctypes.data)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_runtime(device_id: int) -> CudaRuntime:
+    """The memoized runtime of one CUDA device."""
+    return CudaRuntime(device_id)
+
+
+@functools.lru_cache(maxsize=1)
+def emulator_runtime() -> EmulatorRuntime:
+    """The process-wide emulator runtime."""
+    return EmulatorRuntime()
+
+
+# --- argument helpers used by every launch wrapper ---------------------------------
+
+def i64(value: int) -> np.int64:
+    """A size or offset as C ``long long`` (sizes can pass 2**31)."""
+    return np.int64(value)
+
+
+def require_contiguous(name: str, a: Any) -> None:
+    """Kernels index raw memory: insist on C-contiguous arrays."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous for a kernel launch")
+
+
+def is_aligned(runtime: Runtime, a: Any, nbytes: int) -> bool:
+    """Whether ``a``'s first element sits on an ``nbytes`` boundary (vector loads)."""
+    return runtime.data_ptr(a) % nbytes == 0
+
+
+def blocks_for(n: int, per_block: int) -> int:
+    """Ceiling division for grid sizes."""
+    return max(1, -(-int(n) // int(per_block)))

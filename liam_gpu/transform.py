@@ -1,0 +1,153 @@
+"""``transform_matrix``: ``activation(data @ weights.T + bias)`` in one pass.
+
+The meaning is that of ``torch.nn.functional.linear`` followed by the
+activation, and of the original LIAM ``np.dot(data, weights.T)`` without bias
+and activation.  Each backend supplies the fused primitive
+(:meth:`~liam_gpu.backends.base.Backend.linear`); this module checks the
+arguments, converts arrays and shapes, and hands the result back in the
+caller's array type.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import arrays, backends, validation
+from .activations import activation_code
+
+
+def transform_matrix(
+    data: Any,
+    weights: Any,
+    bias: Any = None,
+    activation: str | None = None,
+    *,
+    out: Any = None,
+    device: Any = None,
+    check_finite: bool = True,
+) -> Any:
+    """Apply a linear map with optional bias and activation: ``act(data @ weights.T + bias)``.
+
+    Parameters
+    ----------
+    data
+        ``(..., d_in)`` array (numpy, CuPy, torch, or a nested list).
+    weights
+        ``(d_out, d_in)``, or ``(B, d_out, d_in)`` with ``data`` of shape
+        ``(B, n, d_in)`` for one weight matrix per batch item.
+    bias
+        ``(d_out,)``, or ``(B, d_out)`` in the batched form.  Optional.
+    activation
+        ``None``, ``"relu"``, ``"gelu"`` (erf form), ``"gelu_tanh"``,
+        ``"silu"``, ``"sigmoid"`` or ``"tanh"``.
+    out
+        Optional output of shape ``(..., d_out)`` and the result dtype, written
+        in place and returned.
+    device
+        Where to compute: ``None``/``"auto"``, ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"``, ``"emulator"``, or a :class:`~liam_gpu.Scheduler`.
+    check_finite
+        Reject NaN/Inf in the inputs (one extra read of each input).
+
+    Returns
+    -------
+    array
+        ``(..., d_out)`` in the caller's array type and device.  float32 and
+        float64 are computed in their own precision; float16 is stored as
+        float16 with float32 accumulation.  Integer input computes in float64.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not match, empty arrays, NaN/Inf, an unknown activation.
+    TypeError
+        Complex, object or string arrays; mixed array libraries.
+    """
+    from .alda import Scheduler
+
+    if isinstance(device, Scheduler):
+        return device.transform_matrix(
+            data, weights, bias, activation, out=out, check_finite=check_finite
+        )
+    code = activation_code(activation)
+    kind = arrays.common_kind(data=data, weights=weights, bias=bias, out=out)
+    backend = backends.resolve(device, kind)
+    with arrays.caller_stream(kind):
+        return _transform(data, weights, bias, code, out, kind, backend, check_finite)
+
+
+def _transform(data, weights, bias, code, out, kind, backend, check_finite):
+    """The body of :func:`transform_matrix`, on the caller's stream."""
+    x = arrays.to_compute(data, kind)
+    w = arrays.to_compute(weights, kind)
+    b = None if bias is None else arrays.to_compute(bias, kind)
+
+    dtype = _result_dtype(x, w, b)
+    batched = getattr(w, "ndim", 0) == 3
+    validation.check_ndim("weights", w, ndim=(2, 3))
+    validation.check_ndim("data", x, ndim=3 if batched else None, min_ndim=1)
+    x = validation.as_float_array("data", backend.asarray(x), finite=check_finite, dtype=dtype)
+    w = validation.as_float_array("weights", backend.asarray(w), finite=check_finite, dtype=dtype)
+    d_out, d_in = w.shape[-2:]
+    if x.shape[-1] != d_in:
+        raise ValueError(
+            f"data has {x.shape[-1]} features (last axis of shape {tuple(x.shape)}) but weights "
+            f"expects d_in={d_in} (shape {tuple(w.shape)}, read as (d_out, d_in))"
+        )
+    if batched and x.shape[0] != w.shape[0]:
+        raise ValueError(
+            f"batched transform: data has batch {x.shape[0]} (shape {tuple(x.shape)}) but weights "
+            f"has batch {w.shape[0]} (shape {tuple(w.shape)})"
+        )
+    if b is not None:
+        want = w.shape[:-1]
+        b = validation.as_float_array("bias", backend.asarray(b), finite=check_finite, dtype=dtype)
+        if tuple(b.shape) != tuple(want):
+            raise ValueError(f"bias must have shape {tuple(want)} to match weights, got {tuple(b.shape)}")
+
+    out_shape = tuple(x.shape[:-1]) + (d_out,)
+    target, direct = _output_buffer(out, kind, backend, out_shape, dtype)
+    if batched:
+        backend.batched_linear(x, w, b, code, target)
+    else:
+        backend.linear(x.reshape(-1, d_in), w, b, code, target.reshape(-1, d_out))
+    if out is not None:
+        if not direct:
+            dest = arrays.to_compute(out, kind)
+            dest[...] = target if arrays.array_module(dest) is arrays.array_module(target) else _move(target, dest)
+        return out
+    return arrays.from_compute(target, kind)
+
+
+def _result_dtype(*xs: Any) -> np.dtype:
+    """Common compute dtype: float16 only when every input is float16."""
+    names = ("data", "weights", "bias")
+    dts = [validation.float_dtype(n, x, allow_half=True) for n, x in zip(names, xs) if x is not None]
+    if all(dt == np.float16 for dt in dts):
+        return np.dtype(np.float16)
+    return np.result_type(*[np.float32 if dt == np.float16 else dt for dt in dts])
+
+
+def _output_buffer(out: Any, kind: arrays.ArrayKind, backend, shape: tuple, dtype: np.dtype):
+    """The buffer the kernel writes, and whether it is the caller's ``out`` itself."""
+    if out is None:
+        return backend.empty(shape, dtype), False
+    dest = arrays.to_compute(out, kind)
+    if tuple(dest.shape) != shape:
+        raise ValueError(f"out must have shape {shape}, got {tuple(dest.shape)}")
+    if np.dtype(dest.dtype) != dtype:
+        raise TypeError(f"out must have dtype {dtype}, got {dest.dtype}")
+    if not dest.flags.writeable:
+        raise ValueError("out is read-only")
+    same_memory = arrays.array_module(dest) is backend.xp
+    if same_memory and dest.flags.c_contiguous:
+        return dest, True
+    return backend.empty(shape, dtype), False
+
+
+def _move(src: Any, like: Any) -> Any:
+    """Copy between host and device so that ``like[...] = result`` works."""
+    if arrays.is_cupy(src):
+        return src.get()
+    return arrays.array_module(like).asarray(src)

@@ -1,0 +1,105 @@
+"""Input checks shared by every operation: dtype, shape, finiteness, ranks.
+
+Errors name the argument and say what was expected.  Checks never modify the
+caller's data; where a kernel needs a different layout or dtype, a copy is made.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: dtypes computed in their own precision.
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: 16-bit storage dtypes (accumulated in float32) accepted by the transforms.
+HALF_DTYPES = (np.dtype(np.float16),)
+
+
+def float_dtype(name: str, x: Any, *, allow_half: bool = False) -> np.dtype:
+    """The dtype an operation computes in for input ``x``.
+
+    Booleans and integers become float64 (like numpy's ``linalg``); float16
+    stays float16 where ``allow_half`` (transforms), else becomes float32.
+    Complex, object and string arrays are a ``TypeError``.
+    """
+    dt = np.dtype(x.dtype)
+    if dt in FLOAT_DTYPES:
+        return dt
+    if dt in HALF_DTYPES:
+        return dt if allow_half else np.dtype(np.float32)
+    if dt.kind in "biu":
+        return np.dtype(np.float64)
+    if dt.kind == "c":
+        raise TypeError(
+            f"{name} is complex ({dt}); liam_gpu supports real float16/32/64 and integer input only"
+        )
+    raise TypeError(f"{name} has dtype {dt}, expected a real numeric array (float or integer)")
+
+
+def check_ndim(name: str, x: Any, *, ndim: int | tuple[int, ...] | None = None, min_ndim: int = 0) -> None:
+    """Raise ``ValueError`` unless ``x.ndim`` is as expected."""
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(f"{n}-D" for n in allowed)
+            raise ValueError(f"{name} must be {want}, got a {x.ndim}-D array of shape {tuple(x.shape)}")
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}"
+        )
+
+
+def check_not_empty(name: str, x: Any) -> None:
+    """Raise ``ValueError`` for an array with a zero-length axis."""
+    if x.size == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); every axis must have length >= 1")
+
+
+def check_finite(name: str, x: Any) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf (one pass, like scipy's ``check_finite``)."""
+    xp = _module_of(x)
+    if x.dtype.kind == "f" and not bool(xp.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf; pass check_finite=False to skip this check")
+
+
+def check_rank(name: str, k: Any, limit: int, *, what: str = "min(m, n)") -> int:
+    """Validate a target rank ``1 <= k <= limit`` and return it as ``int``."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(k).__name__}")
+    k = int(k)
+    if not 1 <= k <= limit:
+        raise ValueError(f"{name}={k} is out of range; expected 1 <= {name} <= {what} = {limit}")
+    return k
+
+
+def as_float_array(
+    name: str,
+    x: Any,
+    *,
+    ndim: int | tuple[int, ...] | None = None,
+    min_ndim: int = 0,
+    allow_half: bool = False,
+    finite: bool = True,
+    empty_ok: bool = False,
+    dtype: Any = None,
+) -> Any:
+    """Check one array argument and return it in its compute dtype, C-contiguous.
+
+    The result is ``x`` itself when no conversion is needed (callers must not
+    write to it) and a new array otherwise.
+    """
+    xp = _module_of(x)
+    target = np.dtype(dtype) if dtype is not None else float_dtype(name, x, allow_half=allow_half)
+    check_ndim(name, x, ndim=ndim, min_ndim=min_ndim)
+    if not empty_ok:
+        check_not_empty(name, x)
+    out = xp.ascontiguousarray(x, dtype=target)
+    if finite:
+        check_finite(name, out)
+    return out
+
+
+def _module_of(x: Any):
+    from .arrays import array_module
+
+    return array_module(x)

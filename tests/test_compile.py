@@ -1,0 +1,277 @@
+"""Tier-1 verification: every kernel compiles cleanly for real GPUs, no GPU needed.
+
+(a) every registered family x entry point x arch passes the NVRTC/ptxas check
+    and, where cuobjdump is installed, the SASS check;
+(b) planted faults show that the check catches what it claims to catch, with a
+    message naming the kernel and the reason.
+"""
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings (NVRTC) not installed")
+
+from liam_gpu.launch.family import KernelBudget, families  # noqa: E402
+from liam_gpu.toolchain import (  # noqa: E402
+    ARCHS,
+    CUBIN_ARCHS,
+    check_family,
+    check_source,
+    compile_entry_points,
+    compile_family,
+)
+from liam_gpu.toolchain import sass  # noqa: E402
+from liam_gpu.toolchain.__main__ import main  # noqa: E402
+
+needs_cuobjdump = pytest.mark.skipif(not sass.have_cuobjdump(), reason="nvidia-cuda-cuobjdump not installed")
+
+# --------------------------------------------------------------------------- (a) registered families
+
+
+def _cases(archs: tuple[str, ...]) -> list:
+    cases = [pytest.param(fam.name, entry, arch, id=f"{fam.name}-{entry}-{arch}")
+             for fam in families().values() for entry in fam.name_expressions for arch in archs]
+    return cases or [pytest.param(None, None, None, id="none",
+                                  marks=pytest.mark.skip(reason="no kernel families registered yet"))]
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(family: str, arch: str):
+    # One compile per (family, arch) serves all of its entry points.
+    return compile_family(families()[family], arch)
+
+
+@pytest.mark.parametrize(("family", "entry", "arch"), _cases(ARCHS))
+def test_family_compiles_cleanly(family: str, entry: str, arch: str) -> None:
+    fam = families()[family]
+    problems = [p for p in check_family(fam, arch, result=_compiled(family, arch)) if p.entry in (entry, None)]
+    assert not problems, "\n\n".join(map(str, problems))
+
+
+@needs_cuobjdump
+@pytest.mark.parametrize(("family", "entry", "arch"), _cases(CUBIN_ARCHS))
+def test_family_sass(family: str, entry: str, arch: str) -> None:
+    fam = families()[family]
+    result = _compiled(family, arch)
+    if not result.success:
+        pytest.fail(f"family {family!r}, arch {arch}: does not compile (see test_family_compiles_cleanly)")
+    budgets = {name: fam.budget(name) for name in fam.name_expressions}
+    problems = [p for p in sass.check_sass(family, result, budgets) if p.entry == entry]
+    assert not problems, "\n\n".join(map(str, problems))
+
+
+# --------------------------------------------------------------------------- (b) planted faults
+
+CLEAN = r"""
+template <typename T, int N>
+__global__ void scale(const T* __restrict__ x, T* __restrict__ y, T a) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < N) y[i] = a * x[i];
+}
+"""
+
+
+def _kinds(problems) -> set[str]:
+    return {p.kind for p in problems}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_clean_kernel_passes(arch: str) -> None:
+    result = compile_entry_points(CLEAN, ["scale<float, 256>"], arch=arch, options=("-std=c++17",))
+    assert result.success, result.log
+    info = result.entries["scale<float, 256>"]
+    assert info.lowered_name.startswith("_Z5scaleIfLi256EEvPKT_PS0_S0_")
+    if arch in CUBIN_ARCHS:
+        assert result.output == "cubin" and result.binary[:4] == b"\x7fELF"
+        assert 0 < info.registers < 64 and info.shared_bytes == 0
+        assert info.spill_store_bytes == info.spill_load_bytes == info.stack_frame_bytes == 0
+    else:
+        assert result.output == "ptx" and b".entry _Z5scale" in result.binary
+        assert info.registers is None
+    assert check_source("planted", CLEAN, ["scale<float, 256>"], arch=arch) == []
+
+
+def test_syntax_error_is_reported() -> None:
+    src = "__global__ void broken(float* y) { y[0] = 1.0f }\n"  # missing ';'
+    problems = check_source("planted", src, ["broken"], arch="sm_90")
+    assert _kinds(problems) == {"error"}
+    msg = str(problems[0])
+    assert msg.startswith("family 'planted', kernel 'broken', arch sm_90: NVRTC compile failed:")
+    assert 'error: expected a ";"' in msg
+
+
+def test_unknown_name_expression_is_reported() -> None:
+    problems = check_source("planted", CLEAN, ["scale<float, 256>", "nope"], arch="sm_90")
+    assert any(p.kind == "error" for p in problems)
+    assert "'nope'" in str(problems[0])
+
+
+# Sixty-four live accumulators under __launch_bounds__(1024, 2) leave ptxas
+# 32 registers per thread: it has to spill on sm_80 and sm_90.
+SPILLER = r"""
+__global__ void __launch_bounds__(1024, 2) pressure(const float* __restrict__ in, float* out, int n) {
+    float acc[64];
+#pragma unroll
+    for (int j = 0; j < 64; ++j) acc[j] = in[j * n + threadIdx.x];
+    for (int k = 0; k < n; ++k) {
+#pragma unroll
+        for (int j = 0; j < 64; ++j) acc[j] = acc[j] * acc[(j + 1) % 64] + in[k];
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 64; ++j) s += acc[j];
+    out[threadIdx.x] = s;
+}
+"""
+
+
+@pytest.mark.parametrize("arch", CUBIN_ARCHS)
+def test_spills_are_reported(arch: str) -> None:
+    result = compile_entry_points(SPILLER, ["pressure"], arch=arch)
+    info = result.entries["pressure"]
+    assert result.success and info.spill_store_bytes > 0 and info.spill_load_bytes > 0
+    problems = check_source("planted", SPILLER, ["pressure"], arch=arch, result=result)
+    spill = [p for p in problems if p.kind == "spill"]
+    assert spill and spill[0].entry == "pressure"
+    assert f"family 'planted', kernel 'pressure', arch {arch}: registers spill to local memory" in spill[0].message
+    assert f"{info.spill_store_bytes} bytes spill stores" in spill[0].message
+    # --warn-on-spills also puts a ptxas warning in the log.
+    assert "warning" in _kinds(problems)
+
+
+def test_register_budget_is_enforced() -> None:
+    result = compile_entry_points(CLEAN, ["scale<float, 256>"], arch="sm_90")
+    used = result.entries["scale<float, 256>"].registers
+    problems = check_source("planted", CLEAN, ["scale<float, 256>"], arch="sm_90",
+                            budget=KernelBudget(max_registers=4), result=result)
+    assert _kinds(problems) == {"registers"}
+    assert str(problems[0]) == (f"family 'planted', kernel 'scale<float, 256>', arch sm_90: "
+                                f"uses {used} registers, over its budget of 4")
+
+
+def test_shared_memory_budget_is_enforced() -> None:
+    src = r"""
+    __global__ void tiled(float* y) {
+        __shared__ float tile[2048];
+        tile[threadIdx.x] = y[threadIdx.x];
+        __syncthreads();
+        y[threadIdx.x] = tile[2047 - threadIdx.x];
+    }
+    """
+    problems = check_source("planted", src, ["tiled"], arch="sm_80",
+                            budget={"tiled": KernelBudget(max_shared_bytes=4096)})
+    assert _kinds(problems) == {"smem"}
+    assert "kernel 'tiled', arch sm_80: uses 8192 bytes of static shared memory, over its budget of 4096" \
+        in str(problems[0])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_warning_is_a_failure(arch: str) -> None:
+    # NVRTC 13.0 warns by default: #177-D "variable ... was declared but never referenced".
+    src = "__global__ void sloppy(float* y) { int unused = 3; y[0] = 1.0f; }\n"
+    problems = check_source("planted", src, ["sloppy"], arch=arch)
+    assert _kinds(problems) == {"warning"}
+    msg = str(problems[0])
+    assert f"family 'planted', kernel 'sloppy', arch {arch}: the compile log has warnings" in msg
+    assert 'warning #177-D: variable "unused" was declared but never referenced' in msg
+
+
+def test_kernel_names_do_not_look_like_warnings() -> None:
+    # "ptxas info" lines name kernels; a kernel called "warning" is not a warning.
+    src = 'extern "C" __global__ void warning(float* y) { y[0] = 1.0f; }\n'
+    assert check_source("planted", src, ["warning"], arch="sm_90") == []
+
+
+# --------------------------------------------------------------------------- (b) SASS
+
+VECTOR = r"""
+extern "C" __global__ void copy4(const float* __restrict__ x, float* __restrict__ y) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    reinterpret_cast<float4*>(y)[i] = reinterpret_cast<const float4*>(x)[i];
+}
+extern "C" __global__ void copy1(const float* __restrict__ x, float* __restrict__ y) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    y[i] = x[i];
+}
+"""
+
+# A local array indexed by run-time data cannot live in registers.
+LOCAL_ARRAY = r"""
+extern "C" __global__ void gather(const int* idx, float* y, int n) {
+    float table[256];
+    for (int i = 0; i < 256; ++i) table[i] = y[i * n];
+    y[threadIdx.x] = table[idx[threadIdx.x]];
+}
+"""
+
+
+@needs_cuobjdump
+@pytest.mark.parametrize("arch", CUBIN_ARCHS)
+def test_sass_require_vector_loads(arch: str) -> None:
+    need = KernelBudget(sass_require=("LDG.E.128",))
+    result = compile_entry_points(VECTOR, ["copy4", "copy1"], arch=arch)
+    fns = sass.function_sass(result)
+    assert any(sass.matches("LDG.E.128", m) for m in sass.mnemonic_histogram(fns["copy4"]))
+    problems = sass.check_sass("planted", result, {"copy4": need, "copy1": need})
+    assert [p.entry for p in problems] == ["copy1"]
+    assert problems[0].message.startswith(
+        f"family 'planted', kernel 'copy1', arch {arch}: SASS lacks required LDG.E.128 (LDG forms present: LDG.E")
+
+
+@needs_cuobjdump
+def test_sass_forbid_from_budget() -> None:
+    result = compile_entry_points(VECTOR, ["copy1"], arch="sm_90")
+    problems = check_source("planted", VECTOR, ["copy1"], arch="sm_90", sass=True, result=result,
+                            budget=KernelBudget(sass_forbid=("STG",)))
+    assert _kinds(problems) == {"sass"}
+    assert "kernel 'copy1', arch sm_90: SASS has STG (STG.E x1); its budget forbids it" in str(problems[0])
+
+
+@needs_cuobjdump
+def test_local_memory_is_rejected() -> None:
+    result = compile_entry_points(LOCAL_ARRAY, ["gather"], arch="sm_90")
+    assert result.entries["gather"].stack_frame_bytes == 1024
+    problems = check_source("planted", LOCAL_ARRAY, ["gather"], arch="sm_90", sass=True, result=result)
+    assert _kinds(problems) == {"warning", "stack", "sass"}
+    sass_msgs = sorted(str(p) for p in problems if p.kind == "sass")
+    assert len(sass_msgs) == 2
+    assert sass_msgs[0].startswith("family 'planted', kernel 'gather', arch sm_90: SASS has LDL (")
+    assert sass_msgs[1].startswith("family 'planted', kernel 'gather', arch sm_90: SASS has STL (")
+    assert all(m.endswith("local memory is forbidden") for m in sass_msgs)
+    assert "uses a 1024-byte stack frame" in next(str(p) for p in problems if p.kind == "stack")
+
+
+@needs_cuobjdump
+def test_histogram_and_templates() -> None:
+    result = compile_entry_points(CLEAN, ["scale<float, 256>", "scale<double, 256>"], arch="sm_90")
+    fns = sass.function_sass(result)
+    assert set(fns) == {"scale<float, 256>", "scale<double, 256>"}
+    assert sass.mnemonic_histogram(fns["scale<float, 256>"])["FMUL"] == 1
+    assert sass.mnemonic_histogram(fns["scale<double, 256>"])["DMUL"] == 1
+    assert fns["scale<float, 256>"][-1] != "NOP"  # alignment padding is dropped
+
+
+def test_mnemonic_matching() -> None:
+    assert sass.mnemonic("@!P0 LDG.E.128.CONSTANT R4, desc[UR4][R2.64]") == "LDG.E.128.CONSTANT"
+    assert sass.matches("LDG.E.128", "LDG.E.128.CONSTANT")
+    assert sass.matches("LDL", "LDL.LU")
+    assert not sass.matches("LDG.E.128", "LDG.E")
+    assert not sass.matches("LDL", "LDS")
+
+
+def test_missing_cuobjdump_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sass, "_packaged_tool", lambda dist, tool: None)
+    monkeypatch.setattr(sass.shutil, "which", lambda tool: None)
+    sass.find_tools.cache_clear()
+    try:
+        with pytest.raises(sass.CuobjdumpNotFound, match="nvidia-cuda-cuobjdump not installed"):
+            sass.find_tools()
+    finally:
+        sass.find_tools.cache_clear()
+
+
+def test_cli_rejects_unknown_family(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--family", "no-such-family"]) == 2
+    assert "unknown kernel family: no-such-family" in capsys.readouterr().err
