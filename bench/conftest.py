@@ -56,6 +56,8 @@ A benchmark is a *GPU benchmark* when it carries the ``gpu`` marker or one of
 its parameters is a string starting with ``"cuda"``; GPU benchmarks are skipped
 when no device is visible.  ``LIAM_BENCH_BACKEND=cpu`` (``liam-gpu bench
 --backend cpu``) deselects them; ``LIAM_BENCH_BACKEND=cuda`` keeps only them.
+They run before the CPU benchmarks, so that a run stopped at a time limit
+(``bench/device_check.sh``) has the GPU numbers.
 
 File names
 ----------
@@ -71,6 +73,7 @@ import importlib
 import itertools
 import math
 import os
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterable, Sequence
@@ -205,35 +208,23 @@ def cuda_present() -> bool:
         return False
 
 
-def _torch_cuda_initialized() -> bool:
-    torch = _imported("torch")
-    return torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
-
-
-def _imported(name: str) -> ModuleType | None:
-    """A module only if something already imported it (never pays an import)."""
-    import sys
-
-    return sys.modules.get(name)
-
-
 def sync(backend: str = "cuda") -> None:
-    """Wait until the device of ``backend`` has finished all queued work.
+    """Wait until the devices of ``backend`` have finished all queued work.
 
-    A CPU backend returns at once.  For ``cuda`` this synchronises the whole
-    current device (every stream, so CuPy's and torch's work both count).
+    A CPU backend returns at once.  For ``cuda`` this synchronises every
+    visible device (``cudaDeviceSynchronize`` covers all streams of a device,
+    so CuPy's and torch's work both count, and multi-GPU runs of the scheduler
+    are complete).
     """
-    if not _backend_kind(backend) == "cuda":
-        return
-    cupy = _imported("cupy")
-    if cupy is not None and cuda_present():
-        cupy.cuda.Device().synchronize()
-        return
-    if _torch_cuda_initialized():
-        _imported("torch").cuda.synchronize()
+    if _backend_kind(backend) != "cuda":
         return
     if not cuda_present():
-        raise RuntimeError("sync('cuda') called but no CUDA device is visible")
+        raise RuntimeError(f"sync({backend!r}) called but no CUDA device is visible to CuPy")
+    import cupy
+
+    for index in range(cupy.cuda.runtime.getDeviceCount()):
+        with cupy.cuda.Device(index):  # current for the call, restored after
+            cupy.cuda.runtime.deviceSynchronize()
 
 
 # --------------------------------------------------------------------------- rotation
@@ -475,15 +466,36 @@ def _flat(values: Iterable[Any]) -> Iterable[Any]:
             yield v
 
 
+def _is_bench_item(item: pytest.Item) -> bool:
+    return Path(__file__).parent in Path(item.fspath).parents
+
+
+def _round_robin(items: list[pytest.Item]) -> list[pytest.Item]:
+    """Interleave the files' benchmarks (first of each file, then second, ...), keeping each file's order."""
+    by_file: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        by_file.setdefault(str(item.fspath), []).append(item)
+    queues = list(by_file.values())
+    merged = []
+    for rank in range(max((len(q) for q in queues), default=0)):
+        merged += [q[rank] for q in queues if rank < len(q)]
+    return merged
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Apply ``LIAM_BENCH_BACKEND`` and skip GPU benchmarks when no GPU is visible."""
+    """Apply ``LIAM_BENCH_BACKEND``, skip GPU benchmarks without a GPU, and order the run.
+
+    GPU benchmarks run first: a run cut short by a time limit
+    (``bench/device_check.sh``) then still holds the numbers only a lent GPU
+    gives.  With ``LIAM_BENCH_QUICK=1`` the files take turns (round robin), so
+    that when the quick budget runs out every file has results.
+    """
     if BACKEND_FILTER not in ("cpu", "cuda", "all"):
         raise pytest.UsageError(f"LIAM_BENCH_BACKEND must be cpu, cuda or all, got {BACKEND_FILTER!r}")
-    bench_dir = Path(__file__).parent
-    keep, drop = [], []
+    others, gpu_items, cpu_items, drop = [], [], [], []
     for item in items:
-        if bench_dir not in Path(item.fspath).parents:
-            keep.append(item)  # not a benchmark (e.g. tests/ in the same session)
+        if not _is_bench_item(item):
+            others.append(item)  # not a benchmark (e.g. tests/ in the same session)
             continue
         gpu = is_gpu_item(item)
         if (BACKEND_FILTER == "cpu" and gpu) or (BACKEND_FILTER == "cuda" and not gpu):
@@ -491,7 +503,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if gpu and not cuda_present():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device visible to CuPy"))
-        keep.append(item)
+        (gpu_items if gpu else cpu_items).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    if QUICK:
+        gpu_items, cpu_items = _round_robin(gpu_items), _round_robin(cpu_items)
+    items[:] = others + gpu_items + cpu_items
+
+
+#: ``LIAM_BENCH_QUICK=1``: seconds of benchmarking after which the remaining
+#: benchmarks are skipped (``LIAM_BENCH_QUICK_BUDGET``), so that ``liam-gpu bench
+#: --quick`` keeps its one-minute promise whatever the files add.
+QUICK_BUDGET_S: float = float(os.environ.get("LIAM_BENCH_QUICK_BUDGET", "35"))
+
+_session_started: list[float] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the quick budget's clock when the benchmarks are about to run."""
+    _session_started[:] = [time.perf_counter()]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """In quick mode, skip a benchmark once the quick budget is spent (saying so)."""
+    if not (QUICK and _session_started and _is_bench_item(item)):
+        return
+    spent = time.perf_counter() - _session_started[0]
+    if spent > QUICK_BUDGET_S:
+        pytest.skip(f"the quick run's budget of {QUICK_BUDGET_S:.0f} s was spent "
+                    f"(LIAM_BENCH_QUICK_BUDGET; run without --quick for every benchmark)")

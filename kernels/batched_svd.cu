@@ -33,8 +33,11 @@
 //     max |a_ij| is in [0.5, 1): squared norms can then neither overflow nor
 //     underflow for any column that matters, whatever the input's magnitude.
 //     A column whose squared norm (after that scaling) is below the smallest
-//     normal number is numerically zero (its norm is < 2^-63 max|a| in float32,
-//     < 2^-511 max|a| in float64): it is never rotated and gets sigma = 0.
+//     normal number is numerically zero (its norm is below ~2^-62 max|a| in
+//     float32, ~2^-510 max|a| in float64, far under eps * sigma_max): it is
+//     never rotated and gets sigma = 0.
+//   * V's columns are renormalised at the end (rotation rounding drifts their
+//     norms by ~N eps; the cross terms stay O(eps)).
 //   * Results: sigma sorted descending (ties keep column order), U and V
 //     columns permuted to match.  A column of U whose sigma is zero is an
 //     orthonormal completion: the unit vector e_k with the largest residual
@@ -44,8 +47,8 @@
 //   * Non-finite input gives NaN/Inf results but never a hang (the sweep
 //     count is bounded) and never leaves an output element unwritten.
 //
-// Shared memory (dynamic, sized by the launcher liam_gpu/launch/batched_svd.py
-// with the same formula as svd_shared_layout below), in elements of T:
+// Shared memory (dynamic; liam_gpu/launch/batched_svd.py:shared_bytes sizes it
+// with the same layout), in elements of T, with ldw = M | 1, ldv = N | 1:
 //   W  N * ldw,  V  N * ldv,  sigma N,  coef N,  red  nwarps
 // followed by ints: order N, inv N, pick nwarps, count nwarps.
 //
@@ -222,17 +225,20 @@ template <> struct svd_min_blocks<double, 2> { static const int value = 3; };
 template <> struct svd_min_blocks<double, 4> { static const int value = 2; };
 template <> struct svd_min_blocks<double, 8> { static const int value = 1; };
 
-// a: (batch, m, n) C-contiguous.  u: (batch, m, r), s: (batch, r),
+// a: (batch, m, n) C-contiguous, m = rows, n = cols.  u: (batch, m, r), s: (batch, r),
 // vt: (batch, r, n), r = min(m, n).  Requires max(m, n) <= 32 R,
 // min(m, n) <= 64, blockDim.x a multiple of 32 and <= SVD_MAX_THREADS, and
 // the dynamic shared memory the launcher computes.
 template <typename T, int R>
 __global__ void __launch_bounds__(SVD_MAX_THREADS, svd_min_blocks<T, R>::value)
 batched_svd_kernel(const T* __restrict__ a, T* __restrict__ u, T* __restrict__ s, T* __restrict__ vt,
-                   long long batch, int m, int n, int max_sweeps) {
+                   long long batch, long long rows, long long cols, long long max_sweeps) {
     typedef svd_real<T> F;
     extern __shared__ unsigned long long svd_shared[];  // 8-byte aligned for double
 
+    // Sizes arrive as 64-bit (the house ABI); the launcher bounds them by
+    // 256, so int arithmetic is exact below.
+    const int m = (int)rows, n = (int)cols;
     const bool trans = m < n;
     const int M = trans ? n : m;  // rows of W
     const int N = trans ? m : n;  // columns of W (= r)
@@ -311,13 +317,21 @@ batched_svd_kernel(const T* __restrict__ a, T* __restrict__ u, T* __restrict__ s
             if (total == 0) break;
         }
 
-        // ---- sigma_j = ||w_j||, zero below the smallest normal squared norm
+        // ---- sigma_j = ||w_j|| (zero below the smallest normal squared norm),
+        // and V's columns renormalised: every rotation changes their norms by
+        // O(eps), which adds up to ~N eps over the sweeps and would dominate
+        // V's loss of orthogonality (the cross terms stay O(eps)).
         #pragma unroll 1
         for (int j = warp; j < N; j += nwarps) {
-            T ss = T(0);
+            T ss = T(0), vv = T(0);
             #pragma unroll 1
             for (int i = lane; i < M; i += SVD_WARP) ss += W[j * ldw + i] * W[j * ldw + i];
+            #pragma unroll 1
+            for (int i = lane; i < N; i += SVD_WARP) vv += V[j * ldv + i] * V[j * ldv + i];
             ss = svd_warp_sum(ss);
+            const T vnorm = F::sqrt_(svd_warp_sum(vv));
+            #pragma unroll 1
+            for (int i = lane; i < N; i += SVD_WARP) V[j * ldv + i] = V[j * ldv + i] / vnorm;
             if (lane == 0) sig[j] = ss >= F::tiny() ? F::sqrt_(ss) : (ss == ss ? T(0) : ss);
         }
         __syncthreads();

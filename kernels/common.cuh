@@ -31,28 +31,6 @@ __device__ __forceinline__ long long lg_ceil_div(long long a, long long b) {
     return (a + b - 1) / b;
 }
 
-// ------------------------------------------------------------------ bit casts
-
-__device__ __forceinline__ unsigned int lg_float_bits(float f) {
-#ifdef LIAM_EMULATOR
-    unsigned int u;
-    __builtin_memcpy(&u, &f, sizeof(u));
-    return u;
-#else
-    return __float_as_uint(f);
-#endif
-}
-
-__device__ __forceinline__ float lg_bits_float(unsigned int u) {
-#ifdef LIAM_EMULATOR
-    float f;
-    __builtin_memcpy(&f, &u, sizeof(f));
-    return f;
-#else
-    return __uint_as_float(u);
-#endif
-}
-
 // ------------------------------------------------------------------ 16-bit storage
 
 // IEEE binary16 as stored in memory (numpy float16): two bytes, no arithmetic.
@@ -72,13 +50,13 @@ __device__ __forceinline__ float lg_half_to_float(lg_half h) {
     const unsigned int exp = (h.bits >> 10) & 0x1fu;
     const unsigned int man = h.bits & 0x3ffu;
     if (exp == 0x1fu) {  // inf / nan: keep the payload
-        return lg_bits_float(sign | 0x7f800000u | (man << 13));
+        return __uint_as_float(sign | 0x7f800000u | (man << 13));
     }
     if (exp == 0u) {  // zero or subnormal: man * 2^-24, exact in float
         const float mag = (float)man * 5.9604644775390625e-8f;
         return sign ? -mag : mag;
     }
-    return lg_bits_float(sign | ((exp + 112u) << 23) | (man << 13));
+    return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
 #endif
 }
 
@@ -90,7 +68,7 @@ __device__ __forceinline__ lg_half lg_float_to_half(float f) {
 #ifndef LIAM_EMULATOR
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
 #else
-    const unsigned int u = lg_float_bits(f);
+    const unsigned int u = __float_as_uint(f);
     const unsigned int sign = (u >> 16) & 0x8000u;
     const unsigned int a = u & 0x7fffffffu;
     unsigned int r;

@@ -8,9 +8,13 @@
 // Both operands are K-major (d_in contiguous), so a block streams a BM x BK
 // tile of x and a BN x BK tile of w through shared memory, stored transposed
 // (k-major) so that each thread reads its TM rows and TN columns as 16-byte
-// groups.  Each thread accumulates a TM x TN block in registers; the bias and
-// the activation are applied to those registers and every output element is
-// stored exactly once.
+// groups.  Each thread accumulates a TM x TN block in registers.  After the
+// k-loop the block passes through shared memory one row group at a time, so
+// that consecutive threads add the bias, apply the activation and store
+// consecutive 16-byte groups of a row: coalesced, each output element stored
+// exactly once, and each activation's code emitted once per group rather than
+// once per register.  All sums accumulate in the compute type (float for
+// float/half storage, double for double).
 //
 // Tiles are double-buffered: while the block computes on one shared-memory
 // buffer, each thread's global loads for the next k-tile are in flight into
@@ -22,10 +26,10 @@
 // wholly inside or wholly outside the matrix).  VEC=false loads element by
 // element and works for any shape and alignment.
 //
-// The grid is (row tiles, column tiles, batch items); every dimension is a
-// loop with the grid size as stride, so a launch whose tile counts exceed the
-// hardware grid limits (65535 on y and z) is still complete.  All offsets are
-// 64-bit.
+// The grid is 1-D over all tiles (batch items x column tiles x row tiles),
+// looping with the grid size as stride, so any tile count fits the hardware
+// grid limit (2^31 - 1 blocks on x) and the launch is still complete.  All offsets are
+// 64-bit except the k index (the launcher bounds d_in below 2^31).
 //
 // Also here: epilogue_kernel, bias + activation in place over a GEMM result
 // (used after cuBLAS where that path is faster).
@@ -147,12 +151,17 @@ struct LinearTile {
     static constexpr int KV = BK / V;  // loads per tile row
     // Padding keeps rows 16-byte aligned and spreads the transposed stores over banks.
     static constexpr int PAD = G;
-    static constexpr int A_LOADS = (BM * KV + THREADS - 1) / THREADS;
-    static constexpr int B_LOADS = (BN * KV + THREADS - 1) / THREADS;
     // A thread's rows (columns) come in groups of G, strided so that the
     // threads of a warp read adjacent 16-byte groups of shared memory.
     static constexpr int ROW_STRIDE = THREADS_M * G;
     static constexpr int COL_STRIDE = THREADS_N * G;
+
+    // Blocks per SM the launch bounds ask for.  A thread holding 64 float
+    // accumulators (the "large" tile) gets the whole register file: capped at
+    // 128 registers it spills.  Smaller blocks ask for 512 resident threads,
+    // i.e. at most 128 registers; an explicit minimum also keeps ptxas from its
+    // own occupancy target, which spilled the small tiles.
+    static constexpr int MIN_BLOCKS = (TM * TN * (int)sizeof(Acc) >= 256) ? 1 : 512 / THREADS;
 
     static_assert(BM % TM == 0 && BN % TN == 0, "tile must split evenly into thread blocks");
     static_assert(TM % G == 0 && TN % G == 0, "per-thread block must be whole 16-byte groups");
@@ -172,60 +181,56 @@ struct LinearTile {
         Staging o;
     };
 
-    // Registers holding one k-tile's global loads between load and shared store.
-    struct Stage {
-        typename Load::raw a[A_LOADS];
-        typename Load::raw b[B_LOADS];
+    // One operand's (x's or w's) share of a k-tile for this thread: L
+    // consecutive load units (16-byte vectors or elements) of a single row, so
+    // one pointer addresses them all and few registers stay live across the
+    // k-loop.  The loads for tile t+1 wait in `stage` while tile t is computed.
+    template <int ROWS>
+    struct Part {
+        static constexpr int UNITS = ROWS * KV;
+        static constexpr int L = (UNITS + THREADS - 1) / THREADS;
+        static_assert(KV % L == 0, "a thread's loads must lie in one row of the tile");
+
+        const T* ptr;  // first unit of this thread in k-tile 0; null for rows outside the matrix
+        int row;       // row within the tile (x row or w row = output column)
+        int k;         // first k within the k-tile
+        bool active;   // false for the idle threads when the tile has fewer units than threads
+        typename Load::raw stage[L];
+
+        __device__ __forceinline__ void init(const T* base, long long row0, long long rows, long long d_in,
+                                             int tid) {
+            const int q = tid * L;
+            active = q < UNITS;
+            row = q / KV;
+            k = (q % KV) * V;
+            ptr = (active && row0 + row < rows) ? base + (row0 + row) * d_in + k : 0;
+        }
+
+        // Global -> registers for the k-tile starting at k0 (zeros past the edges).
+        // k is 32-bit: the launcher refuses d_in that would overflow it.
+        __device__ __forceinline__ void load(int k0, int d_in) {
+#pragma unroll
+            for (int l = 0; l < L; ++l) {
+                if (ptr != 0 && k0 + k + l * V < d_in) {
+                    stage[l] = Load::load(ptr + k0 + l * V);
+                } else {
+                    Load::zero(stage[l]);
+                }
+            }
+        }
+
+        // Registers -> one shared buffer, transposed to k-major.
+        __device__ __forceinline__ void store(Acc (*tile)[ROWS + PAD]) const {
+            if (!active) return;
+#pragma unroll
+            for (int l = 0; l < L; ++l) {
+                Acc v[V];
+                Load::unpack(stage[l], v);
+#pragma unroll
+                for (int j = 0; j < V; ++j) tile[k + l * V + j][row] = v[j];
+            }
+        }
     };
-
-    // Global -> registers: this thread's share of the k-tile starting at k0.
-    static __device__ __forceinline__ void load_stage(
-        Stage& s, const T* const* a_row, const T* const* b_row, long long k0, long long d_in, int tid) {
-#pragma unroll
-        for (int l = 0; l < A_LOADS; ++l) {
-            const int q = tid + l * THREADS;
-            const long long k = k0 + (long long)((q % KV) * V);
-            if (a_row[l] != 0 && k < d_in) {
-                s.a[l] = Load::load(a_row[l] + k);
-            } else {
-                Load::zero(s.a[l]);
-            }
-        }
-#pragma unroll
-        for (int l = 0; l < B_LOADS; ++l) {
-            const int q = tid + l * THREADS;
-            const long long k = k0 + (long long)((q % KV) * V);
-            if (b_row[l] != 0 && k < d_in) {
-                s.b[l] = Load::load(b_row[l] + k);
-            } else {
-                Load::zero(s.b[l]);
-            }
-        }
-    }
-
-    // Registers -> shared buffer `buf`, transposed to k-major.
-    static __device__ __forceinline__ void store_stage(const Stage& s, Shared& sh, int buf, int tid) {
-#pragma unroll
-        for (int l = 0; l < A_LOADS; ++l) {
-            const int q = tid + l * THREADS;
-            if (A_LOADS * THREADS == BM * KV || q < BM * KV) {
-                Acc v[V];
-                Load::unpack(s.a[l], v);
-#pragma unroll
-                for (int j = 0; j < V; ++j) sh.t.a[buf][(q % KV) * V + j][q / KV] = v[j];
-            }
-        }
-#pragma unroll
-        for (int l = 0; l < B_LOADS; ++l) {
-            const int q = tid + l * THREADS;
-            if (B_LOADS * THREADS == BN * KV || q < BN * KV) {
-                Acc v[V];
-                Load::unpack(s.b[l], v);
-#pragma unroll
-                for (int j = 0; j < V; ++j) sh.t.b[buf][(q % KV) * V + j][q / KV] = v[j];
-            }
-        }
-    }
 
     // acc += the outer products of one shared k-tile.
     static __device__ __forceinline__ void compute(const Shared& sh, int buf, int ty, int tx, Acc (&acc)[TM][TN]) {
@@ -302,32 +307,30 @@ struct LinearTile {
         }
     }
 
-    // One BM x BN output tile of one batch item.
+    // One BM x BN output tile: number `tile` in (batch item, column tile, row
+    // tile) order, row tiles fastest so that consecutive blocks share w's tile.
+    // Only `tile` stays live across the k-loop; the rest is derived from it.
     static __device__ __forceinline__ void run(
         Shared& sh, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-        T* __restrict__ out, long long n, long long d_in, long long d_out, long long row0, long long col0,
-        int has_bias, int act, bool vec_out) {
+        T* __restrict__ out, long long n, long long d_in, long long d_out, long long tile,
+        long long row_tiles, long long col_tiles, int has_bias, int act, bool vec_out) {
+        const long long item_tiles = row_tiles * col_tiles;
+        const long long z = tile / item_tiles;
+        const long long in_item = tile - z * item_tiles;
+        const long long col0 = (in_item / row_tiles) * BN;
+        const long long row0 = (in_item % row_tiles) * BM;
+        x += z * n * d_in;
+        w += z * d_out * d_in;
+        out += z * n * d_out;
+        if (has_bias) bias += z * d_out;
         const int tid = threadIdx.x;
         const int tx = tid % THREADS_N;
         const int ty = tid / THREADS_N;
 
-        // The rows of x and w this thread loads; null where the row is outside the matrix.
-        const T* a_row[A_LOADS];
-        const T* b_row[B_LOADS];
-#pragma unroll
-        for (int l = 0; l < A_LOADS; ++l) {
-            const int q = tid + l * THREADS;
-            const long long r = row0 + q / KV;
-            const bool ok = (A_LOADS * THREADS == BM * KV || q < BM * KV) && r < n;
-            a_row[l] = ok ? x + r * d_in : 0;
-        }
-#pragma unroll
-        for (int l = 0; l < B_LOADS; ++l) {
-            const int q = tid + l * THREADS;
-            const long long c = col0 + q / KV;
-            const bool ok = (B_LOADS * THREADS == BN * KV || q < BN * KV) && c < d_out;
-            b_row[l] = ok ? w + c * d_in : 0;
-        }
+        Part<BM> pa;  // rows of x
+        Part<BN> pb;  // rows of w, i.e. output columns
+        pa.init(x, row0, n, d_in, tid);
+        pb.init(w, col0, d_out, d_in, tid);
 
         Acc acc[TM][TN];
 #pragma unroll
@@ -336,17 +339,25 @@ struct LinearTile {
             for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
         }
 
-        const long long k_tiles = lg_ceil_div(d_in, BK);
-        Stage stage;
-        load_stage(stage, a_row, b_row, 0, d_in, tid);
-        store_stage(stage, sh, 0, tid);
+        const int kdim = (int)d_in;
+        const int k_tiles = (kdim + BK - 1) / BK;
+        pa.load(0, kdim);
+        pb.load(0, kdim);
+        pa.store(sh.t.a[0]);
+        pb.store(sh.t.b[0]);
         __syncthreads();
-        for (long long t = 0; t < k_tiles; ++t) {
+        for (int t = 0; t < k_tiles; ++t) {
             const int buf = (int)(t & 1);
             const bool more = t + 1 < k_tiles;
-            if (more) load_stage(stage, a_row, b_row, (t + 1) * BK, d_in, tid);  // in flight during compute
+            if (more) {  // in flight during compute
+                pa.load((t + 1) * BK, kdim);
+                pb.load((t + 1) * BK, kdim);
+            }
             compute(sh, buf, ty, tx, acc);
-            if (more) store_stage(stage, sh, buf ^ 1, tid);
+            if (more) {
+                pa.store(sh.t.a[buf ^ 1]);
+                pb.store(sh.t.b[buf ^ 1]);
+            }
             __syncthreads();
         }
 
@@ -368,27 +379,22 @@ struct LinearTile {
     }
 };
 
-// Entry point: grid (row tiles, column tiles, batch items), each a strided loop.
+// Entry point: a 1-D grid over every tile of every batch item, a strided loop
+// when there are more tiles than blocks.
 //   vec_out: out starts on a GROUP * sizeof(T) boundary and d_out % GROUP == 0.
 template <typename T, int BM, int BN, int BK, int TM, int TN, bool VEC>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), (LinearTile<T, BM, BN, BK, TM, TN, VEC>::MIN_BLOCKS))
 linear_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
               T* __restrict__ out, long long batch, long long n, long long d_in, long long d_out,
-              int has_bias, int act, int vec_out) {
+              long long has_bias, long long act, long long vec_out) {
     typedef LinearTile<T, BM, BN, BK, TM, TN, VEC> Tile;
     __shared__ typename Tile::Shared sh;
     const long long row_tiles = lg_ceil_div(n, BM);
     const long long col_tiles = lg_ceil_div(d_out, BN);
-    for (long long z = blockIdx.z; z < batch; z += gridDim.z) {
-        const T* xz = x + z * n * d_in;
-        const T* wz = w + z * d_out * d_in;
-        const T* bz = bias + (has_bias ? z * d_out : 0);
-        T* oz = out + z * n * d_out;
-        for (long long ct = blockIdx.y; ct < col_tiles; ct += gridDim.y) {
-            for (long long rt = blockIdx.x; rt < row_tiles; rt += gridDim.x) {
-                Tile::run(sh, xz, wz, bz, oz, n, d_in, d_out, rt * BM, ct * BN, has_bias, act, vec_out != 0);
-            }
-        }
+    const long long tiles = batch * row_tiles * col_tiles;
+    for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        Tile::run(sh, x, w, bias, out, n, d_in, d_out, tile, row_tiles, col_tiles, has_bias != 0, (int)act,
+                  vec_out != 0);
     }
 }
 
@@ -397,7 +403,7 @@ linear_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restr
 // y[r, c] = act(y[r, c] + bias[r / rows_per_item, c]) in place, W elements per step.
 template <typename T, int W, int ACT>
 __device__ __forceinline__ void epilogue_loop(T* y, const T* bias, long long rows, long long d_out,
-                                              long long rows_per_item, int has_bias) {
+                                              long long rows_per_item, bool has_bias) {
     typedef typename lg_storage<T>::compute Acc;
     const long long steps = rows * d_out / W;  // W divides d_out
     for (long long q = lg_global_thread_1d(); q < steps; q += lg_grid_threads_1d()) {
@@ -428,7 +434,7 @@ __device__ __forceinline__ void epilogue_loop(T* y, const T* bias, long long row
 template <typename T, bool VEC>
 __global__ void __launch_bounds__(256)
 epilogue_kernel(T* __restrict__ y, const T* __restrict__ bias, long long rows, long long d_out,
-                long long rows_per_item, int has_bias, int act) {
+                long long rows_per_item, long long has_bias, long long act) {
     constexpr int W = VEC ? (int)lg_vec<T>::WIDTH : 1;
     switch (act) {
         case LG_ACT_RELU: epilogue_loop<T, W, LG_ACT_RELU>(y, bias, rows, d_out, rows_per_item, has_bias); break;

@@ -180,21 +180,18 @@ class BinaryAlgebra:
         Integer input is encoded exactly; float input must hold whole numbers
         within the int64 range (a fractional part is an error, never truncated).
         """
-        kind = arrays.common_kind(x=x)
-        backend = backends.resolve(self.device if not _is_scheduler(self.device) else "cpu", kind)
+        kind, backend = self._placement(x=x)
         xp = backend.xp
-        v = backend.asarray(arrays.to_compute(x, kind))
-        v = _as_int64("x", v, xp)
+        v = _as_int64("x", backend.asarray(arrays.to_compute(x, kind, name="x")), xp)
         shifts = xp.arange(BITS - 1, -1, -1, dtype=np.uint64)
         bits = (v.view(np.uint64)[..., None] >> shifts) & np.uint64(1)
         return arrays.from_compute(bits.astype(np.uint8), kind)
 
     def binary_decode(self, bits: Any) -> Any:
         """Inverse of :meth:`binary_encode`: ``(..., 64)`` bits → int64 values."""
-        kind = arrays.common_kind(bits=bits)
-        backend = backends.resolve(self.device if not _is_scheduler(self.device) else "cpu", kind)
+        kind, backend = self._placement(bits=bits)
         xp = backend.xp
-        b = backend.asarray(arrays.to_compute(bits, kind))
+        b = backend.asarray(arrays.to_compute(bits, kind, name="bits"))
         if b.ndim < 1 or b.shape[-1] != BITS:
             raise ValueError(f"bits must have a last axis of length {BITS}, got shape {tuple(b.shape)}")
         if b.dtype.kind not in "biuf":
@@ -206,19 +203,27 @@ class BinaryAlgebra:
         return arrays.from_compute(words.view(np.int64), kind)
 
     # -- plumbing -----------------------------------------------------------------
+    def _placement(self, **named: Any):
+        """The callers' array kind and the backend for a light operation.
+
+        A Scheduler splits batches of the heavy operations; the light ones are
+        not batched and run on the CPU (or the input's own GPU).
+        """
+        kind = arrays.common_kind(**named)
+        device = None if _is_scheduler(self.device) else self.device
+        return kind, backends.resolve(device, kind)
+
     def _run(self, op: Callable[..., Any], *, ndim: Any = None, **named: Any) -> Any:
         """Convert ``named`` arrays, check them, run ``op(xp, *arrays)``, convert back."""
-        kind = arrays.common_kind(**named)
-        device = "cpu" if _is_scheduler(self.device) else self.device
-        backend = backends.resolve(device, kind)
-        values = []
-        for name, value in named.items():
-            want = ndim.get(name) if isinstance(ndim, dict) else ndim
-            a = backend.asarray(arrays.to_compute(value, kind))
-            if want is not None:
-                validation.check_ndim(name, a, ndim=want)
-            values.append(validation.as_float_array(name, a, finite=self.check_finite))
+        kind, backend = self._placement(**named)
         with arrays.caller_stream(kind):
+            values = []
+            for name, value in named.items():
+                want = ndim.get(name) if isinstance(ndim, dict) else ndim
+                a = backend.asarray(arrays.to_compute(value, kind, name=name))
+                if want is not None:
+                    validation.check_ndim(name, a, ndim=want)
+                values.append(validation.as_float_array(name, a, finite=self.check_finite))
             result = op(backend.xp, *values)
         if isinstance(result, tuple):
             return tuple(arrays.from_compute(r, kind) for r in result)

@@ -71,9 +71,19 @@ class ArrayKind:
 NUMPY = ArrayKind("numpy", "cpu")
 
 
+_TORCH: Any = None
+
+
 def _torch():
-    """The torch module if the caller has imported it (we never import it ourselves)."""
-    return sys.modules.get("torch")
+    """The torch module if the caller has imported it (we never import it ourselves).
+
+    Remembered once found (a module is never unloaded): this runs several times
+    per call.
+    """
+    global _TORCH
+    if _TORCH is None:
+        _TORCH = sys.modules.get("torch")
+    return _TORCH
 
 
 def is_tensor(x: Any) -> bool:
@@ -118,6 +128,8 @@ def common_kind(**named: Any) -> ArrayKind:
         if value is None or _is_plain_python(value):
             continue
         found[name] = kind_of(value)
+        if found[name].library == "torch":
+            _check_strided(name, value)
     if not found:
         return NUMPY
     libraries = {k.library for k in found.values()}
@@ -129,7 +141,8 @@ def common_kind(**named: Any) -> ArrayKind:
         listing = ", ".join(f"{n}: {k.device}" for n, k in found.items())
         raise ValueError(f"arrays on different devices in one call ({listing}); move them to one device first")
     first = next(iter(found.values()))
-    return ArrayKind(first.library, first.device, all(k.bfloat16 for k in found.values()))
+    bfloat16 = all(k.bfloat16 for k in found.values())
+    return first if first.bfloat16 == bfloat16 else ArrayKind(first.library, first.device, bfloat16)
 
 
 def _is_plain_python(x: Any) -> bool:
@@ -139,9 +152,8 @@ def _is_plain_python(x: Any) -> bool:
 def needs_autograd(*xs: Any) -> bool:
     """Whether a call on ``xs`` must be recorded by torch autograd.
 
-    True when grad mode is on and any argument is a tensor that requires grad;
-    :func:`liam_gpu.transform_matrix` then routes through
-    :mod:`liam_gpu.torch`.  Cheap, and never imports torch.
+    True when grad mode is on and any argument is a tensor that requires grad.
+    Cheap, and never imports torch.
     """
     torch = _torch()
     if torch is None or not torch.is_grad_enabled():
@@ -149,11 +161,26 @@ def needs_autograd(*xs: Any) -> bool:
     return any(isinstance(x, torch.Tensor) and x.requires_grad for x in xs)
 
 
+def route_to_torch(*xs: Any) -> bool:
+    """Whether a call on ``xs`` must be handled by :mod:`liam_gpu.torch`.
+
+    True when a tensor argument needs autograd recording (:func:`needs_autograd`)
+    or when ``torch.compile`` is tracing the call: the tracer cannot follow
+    numpy/CuPy code (it fails inside it rather than breaking the graph), so
+    tensors then go through the custom operator
+    ``torch.ops.liam_gpu.transform_matrix``.
+    """
+    torch = _torch()
+    if torch is None or not any(isinstance(x, torch.Tensor) for x in xs):
+        return False
+    return torch.compiler.is_compiling() or needs_autograd(*xs)
+
+
 def to_compute(x: Any, kind: ArrayKind | None = None, *, name: str = "array", writable: bool = False) -> Any:
     """Turn a caller's input into a numpy or CuPy array, without copying.
 
-    torch tensors go through DLPack (CPU tensors to numpy, CUDA tensors to
-    CuPy) and share the tensor's memory, strides included; a tensor that
+    CUDA tensors go through DLPack to CuPy, CPU tensors to numpy through
+    ``Tensor.numpy()``; both share the tensor's memory, strides included; a tensor that
     requires grad is detached first, which also shares memory.  Lists and
     scalars become numpy arrays.  CUDA tensors must be converted inside
     :func:`caller_stream`.
@@ -191,8 +218,7 @@ def to_compute(x: Any, kind: ArrayKind | None = None, *, name: str = "array", wr
 def _tensor_to_compute(x: Any, kind: ArrayKind, name: str, writable: bool) -> Any:
     torch = _torch()
     t = x.detach()  # shares memory; __dlpack__ refuses tensors that require grad
-    if t.layout != torch.strided:
-        raise TypeError(f"{name} is a {t.layout} tensor; pass a dense (strided) tensor, e.g. {name}.to_dense()")
+    _check_strided(name, t)
     # DLPack has no flag for torch's lazy conjugate/negative views: exporting
     # such a view would silently drop the sign, so materialise it.
     if t.is_conj():
@@ -210,7 +236,16 @@ def _tensor_to_compute(x: Any, kind: ArrayKind, name: str, writable: bool) -> An
         import cupy
 
         return cupy.from_dlpack(t)
-    return np.from_dlpack(t)
+    # On the host there is no stream to agree on, and Tensor.numpy() is the same
+    # zero-copy view as numpy.from_dlpack (strides included) at a third of the
+    # cost: no capsule is built and consumed.
+    return t.numpy()
+
+
+def _check_strided(name: str, t: Any) -> None:
+    """DLPack carries dense strided memory only: sparse and other layouts are a ``TypeError``."""
+    if t.layout != _torch().strided:
+        raise TypeError(f"{name} is a {t.layout} tensor; pass a dense (strided) tensor, e.g. {name}.to_dense()")
 
 
 def from_compute(y: Any, kind: ArrayKind) -> Any:

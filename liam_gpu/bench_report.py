@@ -225,7 +225,9 @@ def _rate(value: float | None, fraction: float | None) -> str:
     if value is None:
         return "–"
     text = f"{value:.3g}"
-    return text if fraction is None else f"{text} ({fraction:.0%})"
+    if fraction is None:
+        return text
+    return f"{text} (<1%)" if fraction < 0.005 else f"{text} ({fraction:.0%})"
 
 
 def render_table(rows: Sequence[Row]) -> str:
@@ -338,12 +340,33 @@ def _file_stem(text: str) -> str:
     return "_".join(part for part in keep.split("_") if part)[:80] or "plot"
 
 
+def _bar_plot(plt: Any, op: str, op_rows: Sequence[Row], out_dir: Path) -> str:
+    """One size only: median time per implementation as bars, min–max as error bars."""
+    ordered = sorted(op_rows, key=lambda r: r.median)
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.4 * len(ordered)))
+    medians = [r.median for r in ordered]
+    err = [[r.median - r.min for r in ordered], [r.max - r.median for r in ordered]]
+    ax.barh(range(len(ordered)), medians, xerr=err, capsize=3, color="tab:blue", alpha=0.8)
+    ax.set_yticks(range(len(ordered)), [f"{r.label} {r.dtype}" for r in ordered], fontsize="small")
+    ax.invert_yaxis()  # fastest on top
+    ax.set_xscale("log")
+    ax.set_xlabel("median time (s)")
+    ax.set_title(f"{op}  {ordered[0].shape}")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    name = f"time_{_file_stem(op)}.png"
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
 def write_plots(rows: Sequence[Row], out_dir: Path) -> list[str]:
     """Write PNG plots into ``out_dir``; return their file names.
 
     One ``time_<op>.png`` per operation (median time against size, log-log,
     one line per implementation, backend and dtype, the min–max range as error
-    bars) and ``speedup_gpu_over_cpu.png`` when some operation ran on both.
+    bars; bars per implementation when the operation was measured at one size
+    only) and ``speedup_gpu_over_cpu.png`` when some operation ran on both.
     Without matplotlib nothing is written and a note is printed.
     """
     try:
@@ -363,6 +386,9 @@ def write_plots(rows: Sequence[Row], out_dir: Path) -> list[str]:
         if r.size is not None:
             ops.setdefault(r.op, []).append(r)
     for op, op_rows in sorted(ops.items()):
+        if len({r.size for r in op_rows}) == 1:
+            written.append(_bar_plot(plt, op, op_rows, out_dir))
+            continue
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         lines: dict[str, list[Row]] = {}
         for r in op_rows:

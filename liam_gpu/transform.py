@@ -64,6 +64,12 @@ def transform_matrix(
     TypeError
         Complex, object or string arrays; mixed array libraries.
     """
+    if arrays.route_to_torch(data, weights, bias):
+        # Tensors that require grad, or torch.compile tracing: liam_gpu.torch records
+        # the call with autograd / as the custom operator.
+        from .torch import transform_matrix as torch_transform
+
+        return torch_transform(data, weights, bias, activation, out=out, device=device, check_finite=check_finite)
     from .alda import Scheduler
 
     if isinstance(device, Scheduler):
@@ -79,9 +85,9 @@ def transform_matrix(
 
 def _transform(data, weights, bias, code, out, kind, backend, check_finite):
     """The body of :func:`transform_matrix`, on the caller's stream."""
-    x = arrays.to_compute(data, kind)
-    w = arrays.to_compute(weights, kind)
-    b = None if bias is None else arrays.to_compute(bias, kind)
+    x = arrays.to_compute(data, kind, name="data")
+    w = arrays.to_compute(weights, kind, name="weights")
+    b = None if bias is None else arrays.to_compute(bias, kind, name="bias")
 
     dtype = _result_dtype(x, w, b)
     batched = getattr(w, "ndim", 0) == 3
@@ -114,7 +120,7 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite):
         backend.linear(x.reshape(-1, d_in), w, b, code, target.reshape(-1, d_out))
     if out is not None:
         if not direct:
-            dest = arrays.to_compute(out, kind)
+            dest = arrays.to_compute(out, kind, name="out", writable=True)
             dest[...] = target if arrays.array_module(dest) is arrays.array_module(target) else _move(target, dest)
         return out
     return arrays.from_compute(target, kind)
@@ -133,7 +139,7 @@ def _output_buffer(out: Any, kind: arrays.ArrayKind, backend, shape: tuple, dtyp
     """The buffer the kernel writes, and whether it is the caller's ``out`` itself."""
     if out is None:
         return backend.empty(shape, dtype), False
-    dest = arrays.to_compute(out, kind)
+    dest = arrays.to_compute(out, kind, name="out", writable=True)
     if tuple(dest.shape) != shape:
         raise ValueError(f"out must have shape {shape}, got {tuple(dest.shape)}")
     if np.dtype(dest.dtype) != dtype:

@@ -146,6 +146,13 @@ class Batch:
                 raise TypeError(f"{name} must be an array, got {type(value).__name__}")
         self.kind = arrays.common_kind(**named)
         self.leaves = [arrays.to_compute(v, self.kind) for v in values]
+        if self.kind.on_gpu:
+            # Chunks of a GPU batch are copied to other GPUs as single blocks of
+            # memory: each leaf must be C-contiguous (a no-op when it already is).
+            import cupy
+
+            with cupy.cuda.Device(self.kind.device_index):
+                self.leaves = [cupy.ascontiguousarray(leaf) for leaf in self.leaves]
         lengths = set()
         for name, leaf in zip(named, self.leaves):
             if leaf.ndim == 0:
@@ -217,6 +224,11 @@ def combine(parts: list[Any]) -> Any:
         :meth:`~liam_gpu.Scheduler.map`.
     """
     first = parts[0]
+    if is_array(first) and first.ndim == 0:
+        raise TypeError(
+            "chunk results are 0-d arrays, which cannot be concatenated; return one row per item "
+            "or pass combine= to Scheduler.map"
+        )
     if isinstance(first, np.ndarray):
         return np.concatenate(parts, axis=0)
     if arrays.is_cupy(first):

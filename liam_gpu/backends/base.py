@@ -49,5 +49,86 @@ class Backend:
         """Per-item :meth:`linear`: x (B, n, d_in), w (B, d_out, d_in), bias (B, d_out), out (B, n, d_out)."""
         raise NotImplementedError
 
+    # -- randomized SVD ----------------------------------------------------------
+    # The algorithms of liam_gpu.svd run over these.  Big arrays (A, the m x l
+    # and n x l bases) stay in backend memory; the small l x l matrices (Gram
+    # matrices, triangular factors, the core SVD) are host float64 numpy
+    # arrays, factored by numpy on the host for every backend.
+
+    def sketch(self, a: Any, seed: int, l: int, *, trans: bool = False, col0: int = 0) -> Any:
+        """``op(a) @ Omega[:, col0:col0 + l]``: the Gaussian sketch of :mod:`liam_gpu.philox`.
+
+        ``a`` is a C-contiguous 2-D backend array; ``op(a)`` is ``a.T`` when
+        ``trans``.  ``col0`` (a multiple of 4) selects fresh columns of Omega.
+        Returns a new ``(rows of op(a), l)`` C-contiguous array of ``a``'s dtype.
+        """
+        raise NotImplementedError
+
+    def matmul(self, a: Any, b: Any, *, trans: bool = False) -> Any:
+        """``op(a) @ b`` (``op(a) = a.T`` when ``trans``), a new C-contiguous array.
+
+        The big products of the power iterations (``A @ Z``, ``A.T @ Y``) and
+        the small ones (``Q @ U_small``) both come here: BLAS on the CPU,
+        cuBLAS on a GPU (numpy stands in for cuBLAS on the emulator).
+        """
+        raise NotImplementedError
+
+    def gram(self, y: Any, *, accumulate: Any = np.float64) -> np.ndarray:
+        """``y.T @ y`` of a tall-skinny C-contiguous ``y`` (m, l), as a host float64 array.
+
+        ``accumulate`` is the precision of the sums: float64 (default; exact
+        products of float32 data) or, for float32 ``y``, float32 (faster,
+        enough where only a well-conditioned basis is needed).
+        """
+        raise NotImplementedError
+
+    def tri_apply(self, y: Any, r: np.ndarray, *, accumulate: Any = np.float64,
+                  rinv: np.ndarray | None = None) -> Any:
+        """``y @ inv(r)`` for a host upper-triangular ``r`` (l, l), in ``y``'s dtype.
+
+        The inverse is formed on the host in float64 (or passed as ``rinv`` when
+        the caller has it already); the product accumulates in ``accumulate``
+        (float64 default, or float32 for float32 ``y``) and is rounded once.
+        Returns a new array.
+        """
+        raise NotImplementedError
+
+    def householder_qr(self, y: Any) -> tuple[Any, np.ndarray]:
+        """Thin Householder QR ``y = Q R``: ``Q`` a backend array, ``R`` host float64.
+
+        The fallback of CholeskyQR for numerically rank-deficient ``y``
+        (LAPACK on the CPU, cuSOLVER on a GPU, numpy on the emulator).
+        """
+        raise NotImplementedError
+
+    def sum_squares(self, a: Any) -> float:
+        """``||a||_F^2`` of a C-contiguous array, accumulated in float64, deterministic."""
+        raise NotImplementedError
+
+    def batched_svd_fits(self, m: int, n: int, dtype: Any) -> bool:
+        """Whether :meth:`batched_svd` takes a stack of ``m x n`` matrices of ``dtype``."""
+        raise NotImplementedError
+
+    def batched_svd(self, a: Any) -> tuple[Any, Any, Any]:
+        """Thin SVD of every matrix of a C-contiguous ``(B, m, n)`` stack.
+
+        Returns ``U (B, m, r)``, ``S (B, r)`` descending, ``Vt (B, r, n)``,
+        ``r = min(m, n)``, backend arrays of ``a``'s dtype.
+        """
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"<liam_gpu backend {self.name}>"
+
+
+def upper_inverse(r: np.ndarray) -> np.ndarray:
+    """``inv(r)`` of an upper-triangular host matrix, in float64, exactly upper triangular.
+
+    numpy's LAPACK (an upper-triangular matrix needs no pivoting, so this is
+    the triangular inverse); ``l`` is at most a few hundred, negligible next
+    to the tall products it feeds.  numpy rather than scipy on purpose: the
+    two libraries bundle separate OpenBLAS thread pools, and alternating
+    between them in a loop of small calls makes their spinning threads fight
+    over the cores.
+    """
+    return np.triu(np.linalg.inv(np.asarray(r, dtype=np.float64)))

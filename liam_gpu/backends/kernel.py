@@ -10,9 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from ..launch import batched_svd as batched_svd_launch
+from ..launch import gram as gram_launch
+from ..launch import sketch as sketch_launch
 from ..launch import transform as transform_launch
 from ..launch.runtime import Runtime, cuda_runtime, emulator_runtime
-from .base import Backend
+from .base import Backend, upper_inverse
 
 
 class KernelBackend(Backend):
@@ -35,6 +38,42 @@ class KernelBackend(Backend):
 
     def batched_linear(self, x, w, bias, activation, out):
         return transform_launch.batched_linear(self.runtime, x, w, bias, activation, out)
+
+    # -- randomized SVD ----------------------------------------------------------
+    # Our kernels do the sketch (Omega never stored), the Gram reductions, the
+    # triangular apply and the batched SVD.  The big skinny products go to
+    # cuBLAS through the array module's matmul: on the emulator numpy stands in
+    # for cuBLAS, so CI checks our kernels and the algorithm, not cuBLAS.
+    def sketch(self, a, seed, l, *, trans=False, col0=0):
+        rows = a.shape[1] if trans else a.shape[0]
+        out = self.empty((rows, int(l)), a.dtype)
+        return sketch_launch.sketch(self.runtime, a, seed, l, out, trans=trans, col0=col0)
+
+    def matmul(self, a, b, *, trans=False):
+        return self.xp.ascontiguousarray(self.xp.matmul(a.T if trans else a, b))
+
+    def gram(self, y, *, accumulate=np.float64):
+        g = gram_launch.gram(self.runtime, self.xp.ascontiguousarray(y), accumulate=accumulate)
+        return self.to_host(g).astype(np.float64, copy=False)
+
+    def tri_apply(self, y, r, *, accumulate=np.float64, rinv=None):
+        y = self.xp.ascontiguousarray(y)
+        rinv = self.asarray((upper_inverse(r) if rinv is None else rinv).astype(accumulate, copy=False))
+        out = self.empty(tuple(y.shape), y.dtype)
+        return gram_launch.tri_apply(self.runtime, y, rinv, out)
+
+    def householder_qr(self, y):
+        q, r = self.xp.linalg.qr(y)
+        return self.xp.ascontiguousarray(q), self.to_host(r).astype(np.float64)
+
+    def sum_squares(self, a):
+        return gram_launch.sum_squares(self.runtime, self.xp.ascontiguousarray(a))
+
+    def batched_svd_fits(self, m, n, dtype):
+        return batched_svd_launch.fits(self.runtime, m, n, dtype)
+
+    def batched_svd(self, a):
+        return batched_svd_launch.batched_svd(self.runtime, self.xp.ascontiguousarray(a))
 
 
 class CudaBackend(KernelBackend):

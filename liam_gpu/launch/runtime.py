@@ -30,11 +30,14 @@ class Runtime:
         The array module whose arrays stand for device memory (cupy / numpy).
     sm_count
         Streaming multiprocessors, used to size grids.
+    max_shared_per_block
+        Dynamic shared memory a block may opt in to, in bytes.
     """
 
     kind: str = ""
     xp: Any = np
     sm_count: int = 1
+    max_shared_per_block: int = 48 * 1024
 
     def __init__(self) -> None:
         self._modules: dict[str, Any] = {}
@@ -80,6 +83,7 @@ class CudaRuntime(Runtime):
         props = cupy.cuda.runtime.getDeviceProperties(device_id)
         self.sm_count = int(props["multiProcessorCount"])
         self.compute_capability = (int(props["major"]), int(props["minor"]))
+        self.max_shared_per_block = int(props.get("sharedMemPerBlockOptin", props["sharedMemPerBlock"]))
 
     def _load(self, family: KernelFamily) -> Any:
         import cupy
@@ -122,6 +126,8 @@ class EmulatorRuntime(Runtime):
     kind = "emulator"
     #: An H100/H200-like SM count, so grid-sizing logic takes the same branches as on a GPU.
     sm_count = 132
+    #: Hopper's opt-in limit (227 KiB), so shared-memory checks match the H100/H200.
+    max_shared_per_block = 227 * 1024
 
     def _load(self, family: KernelFamily) -> Any:
         from liam_gpu.emulator import EmulatorModule

@@ -1,0 +1,142 @@
+"""Out-of-core randomized SVD on a Dask cluster: ``liam_gpu.dask.svd_compress`` against
+``dask.array.linalg.svd_compressed``.
+
+A tall float64 matrix several times larger than one worker's memory limit
+(and than the whole cluster's) is factored by two worker processes with the
+same rank ``k``, oversampling ``p`` and power iterations ``q`` (so the same
+sketch width ``l = k + p`` and the same ``2 q + 2`` passes over ``A``).  The
+matrix is never stored: each chunk is generated when a pass reads it, as
+``A_i = G_i diag(sigma) V^T`` with ``G`` Gaussian (``m x r``, Dask's
+per-chunk seeded generator, so every pass sees the same ``A``), ``V``
+orthonormal and ``sigma_j = 1 / j``.  The exact singular values of ``A`` come
+from the small ``G^T G`` (one cheap pass over ``G``), which gives the optimal
+rank-``k`` error to compare with.
+
+Each implementation gets a fresh cluster; its workers' peak resident memory
+is reset (``/proc/self/clear_refs``) after a small untimed warm-up call, then
+read (``VmHWM``) after the timed call.  One round: a call is tens of seconds.
+Recorded in ``extra_info``: ``peak_worker_mb`` (the larger worker's peak),
+``baseline_worker_mb`` (its resident memory before the call),
+``worker_limit_mb``, ``matrix_mb``, ``relative_error``
+(``||A - U S Vt||_F / ||A||_F``, one more untimed pass), ``optimal_error``
+and ``max_singular_value_error`` (the largest relative error of the ``k``
+singular values).  Run::
+
+    python -m pytest bench/bench_dask.py -s --benchmark-columns=median
+    LIAM_BENCH_QUICK=1 python -m pytest bench/bench_dask.py -s   # a 160 MB matrix, for a smoke test
+
+``docs/distributed.md`` holds the numbers measured so.
+"""
+from __future__ import annotations
+
+import math
+import os
+import resource
+
+import numpy as np
+import pytest
+
+QUICK = os.environ.get("LIAM_BENCH_QUICK") == "1"
+
+#: The matrix: rows, columns, rows per chunk, and the rank ``r`` of its generator.
+ROWS, COLS, CHUNK_ROWS, LATENT = (40_000, 500, 4_000, 100) if QUICK else (400_000, 500, 4_000, 100)
+#: The factorization asked of both implementations.
+RANK, OVERSAMPLES, POWER_ITERS = 20, 10, 2
+#: The cluster: worker processes, one thread each, and each worker's memory limit.
+WORKERS, WORKER_LIMIT = 2, 300 * 2**20
+SEED = 2026
+
+IMPLS = ["liam_gpu.dask", "dask svd_compressed (power)", "dask svd_compressed (QR)"]
+
+
+def _mix() -> tuple[np.ndarray, np.ndarray]:
+    """``diag(sigma) V^T`` (r x n) and ``sigma``."""
+    rng = np.random.default_rng(SEED)
+    v, _ = np.linalg.qr(rng.standard_normal((COLS, LATENT)))
+    sigma = 1.0 / np.arange(1, LATENT + 1)
+    return sigma[:, None] * v.T, sigma
+
+
+def _generator(da, delayed):
+    """The lazy Gaussian factor ``G`` and the lazy matrix ``A = G diag(sigma) V^T``."""
+    mix, _ = _mix()
+    g = da.random.default_rng(SEED).standard_normal((ROWS, LATENT), chunks=(CHUNK_ROWS, LATENT))
+    a = g.map_blocks(np.matmul, delayed(mix), chunks=(g.chunks[0], (COLS,)), dtype=np.float64)
+    return g, a
+
+
+def _rss() -> tuple[int, int]:
+    """This process's resident and peak resident memory in bytes (``VmRSS``, ``VmHWM``)."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.split()
+    if "VmHWM" in fields:
+        return int(fields["VmRSS"][0]) * 1024, int(fields["VmHWM"][0]) * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak, peak
+
+
+def _reset_peak() -> tuple[int, int]:
+    """Reset the peak resident memory of this process (Linux >= 4.0) and return ``_rss()``."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _rss()
+
+
+def _run(impl: str, x, da, dask):
+    """Factor ``x`` and return ``(U, S, Vt)``: ``U`` persisted on the workers, ``S`` and ``Vt`` on the client."""
+    if impl == "liam_gpu.dask":
+        from liam_gpu import dask as ldask
+
+        lr = ldask.svd_compress(x, RANK, n_oversamples=OVERSAMPLES, n_iter=POWER_ITERS, random_state=SEED)
+        return lr.U, lr.S, lr.Vt
+    iterator = "QR" if impl.endswith("(QR)") else "power"
+    u, s, vt = da.linalg.svd_compressed(x, RANK, iterator=iterator, n_power_iter=POWER_ITERS,
+                                        n_oversamples=OVERSAMPLES, seed=SEED, compute=True)
+    u, s, vt = dask.persist(u, s, vt)
+    s, vt = dask.compute(s, vt)
+    return u, s, vt
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_out_of_core_tall_svd(benchmark, describe, peer, impl):
+    dask = peer("dask")
+    distributed = peer("distributed")
+    import dask.array as da
+
+    g, x = _generator(da, dask.delayed)
+    with distributed.LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
+                                  memory_limit=WORKER_LIMIT, dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            # Imports and first-call costs on the workers stay out of the numbers.
+            _run(impl, da.random.default_rng(0).standard_normal((2 * COLS, COLS), chunks=(COLS, COLS)), da, dask)
+            before = client.run(_reset_peak)
+            u, s, vt = benchmark.pedantic(_run, args=(impl, x, da, dask), rounds=1, iterations=1)
+            after = client.run(_rss)
+            peak = max(hwm for _, hwm in after.values())
+            baseline = max(rss for rss, _ in before.values())
+            residual2, norm2 = dask.compute(((x - (u.rechunk({0: x.chunks[0]}) * s) @ vt) ** 2).sum(),
+                                            (x**2).sum())
+            gtg = (g.T @ g).compute()
+
+    _, sigma = _mix()
+    exact = np.sqrt(np.clip(np.linalg.eigvalsh(sigma[:, None] * gtg * sigma[None, :]), 0, None))[::-1]
+    optimal = math.sqrt(float(np.sum(exact[RANK:] ** 2)) / float(np.sum(exact**2)))
+    error = math.sqrt(float(residual2) / float(norm2))
+    sv_error = float(np.max(np.abs(np.asarray(s) - exact[:RANK]) / exact[:RANK]))
+    mb = 2.0**-20
+    describe(benchmark, op=f"out-of-core svd k={RANK} p={OVERSAMPLES} q={POWER_ITERS}, {WORKERS} dask workers",
+             impl=impl, backend="cpu", shape=(ROWS, COLS, RANK), dtype=np.float64,
+             bytes=(2 * POWER_ITERS + 2) * ROWS * COLS * 8,
+             peak_worker_mb=peak * mb, baseline_worker_mb=baseline * mb, worker_limit_mb=WORKER_LIMIT * mb,
+             matrix_mb=ROWS * COLS * 8 * mb, relative_error=error, optimal_error=optimal,
+             max_singular_value_error=sv_error)
+    stats = getattr(benchmark, "stats", None)
+    seconds = float("nan") if stats is None else stats.stats.median
+    print(f"\n{impl:30s} {seconds:7.1f} s  peak/worker {peak * mb:6.0f} MB (baseline {baseline * mb:.0f} MB, "
+          f"limit {WORKER_LIMIT * mb:.0f} MB, A {ROWS * COLS * 8 * mb:.0f} MB)  rel. error {error:.6f} "
+          f"(optimal {optimal:.6f})  max sv error {sv_error:.2e}")
+    if impl == "liam_gpu.dask":
+        assert error <= 1.5 * optimal, f"relative error {error} is far from the optimum {optimal}"

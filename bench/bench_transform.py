@@ -1,0 +1,202 @@
+"""``transform_matrix``: the fused ``relu(x @ W.T + b)`` against the unfused pipelines.
+
+One group per shape (``--benchmark-group-by=group`` is the default grouping of
+``describe``), float32:
+
+* CPU: ``liam_gpu`` (``device="cpu"``: BLAS into the output, bias and
+  activation chunk by chunk in cache) against hand-written numpy
+  ``np.maximum(x @ W.T + b, 0)`` (three full passes over the output);
+* GPU (skipped without one): ``liam_gpu`` (``device="cuda"``, whichever path
+  :func:`liam_gpu.launch.transform.plan` picks), ``liam_gpu fused-kernel``
+  (our kernel forced, where the plan picked cuBLAS, so the table in
+  ``liam_gpu/launch/transform.py`` can be re-derived), the unfused CuPy
+  pipeline, ``torch.nn.functional.linear`` + ``relu``, and cuBLAS alone
+  (``x @ W.T``) on the square shape.
+
+Every GPU call synchronises before the clock stops (the ``measure`` fixture).
+``extra_info`` records the path and tile configuration that ran and the GFLOP/s
+of the median round.  ``LIAM_BENCH_QUICK=1`` shrinks every shape.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+import liam_gpu as lg
+from liam_gpu.activations import ACTIVATIONS
+from liam_gpu.launch import transform as transform_launch
+
+QUICK = os.environ.get("LIAM_BENCH_QUICK") == "1"
+
+DTYPE = np.float32
+
+#: (batch or None, n, d_in, d_out): the issue's shapes, or small ones with LIAM_BENCH_QUICK=1.
+SHAPES = (
+    [(None, 512, 256, 256), (None, 4096, 128, 128), (None, 64, 1024, 1024), (128, 64, 64, 64)]
+    if QUICK
+    else [(None, 4096, 1024, 1024), (None, 65536, 256, 256), (None, 256, 4096, 4096), (1024, 64, 64, 64)]
+)
+
+
+def _id(case) -> str:
+    batch, n, d_in, d_out = case
+    return (f"b{batch}x" if batch else "") + f"{n}x{d_in}-{d_out}"
+
+
+def _shape(case) -> tuple[int, ...]:
+    batch, n, d_in, d_out = case
+    return (batch, n, d_in, d_out) if batch else (n, d_in, d_out)
+
+
+def _flops(case) -> int:
+    batch, n, d_in, d_out = case
+    return 2 * (batch or 1) * n * d_in * d_out
+
+
+def _bytes(case) -> int:
+    batch, n, d_in, d_out = case
+    b = batch or 1
+    return 4 * b * (n * d_in + d_out * d_in + d_out + n * d_out)
+
+
+def _make(case, seed: int = 0):
+    """One input set (x, W, b), never zeros, weights scaled like a trained layer."""
+    batch, n, d_in, d_out = case
+    rng = np.random.default_rng(seed)
+    lead = (batch,) if batch else ()
+    x = rng.standard_normal(lead + (n, d_in), dtype=DTYPE)
+    w = rng.standard_normal(lead + (d_out, d_in), dtype=DTYPE) * DTYPE(d_in ** -0.5)
+    b = rng.standard_normal(lead + (d_out,), dtype=DTYPE)
+    return x, w, b
+
+
+def _label(describe, benchmark, case, impl, backend, **extra):
+    describe(benchmark, op="transform relu(x@W.T+b)", impl=impl, backend=backend, shape=_shape(case),
+             dtype=DTYPE, flops=_flops(case), bytes=_bytes(case), **extra)
+
+
+def _record_rate(benchmark, case) -> None:
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None and stats.stats.median > 0:
+        benchmark.extra_info["gflops"] = _flops(case) / stats.stats.median / 1e9
+
+
+# --------------------------------------------------------------------------- CPU
+
+
+@pytest.mark.parametrize("case", SHAPES, ids=_id)
+def test_cpu_liam_gpu(benchmark, describe, measure, rotation, case):
+    inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cpu")
+    _label(describe, benchmark, case, "liam_gpu", "cpu", path="numpy matmul + chunked epilogue")
+    measure(benchmark, lambda x, w, b: lg.transform_matrix(x, w, b, "relu", device="cpu", check_finite=False),
+            inputs, backend="cpu")
+    _record_rate(benchmark, case)
+
+
+def _numpy_unfused(x, w, b):
+    if w.ndim == 3:
+        return np.maximum(np.matmul(x, w.transpose(0, 2, 1)) + b[:, None, :], 0)
+    return np.maximum(x @ w.T + b, 0)
+
+
+@pytest.mark.parametrize("case", SHAPES, ids=_id)
+def test_cpu_numpy_unfused(benchmark, describe, measure, rotation, case):
+    inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cpu")
+    _label(describe, benchmark, case, "numpy", "cpu", path="unfused: matmul, +b, maximum")
+    measure(benchmark, _numpy_unfused, inputs, backend="cpu")
+    _record_rate(benchmark, case)
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+def _plan_info(case) -> dict:
+    batch, n, d_in, d_out = case
+    from liam_gpu.launch.runtime import cuda_runtime
+
+    p = transform_launch.plan(cuda_runtime(0), n, d_in, d_out, DTYPE, batch or 1)
+    return {"path": p.path, "config": p.config}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", SHAPES, ids=_id)
+def test_cuda_liam_gpu(benchmark, describe, measure, rotation, case):
+    inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cuda")
+    _label(describe, benchmark, case, "liam_gpu", "cuda", **_plan_info(case))
+    measure(benchmark, lambda x, w, b: lg.transform_matrix(x, w, b, "relu", device="cuda", check_finite=False),
+            inputs, backend="cuda")
+    _record_rate(benchmark, case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", SHAPES, ids=_id)
+def test_cuda_liam_gpu_fused_kernel(benchmark, describe, measure, rotation, case):
+    if _plan_info(case)["path"] == transform_launch.PATH_KERNEL:
+        pytest.skip("the plan already runs the fused kernel for this shape (see test_cuda_liam_gpu)")
+    import cupy
+
+    from liam_gpu.launch.runtime import cuda_runtime
+
+    runtime = cuda_runtime(0)
+    batch, n, d_in, d_out = case
+    inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cuda")
+    out = cupy.empty(((batch,) if batch else ()) + (n, d_out), DTYPE)
+    run = transform_launch.batched_linear if batch else transform_launch.linear
+    code = ACTIVATIONS["relu"]
+    run(runtime, *inputs(), code, out, path=transform_launch.PATH_KERNEL)
+    launch = transform_launch.last_launch()
+    _label(describe, benchmark, case, "liam_gpu fused-kernel", "cuda", path=launch.path, config=launch.config)
+    measure(benchmark, lambda x, w, b: run(runtime, x, w, b, code, out, path=transform_launch.PATH_KERNEL),
+            inputs, backend="cuda")
+    _record_rate(benchmark, case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", SHAPES, ids=_id)
+def test_cuda_cupy_unfused(benchmark, describe, measure, rotation, peer, case):
+    cupy = peer("cupy")
+    inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cuda")
+    _label(describe, benchmark, case, "cupy", "cuda", path="unfused: matmul, +b, maximum")
+
+    def unfused(x, w, b):
+        if w.ndim == 3:
+            return cupy.maximum(cupy.matmul(x, w.transpose(0, 2, 1)) + b[:, None, :], 0)
+        return cupy.maximum(x @ w.T + b, 0)
+
+    measure(benchmark, unfused, inputs, backend="cuda")
+    _record_rate(benchmark, case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", SHAPES, ids=_id)
+def test_cuda_torch(benchmark, describe, measure, rotation, peer, case):
+    torch = peer("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("peer torch has no CUDA device")
+    F = torch.nn.functional
+    inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cuda")
+    tensors = itertools.cycle([tuple(torch.from_dlpack(a) for a in copy) for copy in inputs.copies])
+    _label(describe, benchmark, case, "torch", "cuda", path="F.linear + F.relu")
+
+    def run(x, w, b):
+        with torch.no_grad():
+            if w.ndim == 3:
+                return F.relu(torch.baddbmm(b[:, None, :], x, w.transpose(1, 2)))
+            return F.relu(F.linear(x, w, b))
+
+    measure(benchmark, run, lambda: next(tensors), backend="cuda")
+    _record_rate(benchmark, case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for c in SHAPES if c[0] is None][:1], ids=_id)
+def test_cuda_cublas_alone(benchmark, describe, measure, rotation, peer, case):
+    # The ceiling for the square shape: the GEMM with no bias and no activation.
+    peer("cupy")
+    inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cuda")
+    _label(describe, benchmark, case, "cublas (GEMM only)", "cuda", path="cupy x @ W.T")
+    measure(benchmark, lambda x, w, b: x @ w.T, inputs, backend="cuda")
+    _record_rate(benchmark, case)

@@ -1,0 +1,248 @@
+"""The package's operations over a :class:`~liam_gpu.Scheduler`.
+
+``liam_gpu.transform_matrix``, ``liam_gpu.svd_compress`` and
+``liam_gpu.randomized_svd`` with ``device=sched`` land here.  Each splits its batch
+with :meth:`Scheduler.map` and calls the ordinary operation per chunk with
+``device=`` set to the worker's backend (``cpu:i`` → ``"cpu"``,
+``emulator:i`` → ``"emulator"``, ``cuda:i`` → ``"cuda:i"``), so a chunk is
+computed exactly as it would be on its own.
+
+Bad input is reported as the operation itself reports it (``ValueError`` /
+``TypeError`` naming the argument), not wrapped in
+:class:`~liam_gpu.alda.errors.ChunkError`: the scheduler is an execution
+detail, and the same call must fail the same way on any ``device=``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .. import arrays, validation
+from .devices import backend_name, current_device, cuda_index, is_cuda
+from .errors import ChunkError
+
+
+def _on_device(device: str, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Parameters shared by every chunk, as arrays on ``device`` (copied once per device)."""
+    if is_cuda(device):
+        import cupy
+
+        with cupy.cuda.Device(cuda_index(device)):
+            return tuple(None if v is None else cupy.asarray(v) for v in values)
+    return tuple(v if v is None or not arrays.is_cupy(v) else v.get() for v in values)
+
+
+def _per_device(values: tuple[Any, ...]) -> Callable[[], tuple[Any, ...]]:
+    """``get()`` → ``values`` on the calling worker's device, each device's copy made once."""
+    copies: dict[str, tuple[Any, ...]] = {}
+
+    def get() -> tuple[Any, ...]:
+        device = current_device()
+        found = copies.get(device)
+        if found is None:
+            # One worker per device: no two threads fill the same key.
+            found = copies[device] = _on_device(device, values)
+        return found
+
+    return get
+
+
+def _unwrap_bad_input(err: ChunkError) -> BaseException:
+    """The operation's own ValueError/TypeError (noting the chunk), or the ChunkError itself."""
+    cause = err.__cause__
+    if isinstance(cause, (ValueError, TypeError)):
+        note = getattr(cause, "add_note", None)
+        if note is not None:
+            note(f"(raised for {err.chunk.describe()} on scheduler device {err.device})")
+        return cause
+    return err
+
+
+def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=None, check_finite=True):
+    """``act(data @ weights.T + bias)`` with the rows (or batch items) split over ``sched``.
+
+    Non-batched weights ``(d_out, d_in)``: the rows of ``data`` (all leading
+    axes flattened) are the batch, and every device holds its own copy of the
+    weights and bias.  Batched weights ``(B, d_out, d_in)``: data, weights and
+    bias are split together along ``B``.  ``out`` receives the joined result.
+    Arguments and results are as for :func:`liam_gpu.transform_matrix`.
+    """
+    from .. import transform
+    from ..activations import activation_code
+
+    activation_code(activation)
+    kind = arrays.common_kind(data=data, weights=weights, bias=bias, out=out)
+    x = arrays.to_compute(data, kind)
+    w = arrays.to_compute(weights, kind)
+    b = None if bias is None else arrays.to_compute(bias, kind)
+    dtype = transform._result_dtype(x, w, b)
+    validation.check_ndim("weights", w, ndim=(2, 3))
+    batched = w.ndim == 3
+    validation.check_ndim("data", x, ndim=3 if batched else None, min_ndim=1)
+    d_out, d_in = w.shape[-2:]
+    if x.shape[-1] != d_in:
+        raise ValueError(
+            f"data has {x.shape[-1]} features (last axis of shape {tuple(x.shape)}) but weights "
+            f"expects d_in={d_in} (shape {tuple(w.shape)}, read as (d_out, d_in))"
+        )
+    if batched and x.shape[0] != w.shape[0]:
+        raise ValueError(
+            f"batched transform: data has batch {x.shape[0]} (shape {tuple(x.shape)}) but weights "
+            f"has batch {w.shape[0]} (shape {tuple(w.shape)})"
+        )
+    if b is not None and tuple(b.shape) != tuple(w.shape[:-1]):
+        raise ValueError(f"bias must have shape {tuple(w.shape[:-1])} to match weights, got {tuple(b.shape)}")
+    out_shape = tuple(x.shape[:-1]) + (d_out,)
+    dest = None
+    if out is not None:
+        dest = arrays.to_compute(out, kind)
+        if tuple(dest.shape) != out_shape:
+            raise ValueError(f"out must have shape {out_shape}, got {tuple(dest.shape)}")
+        if dest.dtype != dtype:
+            raise TypeError(f"out must have dtype {dtype}, got {dest.dtype}")
+        if not dest.flags.writeable:
+            raise ValueError("out is read-only")
+
+    def run(*chunk: Any) -> Any:
+        device = backend_name(current_device())
+        return transform.transform_matrix(
+            *chunk, activation=activation, device=device, check_finite=check_finite
+        )
+
+    if batched:
+        batch = (x, w) if b is None else (x, w, b)
+        fn = run
+    else:
+        params = _per_device((w, b))
+        batch = x.reshape(-1, d_in)
+
+        def fn(rows: Any) -> Any:
+            w_here, b_here = params()
+            return run(rows, w_here, b_here)
+
+    target = None
+    if dest is not None and dest.flags.c_contiguous:
+        # A contiguous out receives the rows directly (each worker writes its own).
+        target = dest if batched else dest.reshape(-1, d_out)
+    try:
+        with arrays.caller_stream(kind):
+            y = sched.map(fn, batch, out=target)
+    except ChunkError as err:
+        raise _unwrap_bad_input(err) from None
+    if dest is None:
+        return arrays.from_compute(y.reshape(out_shape), kind)
+    if target is None:
+        dest[...] = y.reshape(out_shape)
+    return out
+
+
+def _one_seed(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``random_state`` resolved once, in the caller: every chunk gets the same integer seed.
+
+    (A generator or ``None`` drawn from inside the workers would give each
+    chunk a different seed, in an order that depends on the timing.)
+    """
+    from ..svd import seed_from_random_state
+
+    return {**kwargs, "random_state": seed_from_random_state(kwargs.get("random_state", 0))}
+
+
+def _single(sched, call: Callable[[Any], Any], a: Any) -> Any:
+    """A single matrix: one chunk, on the first healthy device, with the same fault handling."""
+    return sched.map(lambda items: [call(items[0])], [a], combine=lambda parts: parts[0][0])
+
+
+def randomized_svd(sched, a, n_components, **kwargs):
+    """:func:`liam_gpu.randomized_svd` of a stack ``(B, m, n)``, its items split over ``sched``.
+
+    Each chunk is factored by ``randomized_svd(chunk, ..., device=<the
+    worker's backend>)`` with the one seed resolved here, and ``U``, ``S``,
+    ``Vt`` are concatenated along ``B``.  Every item of a stack is factored on
+    its own with the same seed, so chunking changes nothing.
+    """
+    from .. import svd
+
+    kwargs = _one_seed(kwargs)
+    kind = arrays.kind_of(a)
+    x = arrays.to_compute(a, kind)
+
+    def factor(m: Any) -> Any:
+        return svd.randomized_svd(m, n_components, device=backend_name(current_device()), **kwargs)
+
+    try:
+        if getattr(x, "ndim", 0) != 3:
+            return _single(sched, factor, a)
+        with arrays.caller_stream(kind):
+            u, s, vt = sched.map(factor, x)
+    except ChunkError as err:
+        raise _unwrap_bad_input(err) from None
+    return tuple(arrays.from_compute(f, kind) for f in (u, s, vt))
+
+
+def svd_compress(sched, a, k=None, *, tol=None, **kwargs):
+    """:func:`liam_gpu.svd_compress` of a stack ``(B, m, n)``, its items split over ``sched``.
+
+    Each chunk of the stack is compressed by ``svd_compress(chunk, ...,
+    device=<the worker's backend>)`` with one seed resolved here; the factors
+    come home and the parts are joined by :meth:`liam_gpu.LowRank.concatenate`.
+    A single matrix is one chunk.
+
+    With ``tol``, a stack gets one rank, the largest any chunk chose (as
+    ``svd_compress`` gives a stack one rank); chunks that chose less are
+    compressed again at that rank in a second map.  The result is the same on
+    any number of devices, though not always bitwise the unscheduled call's,
+    whose rank is chosen over the whole stack at once.
+    """
+    from .. import svd
+    from ..lowrank import LowRank
+
+    kwargs = _one_seed(kwargs)
+    kind = arrays.kind_of(a)
+    x = arrays.to_compute(a, kind)
+
+    def compress(m: Any, rank: Any = k, target: Any = tol, **extra: Any) -> Any:
+        device = backend_name(current_device())
+        return svd.svd_compress(m, rank, tol=target, device=device, **{**kwargs, **extra})
+
+    def factors(m: Any) -> tuple[Any, ...]:
+        low = compress(m)
+        return (low.U, low.S, low.Vt, low.relative_error)
+
+    try:
+        if getattr(x, "ndim", 0) != 3:
+            return _single(sched, compress, a)
+        with arrays.caller_stream(kind):
+            parts = sched.map(factors, x, combine=list)
+            if tol is not None:
+                parts = _one_rank(sched, x, parts, compress)
+    except ChunkError as err:
+        raise _unwrap_bad_input(err) from None
+    joined = LowRank.concatenate([LowRank(u, s, vt, relative_error=e) for u, s, vt, e in parts])
+    if kind.library != "torch":
+        return joined
+    return LowRank(
+        *(arrays.from_compute(f, kind) for f in (joined.U, joined.S, joined.Vt)),
+        relative_error=joined.relative_error,
+    )
+
+
+def _one_rank(sched, x: Any, parts: list[tuple[Any, ...]], compress: Callable[..., Any]) -> list[tuple[Any, ...]]:
+    """Raise every part of a ``tol``-mode stack to the largest rank any part chose."""
+    rank = max(int(p[1].shape[-1]) for p in parts)
+    ranges, start = [], 0
+    for p in parts:
+        ranges.append((start, start + int(p[0].shape[0])))
+        start = ranges[-1][1]
+    redo = [i for i, p in enumerate(parts) if int(p[1].shape[-1]) < rank]
+    if not redo:
+        return parts
+
+    def again(indices: list[int]) -> list[tuple[Any, ...]]:
+        lo, hi = ranges[indices[0]]
+        low = compress(x[lo:hi], rank=rank, target=None, max_rank=None)
+        return [(low.U, low.S, low.Vt, low.relative_error)]
+
+    redone = sched.map(again, redo, chunk_size=1)
+    parts = list(parts)
+    for i, part in zip(redo, redone):
+        parts[i] = part
+    return parts

@@ -1,0 +1,580 @@
+"""Dask arrays: :func:`transform_matrix` and :func:`svd_compress` across a cluster.
+
+A matrix too large for one machine lives as a ``dask.array`` chunked along its
+rows (hundreds of millions of signals or embeddings), one Dask worker per GPU
+with ``dask-cuda``.  Every chunk is computed by the single-machine code of
+this package on the worker that holds it (our kernels on a GPU worker, numpy
+on a CPU worker, CuPy or numpy chunks alike); nothing here runs a cluster of
+its own.
+
+* :func:`transform_matrix` is a lazy ``map_blocks`` of
+  :func:`liam_gpu.transform_matrix`: same row chunks, same chunk type.
+* :func:`svd_compress` is the randomized range finder of
+  :func:`liam_gpu.svd_compress` with each pass over ``A`` one Dask
+  computation: per-chunk sketches, products and Gram matrices, summed across
+  chunks by a tree reduction; the small matrices (``l x l`` factors, the
+  ``n x l`` right-hand bases) are handled on the client.  ``A`` is read once
+  per pass and never gathered; the ``m x l`` bases stay on the workers, in the
+  row chunks of ``A``.
+
+The sketch ``Omega`` is the Philox stream of :mod:`liam_gpu.philox`, indexed
+by ``(seed, column of A, sketch column)``: every row chunk multiplies by the
+same ``Omega`` the whole matrix would, so the result does not depend on the
+chunking or on the backend of the workers, and equals the single-machine
+``svd_compress`` on the same data and seed to rounding.  ``docs/distributed.md``
+covers deployment and measurements.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+try:
+    import dask
+    import dask.array as da
+    from dask import delayed
+    from dask.array.utils import meta_from_array
+except ImportError as exc:  # dask is an optional extra
+    raise ImportError(
+        "liam_gpu.dask needs Dask; install it with: pip install 'liam-gpu[dask]'"
+    ) from exc
+
+from . import arrays, backends, validation
+from .backends.base import upper_inverse
+from .cholqr import cholesky_factor, cholesky_qr, orthonormal_basis
+from .lowrank import LowRank
+from .svd import DEFAULT_RANK, _check_count, _n_iter, seed_from_random_state
+from .transform import transform_matrix as _local_transform
+
+__all__ = ["transform_matrix", "svd_compress"]
+
+#: Partial results combined per task of the tree reductions.
+FAN_IN = 8
+
+
+# --------------------------------------------------------------------------- transform
+
+
+def transform_matrix(
+    x: Any,
+    weights: Any,
+    bias: Any = None,
+    activation: str | None = None,
+    *,
+    device: Any = None,
+    check_finite: bool = True,
+) -> Any:
+    """``activation(x @ weights.T + bias)`` for a Dask array, chunk by chunk, lazily.
+
+    Parameters
+    ----------
+    x
+        ``dask.array.Array`` of shape ``(..., d_in)`` with numpy or CuPy
+        chunks, chunked along any axis but the last: every chunk must hold
+        whole rows (``x.numblocks[-1] == 1``).  A chunking along the features
+        is refused rather than silently rechunked (a rechunk moves all of
+        ``x`` between workers); ``x.rechunk({-1: -1})`` is the fix the error
+        message names.
+    weights
+        ``(d_out, d_in)`` numpy, CuPy or torch array (one matrix for all rows;
+        batched weights are not supported here).  A copy travels once to every
+        worker and is moved to each chunk's device there.
+    bias
+        ``(d_out,)`` or None.
+    activation
+        As for :func:`liam_gpu.transform_matrix`.
+    device
+        Where each chunk is computed, resolved on the worker that holds it:
+        ``None``/``"auto"`` (a CuPy chunk's own GPU, else the worker's GPU if
+        it has one, else its CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+        ``"emulator"``.
+    check_finite
+        Reject NaN/Inf, per chunk when computed (and in ``weights``/``bias``
+        at once).
+
+    Returns
+    -------
+    dask.array.Array
+        ``(..., d_out)``, not computed: the row chunks of ``x``, one chunk
+        along the last axis, chunks of ``x``'s type (its ``_meta``), dtype as
+        for :func:`liam_gpu.transform_matrix`.
+
+    Raises
+    ------
+    TypeError
+        ``x`` not a Dask array; complex or non-numeric ``x``; ``device`` not
+        a string.
+    ValueError
+        ``x`` chunked along its last axis or of unknown width; shapes that do
+        not match; batched weights; an unknown activation or device; NaN/Inf
+        in ``weights``/``bias``.
+    """
+    x = _check_dask_array("x", x)
+    validation.check_ndim("x", x, min_ndim=1)
+    validation.float_dtype("x", x, allow_half=True)
+    _check_row_chunks("x", x)
+    _check_device(device)
+    w = _host_copy("weights", weights)
+    b = None if bias is None else _host_copy("bias", bias)
+    if w.ndim != 2:
+        raise ValueError(
+            f"weights must be 2-D (d_out, d_in) for a Dask array, got shape {tuple(w.shape)}; "
+            "batched weights are supported by liam_gpu.transform_matrix on in-memory arrays only"
+        )
+    # One row of zeros through the single-machine transform checks every
+    # argument now (with its messages) and gives the result dtype and width.
+    probe = _local_transform(
+        np.zeros((1, int(x.shape[-1])), dtype=x.dtype), w, b, activation, device="cpu",
+        check_finite=check_finite,
+    )
+    out_dtype, d_out = probe.dtype, int(probe.shape[-1])
+    # Delayed: the weights are one key of the graph, sent once to each worker.
+    return x.map_blocks(
+        _transform_block, delayed(w), None if b is None else delayed(b), activation, device,
+        check_finite, out_dtype,
+        chunks=x.chunks[:-1] + ((d_out,),),
+        dtype=out_dtype,
+        meta=meta_from_array(x, ndim=x.ndim, dtype=out_dtype),
+        token="liam-transform",
+    )
+
+
+def _transform_block(block: Any, weights: np.ndarray, bias: np.ndarray | None, activation: str | None,
+                     device: Any, check_finite: bool, out_dtype: np.dtype) -> Any:
+    """One chunk of :func:`transform_matrix`, on a worker."""
+    kind = arrays.kind_of(block)
+    d_out = int(weights.shape[0])
+    if block.size == 0:  # a zero-row chunk: nothing to compute, the single-machine call refuses it
+        return arrays.array_module(block).empty(tuple(block.shape[:-1]) + (d_out,), dtype=out_dtype)
+    with arrays.caller_stream(kind):
+        w = arrays.from_compute(weights, kind)
+        b = None if bias is None else arrays.from_compute(bias, kind)
+        return _local_transform(block, w, b, activation, device=device, check_finite=check_finite)
+
+
+# --------------------------------------------------------------------------- svd_compress
+
+
+def svd_compress(
+    x: Any,
+    k: int | None = None,
+    *,
+    n_oversamples: int = 10,
+    n_iter: int | str = "auto",
+    random_state: Any = 0,
+    device: Any = None,
+    check_finite: bool = True,
+) -> LowRank:
+    """Rank-``k`` :class:`~liam_gpu.LowRank` of a tall Dask array, one Dask reduction per pass.
+
+    The algorithm of :func:`liam_gpu.svd_compress` (fixed rank): for ``x``
+    (m x n), ``m >= n``, and ``l = min(k + p, n)``::
+
+        pass 1        Y_i = A_i Omega, ||A_i||_F^2          Y kept on the workers
+        repeat q:     Y = basis(Y)                          Gram of Y summed, l x l on the client
+        pass          Z = sum_i A_i^T Y_i                   n x l, to the client
+                      W = basis(Z)                          on the client
+        pass          Y_i = A_i W                           kept on the workers
+        Q = CholeskyQR2(Y)                                  Gram reductions; Q = Y R^-1, lazy
+        last pass     Bt = sum_i A_i^T Q_i, Q^T Q            n x l and l x l, to the client
+        client        Bt = P R,  R^T = Uc S Vc^T           small SVD in float64
+        U_i = Q_i Uc[:, :k]                                 on the workers, signs flipped
+
+    so ``A`` is read ``2 q + 2`` times and never gathered; between passes the
+    workers hold one ``m x l`` basis (``l / n`` of ``A``), at the end ``U``.  Power iterations are
+    normalized (unlike ``dask.array.linalg.svd_compressed``'s default) by the
+    same CholeskyQR choices as the single-machine code (:mod:`liam_gpu.cholqr`,
+    with a TSQR as the Householder fallback), so the result equals
+    :func:`liam_gpu.svd_compress` on the same data and seed to rounding,
+    whatever the chunking.
+
+    Parameters
+    ----------
+    x
+        ``dask.array.Array`` (m, n), ``m >= n``, chunked along rows only
+        (``x.numblocks[1] == 1``) with known chunk sizes; numpy or CuPy
+        chunks.  Never modified.  Integers compute in float64, float16 in
+        float32.  Complex input is refused (the conjugate transpose this
+        would need is not implemented).
+    k
+        Rank, ``1 <= k <= n``; default ``min(32, n)``.
+    n_oversamples
+        Oversampling ``p``: the sketch has ``l = min(k + p, n)`` columns.
+    n_iter
+        Power iterations ``q``; ``"auto"`` is scikit-learn's rule (7 if
+        ``k < 0.1 n``, else 4).  None are run when ``l = n``.
+    random_state
+        Seed of the Philox stream, as for :func:`liam_gpu.svd_compress`.
+    device
+        Where each chunk is computed, resolved on its worker (see
+        :func:`transform_matrix`).  The client always works on the CPU.
+    check_finite
+        Reject NaN/Inf in ``x`` (from the sum of squares of the first pass:
+        no extra pass unless it is not finite).
+
+    Returns
+    -------
+    LowRank
+        ``U`` a ``dask.array.Array`` (m, k), persisted on the workers in
+        ``x``'s row chunks (empty chunks left out) and chunk type; ``S`` (k,)
+        and ``Vt`` (k, n) numpy arrays on the client; dtype float32 for
+        float32 input, else float64; ``relative_error`` the estimate
+        ``sqrt(||A||_F^2 - sum(S**2)) / ||A||_F``.
+
+    Raises
+    ------
+    TypeError
+        ``x`` not a Dask array, complex or non-numeric; non-integer ``k``,
+        ``n_oversamples``, ``n_iter`` or seed; ``device`` not a string.
+    ValueError
+        ``x`` not 2-D, empty, wide, chunked along columns, of unknown chunk
+        sizes, or holding NaN/Inf; ``k``, ``n_oversamples``, ``n_iter``,
+        ``random_state`` or ``device`` out of range.
+    """
+    x = _check_dask_array("x", x)
+    validation.check_ndim("x", x, ndim=2)
+    dtype = validation.float_dtype("x", x)
+    _check_row_chunks("x", x)
+    m, n = (int(d) for d in x.shape)
+    validation.check_not_empty("x", x)
+    if m < n:
+        raise ValueError(
+            f"x must be tall (rows >= columns) and chunked along its rows, got shape {(m, n)}; "
+            "for a wide matrix chunked along columns factor x.T and swap the factors"
+        )
+    _check_device(device)
+    k = min(DEFAULT_RANK, n) if k is None else validation.check_rank("k", k, n, what="n")
+    p = _check_count("n_oversamples", n_oversamples, minimum=0)
+    q = _n_iter(n_iter, k, n)
+    seed = seed_from_random_state(random_state)
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
+
+    if any(r == 0 for r in x.chunks[0]):
+        # Zero-row chunks (left by filtering) carry nothing; dropping them moves no data.
+        x = x.rechunk({0: tuple(r for r in x.chunks[0] if r > 0)})
+    cluster = _Cluster(x, dtype, device)
+    width = min(k + p, n)
+    # A sketch as wide as the matrix spans its whole range: iterating only squares its conditioning.
+    q_iter = 0 if width >= n else q
+
+    y, norm2 = cluster.sketch(seed, width)
+    if check_finite and not math.isfinite(norm2):
+        cluster.check_finite()
+    for _ in range(q_iter):
+        z = cluster.t_times(orthonormal_basis(cluster, y))
+        del y  # the workers free this basis before the next pass persists the new one
+        y = cluster.times(cluster.a, orthonormal_basis(cluster.local, z))
+    # Q stays lazy (Y times two small triangular inverses, recomputed block by
+    # block where it is read): the workers hold Y alone, not Y and Q.
+    basis = cholesky_qr(cluster, y)[0]
+    bt, gq = cluster.t_times(basis, with_gram=True)
+    p_basis, uc, s, vc = _small_svd(cluster.local, bt, gq)
+    signs = cluster.column_signs(basis, uc[:, :k])
+    u = cluster.times(basis, uc[:, :k] * signs)
+    vt = cluster.local.matmul(np.ascontiguousarray(vc[:, :k].T, dtype=dtype), p_basis.T)
+    vt *= signs[:, None].astype(dtype)
+    error = math.sqrt(max(norm2 - float(np.sum(s[:k] ** 2)), 0.0) / norm2) if norm2 else 0.0
+    return LowRank(u, s[:k].astype(dtype), vt, relative_error=error)
+
+
+def _small_svd(local: Any, bt: np.ndarray, gq: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``P``, ``Uc`` (with ``Q``'s Gram correction), ``s`` and ``Vc`` from ``Bt = T^T Q`` and ``Q^T Q``.
+
+    As in :mod:`liam_gpu.svd`: ``Bt = P R`` (CholeskyQR), so ``B = Q^T T = R^T
+    P^T``; ``Q^T Q = Rq^T Rq`` corrects for the rounding-level loss of
+    orthogonality of ``Q`` (the core becomes ``Rq^-T R^T`` and ``Uc`` absorbs
+    ``Rq^-1``), which keeps the error estimate meaningful.  ``P`` (n x l) is
+    in ``Bt``'s dtype, the rest host float64; ``T ~ Q Uc diag(s) (P Vc)^T``.
+    """
+    p, r = cholesky_qr(local, bt)
+    core = r.T
+    correction = cholesky_factor(gq)
+    if correction is not None:
+        core = np.linalg.solve(correction.T, core)
+    uc, s, vct = np.linalg.svd(core)
+    if correction is not None:
+        uc = np.linalg.solve(correction, uc)
+    return p, uc, s, vct.T
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _check_dask_array(name: str, x: Any) -> Any:
+    if not isinstance(x, da.Array):
+        raise TypeError(
+            f"{name} must be a dask.array.Array, got {type(x).__name__}; "
+            "for in-memory arrays use liam_gpu.transform_matrix / liam_gpu.svd_compress"
+        )
+    return x
+
+
+def _check_row_chunks(name: str, x: Any) -> None:
+    """Every chunk must hold whole rows (one chunk along the last axis), of known sizes."""
+    if any(math.isnan(c) for axis in x.chunks for c in axis):
+        raise ValueError(
+            f"{name} has unknown chunk sizes {x.chunks}; call {name}.compute_chunk_sizes() first"
+        )
+    if x.numblocks[-1] != 1:
+        axis = x.ndim - 1
+        raise ValueError(
+            f"{name} is chunked along its last axis ({x.numblocks[-1]} chunks {x.chunks[-1]}); "
+            f"each chunk must hold whole rows: rechunk with {name}.rechunk({{{axis}: -1}}) "
+            "(not done implicitly: it moves all of the array between workers)"
+        )
+
+
+def _check_device(device: Any) -> None:
+    """The ``device=`` name is resolved on each worker; here only its spelling is checked."""
+    if device is not None and not isinstance(device, str):
+        raise TypeError(
+            "device must be None, 'auto', 'cpu', 'cuda', 'cuda:N' or 'emulator' for Dask arrays, "
+            f"got {type(device).__name__}"
+        )
+    backends.canonical_device(device)
+
+
+def _host_copy(name: str, value: Any) -> np.ndarray:
+    """A numpy copy of a small argument: shipped to every worker, and safe from later changes."""
+    kind = arrays.common_kind(**{name: value})
+    with arrays.caller_stream(kind):
+        host = arrays.from_compute(arrays.to_compute(value, kind, name=name), arrays.NUMPY)
+    return np.array(host, copy=True)
+
+
+# --------------------------------------------------------------------------- the cluster as a backend
+
+
+class _Cluster:
+    """The primitives :mod:`liam_gpu.cholqr` asks of a backend, over tall Dask arrays.
+
+    Tall matrices (``A`` and the ``m x l`` bases) are Dask arrays in the row
+    chunks of ``A``; each block is computed on its worker by the backend that
+    ``device`` names for the block's type.  ``gram`` is a tree reduction of
+    per-block Gram matrices, computed at once; ``tri_apply`` is lazy, block by
+    block (and fused by Dask into whatever reads it next); ``householder_qr``
+    is a TSQR.  The ``n x l`` and ``l x l`` matrices live on the client and
+    are handled by the CPU backend (:attr:`local`).
+
+    Parameters
+    ----------
+    a
+        The input: 2-D Dask array, one column chunk, no empty row chunk.
+    dtype
+        The dtype computed in (blocks of ``a`` are converted on use).
+    device
+        The ``device=`` argument, resolved on the workers.
+    """
+
+    def __init__(self, a: Any, dtype: np.dtype, device: Any) -> None:
+        self.a = a
+        self.dtype = np.dtype(dtype)
+        self.device = device
+        self.local = backends.get_backend("cpu")
+        self.meta = meta_from_array(a, ndim=2, dtype=self.dtype)
+
+    # -- passes over A -------------------------------------------------------------------
+    def sketch(self, seed: int, width: int) -> tuple[Any, float]:
+        """``Y = A Omega`` (persisted) and ``||A||_F^2``, in one pass over ``A``.
+
+        One task per block computes both (a tuple), so a block of ``A`` is read
+        once however Dask would otherwise schedule two consumers of it.
+        """
+        pairs = self.a.map_blocks(_sketch_block, self.dtype, seed, width, self.device,
+                                  dtype=self.dtype, meta=self.meta, token="liam-sketch")
+        y = pairs.map_blocks(operator.getitem, 0, chunks=(self.a.chunks[0], (width,)), dtype=self.dtype,
+                             meta=self.meta, token="liam-sketch-y")
+        squares = pairs.map_blocks(operator.getitem, 1, chunks=((1,) * self.a.numblocks[0], (1,)),
+                                   dtype=np.float64, meta=np.empty((0, 0)), token="liam-sketch-ss")
+        y, total = dask.persist(y, squares.sum(split_every=FAN_IN))
+        return y, float(total.compute())
+
+    def times(self, t: Any, c: np.ndarray) -> Any:
+        """``T @ C`` for a client matrix ``C``, persisted in ``T``'s row chunks (one pass over ``T``)."""
+        cols = int(c.shape[1])
+        small = delayed(np.ascontiguousarray(c, dtype=self.dtype))
+        return t.map_blocks(_times_block, small, self.dtype, self.device, chunks=(t.chunks[0], (cols,)),
+                            dtype=self.dtype, meta=self.meta, token="liam-times").persist()
+
+    def t_times(self, y: Any, *, with_gram: bool = False) -> Any:
+        """``A^T Y`` on the client in the compute dtype (and ``Y^T Y`` with ``with_gram``): one pass over ``A``."""
+        n, l = int(self.a.shape[1]), int(y.shape[1])
+        product = self._partials(_t_times_part, [self.a, y], (n, l), self.dtype, token="liam-t-times")
+        product = product.sum(axis=0, split_every=FAN_IN)
+        if not with_gram:
+            return np.ascontiguousarray(product.compute(), dtype=self.dtype)
+        bt, g = dask.compute(product, self._gram_sum(y, np.float64))
+        return np.ascontiguousarray(bt, dtype=self.dtype), g
+
+    def check_finite(self) -> None:
+        """Raise ``ValueError`` if ``A`` holds NaN/Inf (one more pass, only after a non-finite sum)."""
+        finite = self._partials(_finite_part, [self.a], (1,), self.dtype, token="liam-isfinite")
+        if not bool(finite.min().compute()):
+            raise ValueError("x contains NaN or Inf; pass check_finite=False to skip this check")
+
+    # -- the primitives cholqr asks for --------------------------------------------------
+    def gram(self, y: Any, *, accumulate: Any = np.float64) -> np.ndarray:
+        """``Y^T Y`` as a host float64 array: per-block Gram matrices summed in float64."""
+        return self._gram_sum(y, accumulate).compute()
+
+    def tri_apply(self, y: Any, r: np.ndarray, *, accumulate: Any = np.float64,
+                  rinv: np.ndarray | None = None) -> Any:
+        """``Y R^-1``, lazily, block by block (``rinv``, when given, is ``R^-1``, formed once on the client)."""
+        r = np.asarray(r, dtype=np.float64)
+        rinv = upper_inverse(r) if rinv is None else np.asarray(rinv, dtype=np.float64)
+        return y.map_blocks(_tri_apply_block, r, rinv, np.dtype(accumulate), self.device,
+                            dtype=self.dtype, meta=self.meta, token="liam-tri-apply")
+
+    def householder_qr(self, y: Any) -> tuple[Any, np.ndarray]:
+        """Thin QR of a numerically rank-deficient ``Y`` by TSQR: ``Q`` orthonormal whatever the rank.
+
+        Each block is factored ``Y_i = Q_i R_i`` by the backend's Householder
+        QR on its worker; the stacked ``R_i`` (``min(rows_i, l) x l`` each) are
+        factored on the client, ``[R_i] = [S_i] R``, and ``Q = [Q_i S_i]``
+        stays on the workers.
+        """
+        pairs = y.map_blocks(_qr_block, self.device, dtype=self.dtype, meta=self.meta,
+                             token="liam-tsqr").persist()
+        rs = dask.compute(*[delayed(operator.getitem)(b, 1) for b in pairs.to_delayed().ravel()])
+        s, r = np.linalg.qr(np.vstack(rs))
+        bounds = np.cumsum([0] + [int(ri.shape[0]) for ri in rs])
+        parts = [np.ascontiguousarray(s[lo:hi], dtype=self.dtype) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        q = pairs.map_blocks(_tsqr_block, delayed(parts), self.device, dtype=self.dtype, meta=self.meta,
+                             chunks=y.chunks, token="liam-tsqr-q")
+        return q, np.asarray(r, dtype=np.float64)
+
+    # -- the result ------------------------------------------------------------------------
+    def column_signs(self, q: Any, c: np.ndarray) -> np.ndarray:
+        """scikit-learn's ``svd_flip`` signs of ``U = Q C``: its largest-magnitude entry per column positive.
+
+        Ties go to the first row, as an ``argmax`` over the whole of ``U`` would.
+        """
+        small = delayed(np.ascontiguousarray(c, dtype=self.dtype))
+        parts = self._partials(_abs_max_part, [q], (2, int(c.shape[1])), small, token="liam-signs").compute()
+        best, value = parts[0]
+        for cand_best, cand_value in parts[1:]:
+            better = cand_best > best
+            best, value = np.where(better, cand_best, best), np.where(better, cand_value, value)
+        return np.where(value < 0, -1.0, 1.0)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _partials(self, fn: Callable, inputs: Sequence[Any], shape: tuple[int, ...], *args: Any,
+                  token: str) -> Any:
+        """``fn`` on each row block of ``inputs``: one host float64 ``shape`` array per block.
+
+        The results are stacked along a new first axis (one entry per block);
+        ``fn`` gets the blocks of ``inputs`` (aligned by row chunk), then
+        ``args`` and ``device``.
+        """
+        out = "jkl"[:len(shape)]
+        pairs: list[Any] = []
+        for index, arr in zip("abcd", inputs):
+            pairs += [arr, "i" + index]
+        for value in (*args, self.device):
+            pairs += [value, None]
+        return da.blockwise(
+            fn, "i" + out, *pairs, new_axes=dict(zip(out, shape)), adjust_chunks={"i": 1}, concatenate=True,
+            dtype=np.float64, meta=np.empty((0,) * (1 + len(shape))), token=token,
+        )
+
+    def _gram_sum(self, y: Any, accumulate: Any) -> Any:
+        l = int(y.shape[1])
+        parts = self._partials(_gram_part, [y], (l, l), np.dtype(accumulate), token="liam-gram")
+        return parts.sum(axis=0, split_every=FAN_IN)
+
+
+# --------------------------------------------------------------------------- on the workers
+
+
+@dataclass(frozen=True)
+class _Worker:
+    """The backend that computes one block, and the conversions to and from the block's type."""
+
+    kind: arrays.ArrayKind
+    backend: Any
+
+    def load(self, block: Any, dtype: Any = None) -> Any:
+        """A block as a C-contiguous backend array of ``dtype`` (no copy when it already is one)."""
+        x = self.backend.asarray(arrays.to_compute(block, self.kind))
+        return self.backend.xp.ascontiguousarray(x, dtype=x.dtype if dtype is None else dtype)
+
+    def give_back(self, y: Any) -> Any:
+        """A result in the block's own array type and device."""
+        return arrays.from_compute(y, self.kind)
+
+    def host(self, y: Any) -> np.ndarray:
+        """A result as a host float64 array with a leading axis of one (a partial of a reduction)."""
+        return np.asarray(self.backend.to_host(y), dtype=np.float64)[None]
+
+
+@contextlib.contextmanager
+def _worker(block: Any, device: Any) -> Iterator[_Worker]:
+    kind = arrays.kind_of(block)
+    backend = backends.resolve(device, kind)
+    with arrays.caller_stream(kind):
+        yield _Worker(kind, backend)
+
+
+def _sketch_block(a: Any, dtype: np.dtype, seed: int, width: int, device: Any) -> tuple[Any, np.ndarray]:
+    """``A_i Omega`` and ``[[||A_i||_F^2]]`` (``Omega``'s rows are ``A``'s columns: the same for every block)."""
+    with _worker(a, device) as w:
+        x = w.load(a, dtype)
+        return w.give_back(w.backend.sketch(x, seed, width)), np.array([[w.backend.sum_squares(x)]])
+
+
+def _times_block(t: Any, c: np.ndarray, dtype: np.dtype, device: Any) -> Any:
+    """``T_i C`` for a small client matrix ``C``."""
+    with _worker(t, device) as w:
+        return w.give_back(w.backend.matmul(w.load(t, dtype), w.backend.asarray(c)))
+
+
+def _t_times_part(a: Any, y: Any, dtype: np.dtype, device: Any) -> np.ndarray:
+    """``A_i^T Y_i`` (summed across blocks in float64)."""
+    with _worker(a, device) as w:
+        return w.host(w.backend.matmul(w.load(a, dtype), w.load(y), trans=True))
+
+
+def _gram_part(y: Any, accumulate: np.dtype, device: Any) -> np.ndarray:
+    with _worker(y, device) as w:
+        return w.backend.gram(w.load(y), accumulate=accumulate)[None]
+
+
+def _tri_apply_block(y: Any, r: np.ndarray, rinv: np.ndarray, accumulate: np.dtype, device: Any) -> Any:
+    with _worker(y, device) as w:
+        return w.give_back(w.backend.tri_apply(w.load(y), r, accumulate=accumulate, rinv=rinv))
+
+
+def _qr_block(y: Any, device: Any) -> tuple[Any, np.ndarray]:
+    """Householder QR of one block: ``Q_i`` in the block's type, ``R_i`` (min(rows, l) x l) on the host."""
+    with _worker(y, device) as w:
+        q, r = w.backend.householder_qr(w.load(y))
+        return w.give_back(q), np.asarray(r, dtype=np.float64)
+
+
+def _tsqr_block(pair: tuple[Any, np.ndarray], parts: list[np.ndarray], device: Any,
+                block_id: tuple[int, ...] | None = None) -> Any:
+    """``Q_i S_i``: block ``i`` of the TSQR factor (``block_id`` is passed by ``map_blocks``)."""
+    q = pair[0]
+    with _worker(q, device) as w:
+        return w.give_back(w.backend.matmul(w.load(q), w.backend.asarray(parts[block_id[0]])))
+
+
+def _abs_max_part(q: Any, c: np.ndarray, device: Any) -> np.ndarray:
+    """Per column of ``U_i = Q_i C``: ``[largest |u|, the signed u at its first occurrence]``."""
+    with _worker(q, device) as w:
+        xp = w.backend.xp
+        u = w.backend.matmul(w.load(q), w.backend.asarray(c))
+        where = xp.argmax(xp.abs(u), axis=0)[None, :]
+        picked = xp.take_along_axis(u, where, axis=0)[0]
+        return w.host(xp.stack([xp.abs(picked), picked]))
+
+
+def _finite_part(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
+    with _worker(a, device) as w:
+        return np.array([[float(bool(w.backend.xp.isfinite(w.load(a, dtype)).all()))]])

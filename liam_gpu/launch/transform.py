@@ -1,0 +1,522 @@
+"""Launch wrapper of ``kernels/transform.cu``: the fused ``act(x @ w.T + bias)``.
+
+Two paths compute the same thing:
+
+``"kernel"``
+    Our tiled GEMM with the bias and activation fused into its epilogue
+    (``linear_kernel``), one of several tile configurations chosen by shape.
+``"blas+epilogue"``
+    The array module's matmul (cuBLAS on a GPU) into the output, then our
+    ``epilogue_kernel`` applies bias and activation in place: one extra pass
+    over the output, worth it where the vendor GEMM is much faster than ours
+    (large near-square float32 GEMMs, float16 on tensor cores).
+
+:func:`plan` says which path and tile configuration a shape gets; the rules
+are the two tables :data:`BLAS_RULES` and :func:`choose_config`'s thresholds,
+written from reasoning about an H200 until they are measured there (see
+``docs/benchmarks.md``).  :func:`last_launch` tells what the latest call on
+this thread actually launched (path, configuration, vector or scalar loads,
+grid), so benchmarks and tests can report it.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..activations import ACTIVATIONS
+from .family import KernelBudget, KernelFamily, register
+from .runtime import Runtime, blocks_for, i64, is_aligned, require_contiguous
+
+# --------------------------------------------------------------------------- tile configurations
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One instantiation of ``linear_kernel``: a block computes ``bm x bn`` outputs.
+
+    Attributes
+    ----------
+    name
+        ``"large"``, ``"medium"``, ``"skinny"`` or ``"short"``.
+    bm, bn
+        Output rows and columns per block.
+    bk
+        Depth of one shared-memory k-tile.
+    tm, tn
+        Output rows and columns per thread (the register block).
+    """
+
+    name: str
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    @property
+    def threads(self) -> int:
+        """Threads per block."""
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    def min_blocks(self, itemsize: int) -> int:
+        """Blocks per SM asked of ptxas (``LinearTile::MIN_BLOCKS`` in transform.cu).
+
+        A thread with 64 float accumulators gets the whole register file
+        (capped at 128 registers it spills); smaller tiles ask for 512
+        resident threads, i.e. at most 128 registers per thread.
+        """
+        return 1 if self.tm * self.tn * itemsize >= 256 else 512 // self.threads
+
+    def max_registers(self, itemsize: int) -> int:
+        """Registers per thread that the launch bounds leave (the budget ptxas must fit)."""
+        return min(255, 65536 // (self.threads * self.min_blocks(itemsize)))
+
+    def shared_bytes(self, itemsize: int) -> int:
+        """Static shared memory: the double-buffered tiles, or the output staging rows.
+
+        Mirrors ``LinearTile::Shared`` in transform.cu (a union of the two);
+        ``itemsize`` is that of the *compute* type (float for float16).
+        """
+        group = 16 // itemsize
+        tiles = 2 * self.bk * (self.bm + group) + 2 * self.bk * (self.bn + group)
+        staging = (self.bm // self.tm) * group * (self.bn + group)
+        return max(tiles, staging) * itemsize
+
+
+#: Storage dtype -> the C++ type the kernels see it as.
+CTYPES: dict[str, str] = {"float32": "float", "float64": "double", "float16": "lg_half"}
+
+#: Elements per 16-byte load (the VEC path) per storage dtype.
+VECTOR_WIDTH: dict[str, int] = {"float32": 4, "float64": 2, "float16": 8}
+
+#: Elements per 16-byte group of the compute type (output vector stores).
+GROUP_WIDTH: dict[str, int] = {"float32": 4, "float64": 2, "float16": 4}
+
+# Tile shapes per storage dtype.  float16 computes in float32, so it shares the
+# float32 shapes; float64 halves the per-thread block to keep the same
+# register footprint (a double takes two registers).
+_SINGLE = (
+    TileConfig("large", 128, 128, 8, 8, 8),   # 256 threads, 64 outputs each: highest FLOP per byte of smem
+    TileConfig("medium", 64, 64, 16, 4, 4),   # 256 threads: 4x the blocks of "large" for mid-size outputs
+    TileConfig("skinny", 128, 32, 8, 8, 4),    # 128 threads: small d_out, many rows
+    TileConfig("short", 16, 64, 16, 4, 4),    # 64 threads: few rows (GEMV-like), long d_in
+)
+_DOUBLE = (
+    TileConfig("large", 64, 64, 8, 4, 4),
+    TileConfig("medium", 32, 32, 16, 2, 2),
+    TileConfig("skinny", 64, 16, 8, 4, 2),
+    TileConfig("short", 16, 32, 16, 2, 2),
+)
+TILE_CONFIGS: dict[str, dict[str, TileConfig]] = {
+    "float32": {c.name: c for c in _SINGLE},
+    "float16": {c.name: c for c in _SINGLE},
+    "float64": {c.name: c for c in _DOUBLE},
+}
+
+#: The epilogue-only kernel is a simple grid-stride loop.
+EPILOGUE_MAX_REGISTERS = 64
+
+
+def linear_entry(dtype: str, config: TileConfig, vec: bool) -> str:
+    """The name expression of one ``linear_kernel`` instantiation."""
+    return (f"linear_kernel<{CTYPES[dtype]}, {config.bm}, {config.bn}, {config.bk}, "
+            f"{config.tm}, {config.tn}, {'true' if vec else 'false'}>")
+
+
+def epilogue_entry(dtype: str, vec: bool) -> str:
+    """The name expression of one ``epilogue_kernel`` instantiation."""
+    return f"epilogue_kernel<{CTYPES[dtype]}, {'true' if vec else 'false'}>"
+
+
+def _family() -> KernelFamily:
+    names: list[str] = []
+    budgets: dict[str, KernelBudget] = {}
+    for dtype, configs in TILE_CONFIGS.items():
+        compute_itemsize = 8 if dtype == "float64" else 4
+        for config in configs.values():
+            for vec in (True, False):
+                name = linear_entry(dtype, config, vec)
+                names.append(name)
+                budgets[name] = KernelBudget(
+                    max_registers=config.max_registers(compute_itemsize),
+                    max_shared_bytes=config.shared_bytes(compute_itemsize),
+                    # 16-byte loads are the point of the vector path.
+                    sass_require=("LDG.E.128",) if vec else (),
+                )
+        for vec in (True, False):
+            name = epilogue_entry(dtype, vec)
+            names.append(name)
+            budgets[name] = KernelBudget(max_registers=EPILOGUE_MAX_REGISTERS, max_shared_bytes=0)
+    return KernelFamily("transform", "transform.cu", name_expressions=tuple(names), budgets=budgets)
+
+
+FAMILY = register(_family())
+
+#: Hardware grid limits (x, y, z).  The kernels use 1-D grids and loop over
+#: their work with the grid size as stride, so a launch clamps grid.x to this
+#: and stays complete; tests lower it to exercise that loop.
+MAX_GRID: tuple[int, int, int] = (2**31 - 1, 65535, 65535)
+
+#: Largest d_in: the k-loop counts in 32 bits (rows, columns and every
+#: offset are 64-bit), with room for one k-tile past the end.
+MAX_D_IN = 2**31 - 1 - 64
+
+#: Threads per block of the epilogue-only kernel.
+EPILOGUE_THREADS = 256
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class BlasRule:
+    """Shapes (all three sizes at least these) that go to the vendor GEMM + our epilogue."""
+
+    min_rows: int
+    min_d_in: int
+    min_d_out: int
+
+    def applies(self, n: int, d_in: int, d_out: int) -> bool:
+        """Whether a shape is large enough for this rule."""
+        return n >= self.min_rows and d_in >= self.min_d_in and d_out >= self.min_d_out
+
+
+#: Per dtype, when the CUDA runtime prefers cuBLAS + ``epilogue_kernel`` for an
+#: unbatched call.  Reasoned defaults, to be replaced by H200 measurements:
+#:
+#: * float32: cuBLAS SGEMM (no TF32: results must stay float32-accurate)
+#:   reaches most of the FP32 peak on large near-square shapes; our SIMT
+#:   kernel is expected at 70-80% of it, more than the epilogue's extra pass
+#:   (one read + write of the output) costs once the GEMM has >= 512 depth
+#:   and a >= 1024 x 1024 output.  Skinny and short shapes stay fused.
+#: * float64: cuBLAS DGEMM uses the FP64 tensor cores (2x the FP64 SIMT rate).
+#: * float16: cuBLAS HGEMM runs on tensor cores with float32 accumulation,
+#:   far beyond any SIMT kernel once the GEMM is non-trivial.
+BLAS_RULES: dict[str, BlasRule] = {
+    "float32": BlasRule(min_rows=1024, min_d_in=512, min_d_out=1024),
+    "float64": BlasRule(min_rows=512, min_d_in=256, min_d_out=512),
+    "float16": BlasRule(min_rows=256, min_d_in=256, min_d_out=256),
+}
+
+#: A tile configuration is taken only while at least this fraction of its
+#: padded tiles holds real outputs (ragged edges waste the rest).
+MIN_TILE_FILL = 0.75
+
+PATH_KERNEL = "kernel"
+PATH_BLAS = "blas+epilogue"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which path computes a shape, and with which tile configuration.
+
+    Attributes
+    ----------
+    path
+        ``"kernel"`` (fused) or ``"blas+epilogue"``.
+    config
+        The tile configuration name on the kernel path, else ``None``.
+    """
+
+    path: str
+    config: str | None
+
+
+def _tile_fill(n: int, d_out: int, c: TileConfig) -> float:
+    """Fraction of the padded tile grid that holds real outputs."""
+    return (n * d_out) / (blocks_for(n, c.bm) * c.bm * blocks_for(d_out, c.bn) * c.bn)
+
+
+def choose_config(n: int, d_out: int, dtype: str, batch: int, sm_count: int) -> str:
+    """The tile configuration for a shape (the default table).
+
+    In order:
+
+    1. ``"large"``, then ``"medium"``: the first whose tiles are at least
+       :data:`MIN_TILE_FILL` full and that yields at least one block per SM
+       (big tiles reuse each loaded value most, but only pay when every SM is
+       busy and little of the tile is padding);
+    2. ``"short"`` for few rows (``n`` within one "short" tile);
+    3. ``"skinny"`` for a narrow output (``d_out`` within one "skinny" tile);
+    4. else ``"medium"`` (the most blocks of the general shapes).
+    """
+    configs = TILE_CONFIGS[dtype]
+    for name in ("large", "medium"):
+        c = configs[name]
+        blocks = batch * blocks_for(n, c.bm) * blocks_for(d_out, c.bn)
+        if blocks >= sm_count and _tile_fill(n, d_out, c) >= MIN_TILE_FILL:
+            return name
+    if n <= configs["short"].bm:
+        return "short"
+    if d_out <= configs["skinny"].bn:
+        return "skinny"
+    return "medium"
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_cached(kind: str, sm_count: int, n: int, d_in: int, d_out: int, dtype: str, batch: int) -> Plan:
+    if kind == "cuda" and batch == 1 and BLAS_RULES[dtype].applies(n, d_in, d_out):
+        return Plan(PATH_BLAS, None)
+    return Plan(PATH_KERNEL, choose_config(n, d_out, dtype, batch, sm_count))
+
+
+def plan(runtime: Runtime, n: int, d_in: int, d_out: int, dtype: Any, batch: int = 1) -> Plan:
+    """The path and tile configuration :func:`linear` uses for a shape.
+
+    Cached per (runtime kind, SM count, shape, dtype).  The emulator always
+    plans the fused kernel (its "GEMM library" would be numpy), with the
+    same tile choice a GPU of the same SM count would make.
+    """
+    name = _dtype_name("x", dtype)
+    return _plan_cached(runtime.kind, int(runtime.sm_count), int(n), int(d_in), int(d_out), name, int(batch))
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What one :func:`linear` / :func:`batched_linear` call launched."""
+
+    path: str
+    config: str | None
+    vec: bool | None
+    vec_out: bool
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+
+
+_last = threading.local()
+
+
+def last_launch() -> Launch | None:
+    """The :class:`Launch` of this thread's latest linear call (None before any)."""
+    return getattr(_last, "launch", None)
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _dtype_name(name: str, dtype: Any) -> str:
+    dt = np.dtype(dtype)
+    if dt.name not in CTYPES:
+        raise TypeError(f"{name} has dtype {dt}; the transform kernels take float32, float64 or float16")
+    return dt.name
+
+
+def _extent(runtime: Runtime, a: Any) -> tuple[int, int]:
+    start = runtime.data_ptr(a)
+    return start, start + int(a.nbytes)
+
+
+def _check_no_overlap(runtime: Runtime, out: Any, **inputs: Any) -> None:
+    lo, hi = _extent(runtime, out)
+    for name, a in inputs.items():
+        if a is None or int(a.nbytes) == 0:
+            continue
+        a_lo, a_hi = _extent(runtime, a)
+        if a_lo < hi and lo < a_hi:
+            raise ValueError(f"out overlaps {name}; the kernel needs a separate output buffer")
+
+
+def _check(runtime: Runtime, x: Any, w: Any, bias: Any, activation: int, out: Any, batched: bool) -> str:
+    """Validate one launch; return the dtype name."""
+    lead = 1 if batched else 0
+    for name, a, ndim in (("x", x, 2 + lead), ("w", w, 2 + lead), ("out", out, 2 + lead)):
+        if a.ndim != ndim:
+            raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(a.shape)}")
+    if bias is not None and bias.ndim != 1 + lead:
+        raise ValueError(f"bias must be {1 + lead}-D, got shape {tuple(bias.shape)}")
+    dtype = _dtype_name("x", x.dtype)
+    for name, a in (("w", w), ("bias", bias), ("out", out)):
+        if a is not None and np.dtype(a.dtype) != np.dtype(x.dtype):
+            raise TypeError(f"{name} has dtype {a.dtype} but x has {x.dtype}; one dtype per launch")
+    if int(x.shape[-1]) > MAX_D_IN:
+        raise ValueError(f"d_in={x.shape[-1]} is too large: the kernels index k with 32 bits "
+                         f"(at most {MAX_D_IN})")
+    if x.shape[-1] != w.shape[-1]:
+        raise ValueError(f"x of shape {tuple(x.shape)} and w of shape {tuple(w.shape)} disagree on d_in")
+    if batched and not (x.shape[0] == w.shape[0] == out.shape[0]):
+        raise ValueError(
+            f"batch sizes differ: x {tuple(x.shape)}, w {tuple(w.shape)}, out {tuple(out.shape)}")
+    want_out = tuple(x.shape[:-1]) + (w.shape[-2],)
+    if tuple(out.shape) != want_out:
+        raise ValueError(f"out must have shape {want_out} for x {tuple(x.shape)} and w {tuple(w.shape)}, "
+                         f"got {tuple(out.shape)}")
+    if bias is not None and tuple(bias.shape) != tuple(w.shape[:-1]):
+        raise ValueError(f"bias must have shape {tuple(w.shape[:-1])} for w {tuple(w.shape)}, "
+                         f"got {tuple(bias.shape)}")
+    _check_activation(activation)
+    for name, a in (("x", x), ("w", w), ("bias", bias), ("out", out)):
+        if a is not None:
+            require_contiguous(name, a)
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    _check_no_overlap(runtime, out, x=x, w=w, bias=bias)
+    return dtype
+
+
+def _check_activation(activation: Any) -> None:
+    if isinstance(activation, (bool, np.bool_)) or not isinstance(activation, (int, np.integer)):
+        raise TypeError(f"activation must be an integer code, got {type(activation).__name__}")
+    if not 0 <= int(activation) < len(ACTIVATIONS):
+        raise ValueError(f"activation code {activation} is unknown; expected 0..{len(ACTIVATIONS) - 1}")
+
+
+def _vector_flags(runtime: Runtime, dtype: str, x: Any, w: Any, out: Any) -> tuple[bool, bool]:
+    """(16-byte loads of x and w allowed, group stores of out allowed)."""
+    d_in, d_out = int(x.shape[-1]), int(out.shape[-1])
+    width, group = VECTOR_WIDTH[dtype], GROUP_WIDTH[dtype]
+    vec = d_in % width == 0 and is_aligned(runtime, x, 16) and is_aligned(runtime, w, 16)
+    vec_out = d_out % group == 0 and is_aligned(runtime, out, group * out.itemsize)
+    return vec, vec_out
+
+
+# --------------------------------------------------------------------------- launches
+
+
+def _grid(config: TileConfig, batch: int, n: int, d_out: int) -> tuple[int, int, int]:
+    """One block per output tile (all batch items), capped at grid.x's limit; the kernel loops over the rest."""
+    tiles = max(1, batch) * blocks_for(n, config.bm) * blocks_for(d_out, config.bn)
+    return (min(tiles, MAX_GRID[0]), 1, 1)
+
+
+def _run_kernel(runtime, dtype, config_name, x, w, bias, activation, out, batch, n, d_in, d_out) -> Launch:
+    config = TILE_CONFIGS[dtype][config_name]
+    vec, vec_out = _vector_flags(runtime, dtype, x, w, out)
+    grid = _grid(config, batch, n, d_out)
+    block = (config.threads, 1, 1)
+    fn = runtime.function(FAMILY, linear_entry(dtype, config, vec))
+    # Without a bias the kernel never reads that pointer; x stands in for it.
+    fn(grid, block, (x, w, x if bias is None else bias, out, i64(batch), i64(n), i64(d_in), i64(d_out),
+                     i64(bias is not None), i64(activation), i64(vec_out)))
+    return Launch(PATH_KERNEL, config_name, vec, vec_out, grid, block)
+
+
+def _run_blas(runtime, dtype, x, w, bias, activation, out, batched: bool) -> Launch:
+    xp = runtime.xp
+    wt = w.transpose(0, 2, 1) if batched else w.T
+    # cuBLAS runs on the current device: make it the runtime's.
+    device = xp.cuda.Device(runtime.device_id) if runtime.kind == "cuda" else contextlib.nullcontext()
+    with device:
+        xp.matmul(x, wt, out=out)
+    launch = Launch(PATH_BLAS, None, None, False, (0, 0, 0), (0, 0, 0))
+    if bias is not None or activation != 0:
+        launch = epilogue(runtime, out, bias, activation)
+        launch = Launch(PATH_BLAS, None, None, launch.vec_out, launch.grid, launch.block)
+    return launch
+
+
+def _linear(runtime, x, w, bias, activation, out, batched, config, path) -> Any:
+    dtype = _check(runtime, x, w, bias, activation, out, batched)
+    batch = int(x.shape[0]) if batched else 1
+    n, d_in, d_out = (int(s) for s in (x.shape[-2], x.shape[-1], w.shape[-2]))
+    chosen = plan(runtime, n, d_in, d_out, dtype, batch)
+    path = path or chosen.path
+    if path not in (PATH_KERNEL, PATH_BLAS):
+        raise ValueError(f"path={path!r} is unknown; expected {PATH_KERNEL!r} or {PATH_BLAS!r}")
+    if config is not None and config not in TILE_CONFIGS[dtype]:
+        names = ", ".join(repr(c) for c in TILE_CONFIGS[dtype])
+        raise ValueError(f"config={config!r} is unknown; expected one of {names}")
+    if out.size == 0:
+        launch = Launch(path, None, None, False, (0, 0, 0), (0, 0, 0))
+    elif path == PATH_BLAS:
+        launch = _run_blas(runtime, dtype, x, w, bias, activation, out, batched)
+    else:
+        name = config or chosen.config or choose_config(n, d_out, dtype, batch, runtime.sm_count)
+        launch = _run_kernel(runtime, dtype, name, x, w, bias, int(activation), out, batch, n, d_in, d_out)
+    _last.launch = launch
+    return out
+
+
+def linear(runtime: Runtime, x: Any, w: Any, bias: Any | None, activation: int, out: Any, *,
+           config: str | None = None, path: str | None = None) -> Any:
+    """``out[:] = act(x @ w.T + bias)`` on ``runtime``.
+
+    Parameters
+    ----------
+    runtime
+        The :class:`~liam_gpu.launch.runtime.Runtime` that executes the launch.
+    x
+        ``(n, d_in)``, C-contiguous, float32 / float64 / float16.
+    w
+        ``(d_out, d_in)``, same dtype.
+    bias
+        ``(d_out,)`` or None.
+    activation
+        A code from :data:`liam_gpu.activations.ACTIVATIONS`.
+    out
+        ``(n, d_out)``, same dtype, writeable, not overlapping the inputs.
+    config
+        Force a tile configuration (tests, benchmarks); default from :func:`plan`.
+    path
+        Force ``"kernel"`` or ``"blas+epilogue"``; default from :func:`plan`.
+
+    Returns
+    -------
+    array
+        ``out``.  :func:`last_launch` describes what ran.
+    """
+    return _linear(runtime, x, w, bias, activation, out, False, config, path)
+
+
+def batched_linear(runtime: Runtime, x: Any, w: Any, bias: Any | None, activation: int, out: Any, *,
+                   config: str | None = None, path: str | None = None) -> Any:
+    """Per-item :func:`linear`: x ``(B, n, d_in)``, w ``(B, d_out, d_in)``, bias ``(B, d_out)``.
+
+    One launch; the batch item is the grid's z index.  Parameters as for
+    :func:`linear`, with the leading batch axis.
+    """
+    return _linear(runtime, x, w, bias, activation, out, True, config, path)
+
+
+def epilogue(runtime: Runtime, y: Any, bias: Any | None, activation: int) -> Launch:
+    """``y[...] = act(y + bias)`` in place, over a finished GEMM result.
+
+    Parameters
+    ----------
+    runtime
+        Where to launch.
+    y
+        ``(n, d_out)`` with bias ``(d_out,)``, or ``(B, n, d_out)`` with bias
+        ``(B, d_out)`` (one bias row per batch item).  C-contiguous, writeable.
+    bias
+        As above, or None.
+    activation
+        An activation code.
+
+    Returns
+    -------
+    Launch
+        Grid, block and whether the 16-byte path ran.
+    """
+    if y.ndim not in (2, 3):
+        raise ValueError(f"y must be 2-D or 3-D, got shape {tuple(y.shape)}")
+    dtype = _dtype_name("y", y.dtype)
+    require_contiguous("y", y)
+    if not y.flags.writeable:
+        raise ValueError("y is read-only")
+    if bias is not None:
+        want = tuple(y.shape[:-2]) + (y.shape[-1],)
+        if tuple(bias.shape) != want:
+            raise ValueError(f"bias must have shape {want} for y of shape {tuple(y.shape)}, got {tuple(bias.shape)}")
+        if np.dtype(bias.dtype) != np.dtype(y.dtype):
+            raise TypeError(f"bias has dtype {bias.dtype} but y has {y.dtype}")
+        require_contiguous("bias", bias)
+        _check_no_overlap(runtime, y, bias=bias)
+    _check_activation(activation)
+    d_out = int(y.shape[-1])
+    rows = int(y.size) // max(1, d_out)
+    rows_per_item = int(y.shape[-2]) if y.ndim == 3 else rows
+    width = VECTOR_WIDTH[dtype]
+    vec = d_out % width == 0 and is_aligned(runtime, y, 16)
+    steps = y.size // width if vec else y.size
+    block = (EPILOGUE_THREADS, 1, 1)
+    # A grid-stride loop: enough blocks to fill every SM several times over.
+    grid = (min(blocks_for(steps, EPILOGUE_THREADS), 16 * int(runtime.sm_count), MAX_GRID[0]), 1, 1)
+    if y.size:
+        fn = runtime.function(FAMILY, epilogue_entry(dtype, vec))
+        fn(grid, block, (y, y if bias is None else bias, i64(rows), i64(d_out), i64(rows_per_item),
+                         i64(bias is not None), i64(activation)))
+    return Launch(PATH_BLAS, None, vec, vec, grid, block)

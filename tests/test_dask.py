@@ -1,0 +1,305 @@
+"""liam_gpu.dask on a real cluster: two worker processes on the CPU (and dask-cuda where a GPU is present).
+
+The distributed results are compared with the single-machine functions on the
+same data and seed; the tolerances are the rounding of the two computations'
+different summation orders, scaled by what the singular values and vectors
+of the test matrix make of it (see :func:`_rounding_bounds`).
+"""
+from __future__ import annotations
+
+import math
+import operator
+import sys
+
+import numpy as np
+import pytest
+
+dask = pytest.importorskip("dask")
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+import cloudpickle  # noqa: E402  (a dependency of distributed)
+
+import liam_gpu  # noqa: E402
+from liam_gpu.backends import emulator_available  # noqa: E402
+from liam_gpu import dask as ldask  # noqa: E402
+
+# Workers unpickle this module's helpers by value: they need not import the test module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+M, N, K = 400, 60, 5
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two worker processes, one thread each, on this machine."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as c:
+            yield c
+
+
+def _decaying(m: int, n: int, dtype=np.float64, rank: int | None = None, seed: int = 0) -> np.ndarray:
+    """``U diag(0.7**j) V^T`` with Haar-random ``U``, ``V``: well separated singular values."""
+    rng = np.random.default_rng(seed)
+    r = n if rank is None else rank
+    u, _ = np.linalg.qr(rng.standard_normal((m, r)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, r)))
+    return ((u * 0.7 ** np.arange(r)) @ v.T).astype(dtype)
+
+
+def _rounding_bounds(a: np.ndarray, k: int) -> tuple[float, float]:
+    """Bounds on the difference of two rounding-level computations of the rank-``k`` SVD.
+
+    Each sum of ``a``'s ``sqrt(m n)``-long products is rounded differently, so
+    the two results are SVDs of matrices that differ by about
+    ``eps sqrt(m n) sigma_1``: singular values move by that much (Weyl) and
+    singular vectors by that over the smallest gap among the first ``k + 1``
+    singular values (Wedin).
+    """
+    s = np.linalg.svd(a.astype(np.float64), compute_uv=False)
+    perturbation = np.finfo(a.dtype).eps * math.sqrt(a.size) * s[0]
+    gap = float(np.min(s[:k] - s[1:k + 1]))
+    return perturbation, perturbation / gap
+
+
+def _assert_same_lowrank(lr, ref, a: np.ndarray, k: int) -> None:
+    s_tol, vec_tol = _rounding_bounds(a, k)
+    u = lr.U.compute()
+    assert u.dtype == ref.U.dtype and lr.S.dtype == ref.S.dtype and lr.Vt.dtype == ref.Vt.dtype
+    np.testing.assert_allclose(lr.S, ref.S, rtol=0, atol=s_tol)
+    np.testing.assert_allclose(u, ref.U, rtol=0, atol=vec_tol)
+    np.testing.assert_allclose(lr.Vt, ref.Vt, rtol=0, atol=vec_tol)
+    # err = sqrt(||A||^2 - sum s^2) / ||A||: a change of sum s^2 by 2 k s_1 ds moves it by that / (2 err ||A||^2).
+    norm2 = float(np.sum(a.astype(np.float64) ** 2))
+    err_tol = 2 * k * float(ref.S[0]) * s_tol / (2 * ref.relative_error * norm2)
+    assert abs(lr.relative_error - ref.relative_error) <= err_tol
+
+
+# --------------------------------------------------------------------------- transform
+
+
+def test_transform_is_lazy_and_keeps_row_chunks_and_meta(client):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((7, 12)).astype(np.float32)
+    # A chunk that fails when computed: building the transform must not compute it.
+    poisoned = da.from_delayed(dask.delayed(operator.truediv)(1, 0), shape=(5, 12), dtype=np.float32)
+    x = da.concatenate([da.zeros((30, 12), chunks=(10, 12), dtype=np.float32), poisoned])
+    y = ldask.transform_matrix(x, w, activation="relu")
+    assert isinstance(y, da.Array)
+    assert y.chunks == ((10, 10, 10, 5), (7,))
+    assert type(y._meta) is np.ndarray and y.dtype == np.float32
+    with pytest.raises(ZeroDivisionError):
+        y.compute()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_transform_equals_single_machine(client, dtype):
+    rng = np.random.default_rng(2)
+    a = (rng.standard_normal((200, 24)) * 4).astype(dtype)
+    w = rng.standard_normal((9, 24)).astype(np.float64 if dtype == np.int32 else dtype)
+    b = rng.standard_normal(9).astype(w.dtype)
+    x = da.from_array(a, chunks=((0, 37, 63, 100), 24))  # an empty chunk too
+    y = ldask.transform_matrix(x, w, b, "gelu")
+    ref = liam_gpu.transform_matrix(a, w, b, "gelu", device="cpu")
+    got = y.compute()
+    assert y.chunks[0] == x.chunks[0] and got.dtype == ref.dtype == y.dtype
+    # Each row is the same dot products as on one machine; only BLAS's blocking may differ.
+    tol = np.finfo(ref.dtype).eps * 24 * float(np.max(np.abs(a).astype(np.float64) @ np.abs(w).T.astype(np.float64)))
+    np.testing.assert_allclose(got, ref, rtol=0, atol=tol)
+
+
+def test_transform_of_a_3d_array_chunked_along_leading_axes(client):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((4, 30, 8))
+    w = rng.standard_normal((5, 8))
+    x = da.from_array(a, chunks=(2, 15, 8))
+    y = ldask.transform_matrix(x, w, activation="tanh")
+    assert y.chunks == ((2, 2), (15, 15), (5,))
+    ref = liam_gpu.transform_matrix(a, w, activation="tanh", device="cpu")
+    np.testing.assert_allclose(y.compute(), ref, rtol=0, atol=np.finfo(np.float64).eps * 8 * 4)
+
+
+def test_transform_bad_input_is_refused_with_a_clear_error():
+    w = np.ones((3, 6))
+    x = da.ones((20, 6), chunks=(5, 3))
+    with pytest.raises(ValueError, match=r"chunked along its last axis.*rechunk\(\{1: -1\}\)"):
+        ldask.transform_matrix(x, w)
+    with pytest.raises(TypeError, match="dask.array.Array"):
+        ldask.transform_matrix(np.ones((20, 6)), w)
+    with pytest.raises(TypeError, match="complex"):
+        ldask.transform_matrix(da.ones((20, 6), chunks=(5, 6), dtype=np.complex128), w)
+    with pytest.raises(ValueError, match="d_in=6"):
+        ldask.transform_matrix(da.ones((20, 5), chunks=(5, 5)), w)
+    with pytest.raises(ValueError, match="batched weights"):
+        ldask.transform_matrix(da.ones((20, 6), chunks=(5, 6)), np.ones((2, 3, 6)))
+    with pytest.raises(ValueError, match="activation"):
+        ldask.transform_matrix(da.ones((20, 6), chunks=(5, 6)), w, activation="swish2")
+    with pytest.raises(ValueError, match="device"):
+        ldask.transform_matrix(da.ones((20, 6), chunks=(5, 6)), w, device="tpu")
+
+
+# --------------------------------------------------------------------------- svd_compress
+
+CHUNKINGS = [
+    pytest.param((M,), id="one-chunk"),
+    pytest.param((100,) * 4, id="regular"),
+    pytest.param((3, 97, 0, 150, 150), id="irregular-small-and-empty"),
+]
+
+
+@pytest.mark.parametrize("rows", CHUNKINGS)
+def test_svd_compress_equals_single_machine(client, rows):
+    a = _decaying(M, N)
+    x = da.from_array(a, chunks=(rows, N))
+    lr = ldask.svd_compress(x, K, random_state=7)
+    ref = liam_gpu.svd_compress(a, K, random_state=7, device="cpu")
+    assert isinstance(lr, liam_gpu.LowRank) and isinstance(lr.U, da.Array)
+    assert lr.U.chunks == (tuple(r for r in rows if r > 0), (K,))
+    assert type(lr.U._meta) is np.ndarray and isinstance(lr.S, np.ndarray) and isinstance(lr.Vt, np.ndarray)
+    _assert_same_lowrank(lr, ref, a, K)
+    np.testing.assert_allclose(np.asarray(lr), ref.to_dense(), rtol=0, atol=_rounding_bounds(a, K)[1])
+
+
+def test_svd_compress_float32_equals_single_machine(client):
+    a = _decaying(M, N, np.float32)
+    x = da.from_array(a, chunks=((50, 150, 200), N))
+    lr = ldask.svd_compress(x, K, n_iter=3, random_state=3)
+    ref = liam_gpu.svd_compress(a, K, n_iter=3, random_state=3, device="cpu")
+    _assert_same_lowrank(lr, ref, a, K)
+
+
+def test_svd_compress_rank_deficient_sketch_takes_tsqr(client, monkeypatch):
+    # A = u v^T with every u_i a signed power of two: each row of Y = A Omega is
+    # then an exact multiple of one row (scaling by 2^e is exact), so Y has rank
+    # 1 in floating point, CholeskyQR (even shifted) cannot factor it, and
+    # Householder QR takes over, here a TSQR across the blocks.
+    calls = []
+    original = ldask._Cluster.householder_qr
+
+    def spy(self, y):
+        calls.append(tuple(y.shape))
+        return original(self, y)
+
+    monkeypatch.setattr(ldask._Cluster, "householder_qr", spy)
+    rng = np.random.default_rng(5)
+    u = np.ldexp(rng.choice([-1.0, 1.0], M), rng.integers(-3, 4, M))
+    a = np.outer(u, rng.standard_normal(N))
+    x = da.from_array(a, chunks=((10, 190, 200), N))
+    lr = ldask.svd_compress(x, 1, n_iter=1, random_state=5)
+    ref = liam_gpu.svd_compress(a, 1, n_iter=1, random_state=5, device="cpu")
+    assert calls == [(M, 11), (M, 11)], "both bases of the rank-1 sketch should take the TSQR fallback"
+    s_tol, vec_tol = _rounding_bounds(a, 1)
+    np.testing.assert_allclose(lr.S, ref.S, rtol=0, atol=s_tol)
+    np.testing.assert_allclose(lr.U.compute(), ref.U, rtol=0, atol=vec_tol)
+    np.testing.assert_allclose(lr.Vt, ref.Vt, rtol=0, atol=vec_tol)
+    np.testing.assert_allclose(np.abs(lr.U.compute()[:, 0]), np.abs(u) / np.linalg.norm(u), rtol=0, atol=vec_tol)
+
+
+def _log_read(block: np.ndarray, path: str, block_info=None) -> np.ndarray:
+    """Record which row block was read (appends of a line are atomic across processes)."""
+    with open(path, "a") as f:
+        f.write(f"{block_info[0]['array-location'][0][0]}\n")
+    return block
+
+
+def test_svd_compress_reads_each_block_once_per_pass(client, tmp_path):
+    a = _decaying(M, N, seed=4)
+    log = tmp_path / "reads.txt"
+    x = da.from_array(a, chunks=(100, N)).map_blocks(_log_read, str(log), dtype=a.dtype)
+    q = 2
+    ldask.svd_compress(x, K, n_iter=q)
+    reads = log.read_text().split()
+    # The sketch, two passes per power iteration, and A^T Q: 2 q + 2 passes, each block once per pass.
+    assert sorted(set(reads)) == ["0", "100", "200", "300"]
+    assert all(reads.count(start) == 2 * q + 2 for start in set(reads))
+
+
+def test_svd_compress_runs_on_the_local_schedulers_too(client):
+    a = _decaying(M, N, seed=6)
+    x = da.from_array(a, chunks=(120, N))
+    on_cluster = ldask.svd_compress(x, K, n_iter=2, random_state=11)
+    with dask.config.set(scheduler="synchronous"):
+        local = ldask.svd_compress(x, K, n_iter=2, random_state=11)
+        assert isinstance(local.U, da.Array)
+        u_local = local.U.compute()
+    # Same blocks and reduction tree; only BLAS's threading differs (one thread per worker process).
+    _assert_same_lowrank(on_cluster, liam_gpu.LowRank(u_local, local.S, local.Vt,
+                                                      relative_error=local.relative_error), a, K)
+
+
+def test_svd_compress_bad_input_is_refused_with_a_clear_error(client):
+    x = da.from_array(_decaying(M, N), chunks=(100, N))
+    with pytest.raises(TypeError, match="complex"):
+        ldask.svd_compress(x.astype(np.complex128), K)
+    with pytest.raises(ValueError, match=r"chunked along its last axis.*rechunk"):
+        ldask.svd_compress(x.rechunk((100, 30)), K)
+    with pytest.raises(ValueError, match="tall"):
+        ldask.svd_compress(x.T.rechunk((20, M)), K)
+    with pytest.raises(ValueError, match="2-D"):
+        ldask.svd_compress(x[:, 0], K)
+    with pytest.raises(ValueError, match="k=61"):
+        ldask.svd_compress(x, N + 1)
+    with pytest.raises(TypeError, match="dask.array.Array"):
+        ldask.svd_compress(np.ones((10, 3)), 2)
+    with pytest.raises(ValueError, match="unknown chunk sizes"):
+        ldask.svd_compress(x[x[:, 0] > -np.inf], K)
+    with pytest.raises(TypeError, match="device"):
+        ldask.svd_compress(x, K, device=0)
+    nan = da.where(da.arange(M, chunks=100)[:, None] == 217, np.nan, x)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        ldask.svd_compress(nan, K, n_iter=0)
+
+
+@pytest.mark.skipif(not emulator_available(), reason="the emulator needs g++")
+def test_svd_compress_with_our_kernels_on_the_workers_equals_cpu(client):
+    # device="emulator": every block's Philox sketch, Gram matrix and triangular
+    # apply run through our CUDA kernels (on the CPU emulator) on the workers.
+    a = _decaying(M, N, seed=10)
+    liam_gpu.svd_compress(a[:N], 2, device="emulator")  # builds the kernels once, here, for the workers' cache
+    x = da.from_array(a, chunks=((150, 250), N))
+    lr = ldask.svd_compress(x, K, n_iter=1, random_state=4, device="emulator")
+    ref = liam_gpu.svd_compress(a, K, n_iter=1, random_state=4, device="cpu")
+    _assert_same_lowrank(lr, ref, a, K)
+
+
+# --------------------------------------------------------------------------- GPU workers
+
+
+def _check_cupy_chunks_on(cluster) -> None:
+    """Transform and svd_compress of CuPy-chunked arrays on ``cluster`` equal the single-GPU calls."""
+    cupy = pytest.importorskip("cupy")
+    a = _decaying(2000, 64, seed=8)
+    w = np.random.default_rng(9).standard_normal((16, 64))
+    with distributed.Client(cluster):
+        x = da.from_array(cupy.asarray(a), chunks=(500, 64), asarray=False)
+        y = ldask.transform_matrix(x, w, activation="relu")
+        assert isinstance(y._meta, cupy.ndarray)
+        got = y.compute()
+        assert isinstance(got, cupy.ndarray)
+        ref = liam_gpu.transform_matrix(cupy.asarray(a), cupy.asarray(w), activation="relu")
+        tol = np.finfo(np.float64).eps * 64 * float(np.max(np.abs(a) @ np.abs(w).T))
+        cupy.testing.assert_allclose(got, ref, rtol=0, atol=tol)
+
+        lr = ldask.svd_compress(x, 6, random_state=2)
+        assert isinstance(lr.U._meta, cupy.ndarray)
+        ref_lr = liam_gpu.svd_compress(cupy.asarray(a), 6, random_state=2)
+        s_tol, vec_tol = _rounding_bounds(a, 6)
+        np.testing.assert_allclose(lr.S, cupy.asnumpy(ref_lr.S), rtol=0, atol=s_tol)
+        np.testing.assert_allclose(cupy.asnumpy(lr.U.compute()), cupy.asnumpy(ref_lr.U), rtol=0, atol=vec_tol)
+        np.testing.assert_allclose(lr.Vt, cupy.asnumpy(ref_lr.Vt), rtol=0, atol=vec_tol)
+
+
+@pytest.mark.gpu
+def test_dask_cuda_cluster_with_cupy_chunks_matches_single_gpu():
+    dask_cuda = pytest.importorskip("dask_cuda")
+    with dask_cuda.LocalCUDACluster(n_workers=1, dashboard_address=None) as cluster:
+        _check_cupy_chunks_on(cluster)
+
+
+@pytest.mark.gpu
+def test_plain_cluster_with_cupy_chunks_matches_single_gpu():
+    # Without dask-cuda: one worker process that sees the GPU, CuPy chunks shipped to it.
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        _check_cupy_chunks_on(cluster)

@@ -1,0 +1,283 @@
+"""``transform_matrix`` through the public API, on every backend present.
+
+Each result is checked against a float64 numpy reference computed from the
+same (already rounded) inputs, within a bound derived from the dtype: the
+accumulation error of a ``d_in``-term dot product, the activation's own
+rounding, and the rounding of the stored output.  Emulator cases stay small
+(a few hundred thousand multiply-adds each).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import liam_gpu as lg
+from liam_gpu import activations
+from liam_gpu.activations import ACTIVATIONS
+from liam_gpu.backends import emulator_available
+from liam_gpu.launch import transform as transform_launch
+
+needs_emulator = pytest.mark.skipif(not emulator_available(), reason="the emulator needs g++")
+
+DTYPES = [np.float32, np.float64, np.float16]
+ACTIVATION_NAMES = list(ACTIVATIONS)  # None, "relu", "gelu", ...
+
+# (data shape, d_out): 1x1, primes, non-multiples of every tile size (16, 32,
+# 64, 128), d_in >> d_out and the reverse, a single row, 1-D and 3-D data.
+SHAPES = [
+    ((1, 1), 1),
+    ((7, 13), 11),
+    ((37, 29), 45),
+    ((130, 17), 131),
+    ((5, 515), 3),
+    ((9, 3), 257),
+    ((1, 300), 70),
+    ((29,), 23),
+    ((2, 3, 19), 23),
+]
+
+
+def _id(shape_case) -> str:
+    shape, d_out = shape_case
+    return "x".join(map(str, shape)) + f"-{d_out}"
+
+
+def reference(x, w, b, activation):
+    """float64 ``act(x @ w.T + b)`` from the inputs as given (already rounded)."""
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    if w64.ndim == 3:
+        y = np.matmul(x64, np.swapaxes(w64, 1, 2))
+        if b is not None:
+            y += np.asarray(b, np.float64)[:, None, :]
+    else:
+        y = x64 @ w64.T
+        if b is not None:
+            y += np.asarray(b, np.float64)
+    return activations.reference(y, activation)
+
+
+def tolerance(dtype, x, w, b, ref):
+    """Elementwise error bound of a correct implementation.
+
+    * accumulation: a ``d_in``-term dot product in the compute precision errs
+      by at most ``d_in * eps`` times the sum of the terms' magnitudes (the
+      standard bound is ``d_in * eps / 2``; the activation's slope is <= 1.13);
+    * the activation's own rounding: a few ulps of the result;
+    * the stored output (float16): half an ulp, or half the subnormal spacing.
+    """
+    dtype = np.dtype(dtype)
+    eps_acc = np.finfo(np.float64 if dtype == np.float64 else np.float32).eps
+    eps_out = np.finfo(dtype).eps
+    ax, aw = np.abs(np.asarray(x, np.float64)), np.abs(np.asarray(w, np.float64))
+    scale = np.matmul(ax, np.swapaxes(aw, -1, -2)) if aw.ndim == 3 else ax @ aw.T
+    if b is not None:
+        ab = np.abs(np.asarray(b, np.float64))
+        scale = scale + (ab[:, None, :] if aw.ndim == 3 else ab)
+    d_in = ax.shape[-1]
+    return (1.2 * (d_in + 2) * eps_acc * scale + 8 * eps_acc * np.abs(ref)
+            + eps_out * np.abs(ref) + np.finfo(dtype).smallest_subnormal)
+
+
+def assert_close(got, x, w, b, activation, dtype):
+    ref = reference(x, w, b, activation)
+    got64 = np.asarray(got, np.float64)
+    assert got64.shape == ref.shape
+    assert np.all(np.isfinite(got64)), "some outputs are not finite (unwritten or overflowed)"
+    err = np.abs(got64 - ref)
+    tol = tolerance(dtype, x, w, b, ref)
+    worst = np.unravel_index(np.argmax(err - tol), err.shape)
+    assert np.all(err <= tol), (
+        f"max error {err[worst]:.3e} > tolerance {tol[worst]:.3e} at {worst} "
+        f"(got {got64[worst]!r}, want {ref[worst]!r})")
+
+
+def make(rng, shape, d_out, dtype, *, bias=True, batch=None):
+    d_in = shape[-1]
+    x = rng.standard_normal(shape).astype(dtype)
+    wshape = (batch, d_out, d_in) if batch else (d_out, d_in)
+    # Weights scaled like a trained layer, so activations see values of order 1.
+    w = (rng.standard_normal(wshape) / np.sqrt(d_in)).astype(dtype)
+    b = rng.standard_normal((batch, d_out) if batch else (d_out,)).astype(dtype) if bias else None
+    return x, w, b
+
+
+# --------------------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize("shape_case", SHAPES, ids=_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_shapes_match_float64_reference(backend_name, rng, shape_case, dtype):
+    shape, d_out = shape_case
+    x, w, b = make(rng, shape, d_out, dtype)
+    got = lg.transform_matrix(x, w, b, "gelu", device=backend_name)
+    assert got.dtype == dtype and got.shape == shape[:-1] + (d_out,)
+    assert_close(got, x, w, b, "gelu", dtype)
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_every_activation_and_dtype(backend_name, rng, activation, dtype, with_bias):
+    x, w, b = make(rng, (33, 21), 39, dtype, bias=with_bias)
+    x *= dtype(3)  # reach the saturating parts of sigmoid / tanh / gelu
+    got = lg.transform_matrix(x, w, b, activation, device=backend_name)
+    assert_close(got, x, w, b, activation, dtype)
+
+
+def test_without_bias_and_activation_is_np_dot(backend_name, rng):
+    # The original LIAM meaning: np.dot(data, weights.T).
+    x, w, _ = make(rng, (12, 10), 6, np.float64, bias=False)
+    got = lg.transform_matrix(x, w, device=backend_name)
+    np.testing.assert_allclose(got, np.dot(x, w.T), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_batched_weights(backend_name, rng, batch, dtype):
+    x, w, b = make(rng, (batch, 11, 10), 9, dtype, batch=batch)
+    got = lg.transform_matrix(x, w, b, "silu", device=backend_name)
+    assert got.shape == (batch, 11, 9)
+    assert_close(got, x, w, b, "silu", dtype)
+
+
+def test_batched_weights_without_bias(backend_name, rng):
+    x, w, _ = make(rng, (3, 5, 8), 4, np.float32, bias=False, batch=3)
+    got = lg.transform_matrix(x, w, None, "tanh", device=backend_name)
+    assert_close(got, x, w, None, "tanh", np.float32)
+
+
+@needs_emulator
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_cpu_and_emulator_agree(rng, dtype):
+    x, w, b = make(rng, (41, 37), 67, dtype)
+    cpu = lg.transform_matrix(x, w, b, "gelu_tanh", device="cpu")
+    emu = lg.transform_matrix(x, w, b, "gelu_tanh", device="emulator")
+    tol = tolerance(dtype, x, w, b, reference(x, w, b, "gelu_tanh"))
+    # Both are within tol of the exact value, so within 2 tol of each other.
+    assert np.all(np.abs(cpu.astype(np.float64) - emu.astype(np.float64)) <= 2 * tol)
+
+
+# --------------------------------------------------------------------------- out=
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_out_is_written_in_place_and_every_element(backend_name, rng, dtype):
+    x, w, b = make(rng, (2, 19, 23), 45, dtype)
+    out = np.full((2, 19, 45), np.nan, dtype)  # poison: an unwritten element stays NaN
+    got = lg.transform_matrix(x, w, b, "relu", out=out, device=backend_name)
+    assert got is out
+    assert_close(out, x, w, b, "relu", dtype)
+
+
+def test_out_batched(backend_name, rng):
+    x, w, b = make(rng, (4, 7, 9), 13, np.float32, batch=4)
+    out = np.full((4, 7, 13), np.nan, np.float32)
+    assert lg.transform_matrix(x, w, b, "sigmoid", out=out, device=backend_name) is out
+    assert_close(out, x, w, b, "sigmoid", np.float32)
+
+
+def test_out_non_contiguous_is_filled(backend_name, rng):
+    x, w, b = make(rng, (6, 5), 4, np.float64)
+    base = np.full((6, 8), np.nan)
+    out = base[:, ::2]  # a strided view: the result goes through a buffer
+    assert lg.transform_matrix(x, w, b, None, out=out, device=backend_name) is out
+    assert_close(out, x, w, b, None, np.float64)
+    assert np.all(np.isnan(base[:, 1::2])), "elements between the view's columns were touched"
+
+
+def test_out_wrong_shape_or_dtype(backend_name, rng):
+    x, w, b = make(rng, (6, 5), 4, np.float32)
+    with pytest.raises(ValueError, match=r"out must have shape \(6, 4\)"):
+        lg.transform_matrix(x, w, b, out=np.empty((6, 5), np.float32), device=backend_name)
+    with pytest.raises(TypeError, match="out must have dtype float32"):
+        lg.transform_matrix(x, w, b, out=np.empty((6, 4), np.float64), device=backend_name)
+    readonly = np.empty((6, 4), np.float32)
+    readonly.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        lg.transform_matrix(x, w, b, out=readonly, device=backend_name)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def test_non_contiguous_and_read_only_inputs_are_unchanged(backend_name, rng):
+    big = rng.standard_normal((20, 26)).astype(np.float32)
+    x = big[::2, ::2]  # (10, 13), strided both ways
+    w = np.asfortranarray(rng.standard_normal((7, 13)).astype(np.float32))
+    b = rng.standard_normal(14).astype(np.float32)[::2]
+    for a in (big, w, b):
+        a.setflags(write=False)
+    before = [a.copy() for a in (big, w, b)]
+    got = lg.transform_matrix(x, w, b, "gelu", device=backend_name)
+    assert_close(got, x, w, b, "gelu", np.float32)
+    for a, a0 in zip((big, w, b), before):
+        np.testing.assert_array_equal(a, a0)
+
+
+@needs_emulator
+def test_misaligned_data_takes_the_scalar_path(rng):
+    # A C-contiguous float32 view starting 4 bytes past a 16-byte boundary.
+    n, d_in, d_out = 9, 12, 10
+    raw = np.empty(n * d_in + 4, np.float32)
+    start = (-(raw.ctypes.data // 4) % 4 + 1) % 4
+    x = raw[start:start + n * d_in].reshape(n, d_in)
+    x[...] = rng.standard_normal((n, d_in))
+    assert x.ctypes.data % 16 != 0 and x.flags.c_contiguous
+    w = rng.standard_normal((d_out, d_in)).astype(np.float32)
+    got = lg.transform_matrix(x, w, None, "relu", device="emulator")
+    assert transform_launch.last_launch().vec is False
+    assert_close(got, x, w, None, "relu", np.float32)
+
+
+def test_integer_input_computes_in_float64(backend_name):
+    x = np.arange(12).reshape(3, 4)
+    w = np.ones((2, 4), dtype=np.int32)
+    got = lg.transform_matrix(x, w, device=backend_name)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, np.dot(x, w.T).astype(np.float64))
+
+
+def test_mixed_half_and_single_computes_in_float32(backend_name, rng):
+    x, w, b = make(rng, (5, 6), 3, np.float16)
+    got = lg.transform_matrix(x, w.astype(np.float32), b, device=backend_name)
+    assert got.dtype == np.float32
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_shape_mismatch_names_both_shapes(backend_name):
+    with pytest.raises(ValueError, match=r"\(4, 5\).*\(3, 6\)"):
+        lg.transform_matrix(np.ones((4, 5)), np.ones((3, 6)), device=backend_name)
+
+
+def test_bias_shape(backend_name):
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        lg.transform_matrix(np.ones((4, 5)), np.ones((3, 5)), np.ones(4), device=backend_name)
+
+
+def test_batched_bias_shape(backend_name):
+    with pytest.raises(ValueError, match=r"bias must have shape \(2, 3\)"):
+        lg.transform_matrix(np.ones((2, 4, 5)), np.ones((2, 3, 5)), np.ones(3), device=backend_name)
+
+
+def test_batched_batch_mismatch(backend_name):
+    with pytest.raises(ValueError, match="batch"):
+        lg.transform_matrix(np.ones((2, 4, 5)), np.ones((3, 3, 5)), device=backend_name)
+
+
+def test_unknown_activation(backend_name):
+    with pytest.raises(ValueError, match="activation='swish'"):
+        lg.transform_matrix(np.ones((4, 5)), np.ones((3, 5)), activation="swish", device=backend_name)
+
+
+def test_nan_in_weights(backend_name):
+    w = np.ones((3, 5))
+    w[1, 2] = np.nan
+    with pytest.raises(ValueError, match="weights contains NaN"):
+        lg.transform_matrix(np.ones((4, 5)), w, device=backend_name)
+
+
+def test_complex_input_is_refused(backend_name):
+    with pytest.raises(TypeError, match="complex"):
+        lg.transform_matrix(np.ones((4, 5), complex), np.ones((3, 5)), device=backend_name)
