@@ -18,6 +18,7 @@ shrinks every size.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 
 import numpy as np
@@ -197,8 +198,7 @@ def test_gpu_batched_torch_linalg_svd(benchmark, describe, measure, rotation, pe
     if not torch.cuda.is_available():
         pytest.skip("peer torch has no CUDA device")
     inputs = _batch(rotation, "cuda")
-    tensors = [torch.from_dlpack(a) for (a,) in inputs.copies]
-    cycle = iter(tensors * 1_000_000)
+    cycle = itertools.cycle([torch.from_dlpack(a) for (a,) in inputs.copies])
 
     def run():
         u, s, vt = torch.linalg.svd(next(cycle), full_matrices=False)
@@ -206,3 +206,120 @@ def test_gpu_batched_torch_linalg_svd(benchmark, describe, measure, rotation, pe
 
     _batch_label(describe, benchmark, "torch")
     measure(benchmark, run, (), backend="cuda")
+
+
+# --------------------------------------------------------------------------- side by side (CPU)
+#
+#   python bench/bench_svd.py [--dtype float32] [--rounds 3] [--reps 7] [--seeds 10] [--threads 2]
+#
+# Each library in its own process (so that torch's OpenMP threads and numpy's
+# OpenBLAS threads never spin against each other), the processes alternating
+# for --rounds rounds; median time per process, then the median over rounds.
+# Accuracy over --seeds seeds: the residual A - U S Vt is applied through the
+# exact float64 factors of A (an l x l-cheap operator), so its spectral norm
+# costs milliseconds.
+
+IMPLS = ("liam_gpu", "torch", "sklearn")
+
+
+def _factor_with(impl: str, a: np.ndarray, seed: int):
+    k = CPU_K
+    if impl == "liam_gpu":
+        return lg.randomized_svd(a, k, n_oversamples=P, n_iter=Q, random_state=seed, device="cpu")
+    if impl == "sklearn":
+        from sklearn.utils.extmath import randomized_svd
+
+        return randomized_svd(a, k, n_oversamples=P, n_iter=Q, random_state=seed)
+    import torch
+
+    torch.manual_seed(seed)
+    u, s, v = torch.svd_lowrank(torch.from_numpy(a), q=k + P, niter=Q)
+    return u[:, :k].numpy(), s[:k].numpy(), v[:, :k].T.numpy()
+
+
+def _worker(impl: str, workdir: str, dtype: str, reps: int, seeds: int) -> None:
+    import json
+    import time
+
+    a = np.load(os.path.join(workdir, f"a_{dtype}.npy"))
+    _factor_with(impl, a, 0)  # warm-up: imports, thread pools, caches
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        _factor_with(impl, a, 0)
+        times.append(time.perf_counter() - t0)
+    for seed in range(seeds):
+        u, s, vt = _factor_with(impl, a, seed)
+        np.savez(os.path.join(workdir, f"{impl}_{dtype}_{seed}.npz"), u=u, s=s, vt=vt)
+    print(json.dumps({"median": float(np.median(times)), "min": float(min(times))}))
+
+
+def _residual_norm(u0, s0, v0, u, s, vt) -> float:
+    """``||A - U S Vt||_2`` for ``A = u0 diag(s0) v0^T`` (orthonormal float64 factors), in A's bases."""
+    p = u0.T @ u.astype(np.float64) * s.astype(np.float64)  # n x k
+    q = v0.T @ vt.T.astype(np.float64)                      # n x k
+
+    def apply(x):
+        return s0[:, None] * x - p @ (q.T @ x)
+
+    def apply_t(y):
+        return s0[:, None] * y - q @ (p.T @ y)
+
+    x = np.random.default_rng(1).standard_normal((len(s0), 8))
+    for _ in range(60):
+        x, _ = np.linalg.qr(apply_t(apply(x)))
+    return float(np.linalg.svd(apply(x), compute_uv=False)[0])
+
+
+def _side_by_side(dtype: str, rounds: int, reps: int, seeds: int, threads: int) -> None:
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    m, n = CPU_SHAPE
+    rng = np.random.default_rng(12345)
+    u0 = np.linalg.qr(rng.standard_normal((m, n)))[0]
+    v0 = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    s0 = _spectrum(n)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    with tempfile.TemporaryDirectory() as workdir:
+        np.save(os.path.join(workdir, f"a_{dtype}.npy"), ((u0 * s0) @ v0.T).astype(dtype))
+        timings: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+        for _ in range(rounds):
+            for impl in IMPLS:
+                out = subprocess.run([sys.executable, __file__, "--worker", impl, workdir, dtype, str(reps),
+                                      str(seeds)], env=env, capture_output=True, text=True, check=True)
+                timings[impl].append(json.loads(out.stdout.strip().splitlines()[-1])["median"])
+        print(f"randomized SVD {m} x {n} {dtype}, k={CPU_K}, p={P}, q={Q}, {threads} threads; "
+              f"median over {rounds} rounds of the median of {reps} calls; accuracy over {seeds} seeds")
+        print(f"{'impl':10s} {'time ms':>8s} {'vs torch':>9s} {'spectral/s_k+1 (median, max)':>30s} "
+              f"{'top-k rel err (median, max)':>28s}")
+        base = float(np.median(timings["torch"]))
+        for impl in IMPLS:
+            spectral, top = [], []
+            for seed in range(seeds):
+                f = np.load(os.path.join(workdir, f"{impl}_{dtype}_{seed}.npz"))
+                spectral.append(_residual_norm(u0, s0, v0, f["u"], f["s"], f["vt"]) / s0[CPU_K])
+                top.append(float(np.max(np.abs(f["s"].astype(np.float64) - s0[:CPU_K]) / s0[:CPU_K])))
+            t = float(np.median(timings[impl]))
+            print(f"{impl:10s} {t * 1e3:8.1f} {t / base:9.2f} {np.median(spectral):17.6f} {max(spectral):12.6f} "
+                  f"{np.median(top):16.2e} {max(top):11.2e}")
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        _worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+    else:
+        parser = argparse.ArgumentParser(description="CPU randomized SVD side by side, one process per library")
+        parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+        parser.add_argument("--rounds", type=int, default=3)
+        parser.add_argument("--reps", type=int, default=7)
+        parser.add_argument("--seeds", type=int, default=10)
+        parser.add_argument("--threads", type=int, default=2)
+        args = parser.parse_args()
+        _side_by_side(args.dtype, args.rounds, args.reps, args.seeds, args.threads)

@@ -4,7 +4,7 @@ compression, with a numpy fallback that gives the same answers.
 Public names::
 
     transform_matrix, svd_compress, randomized_svd, LowRank, BinaryAlgebra,
-    Scheduler, DeviceFault, current_device, devices
+    Scheduler, DeviceFault, ChunkError, AllDevicesFailed, current_device, devices
 
 They load on first use (SPEC 1 lazy loading), so ``import liam_gpu`` stays
 cheap and never imports CuPy or torch by itself.
@@ -18,6 +18,8 @@ from ._version import __version__
 
 #: Public name -> the submodule that defines it.
 _EXPORTS = {
+    "AllDevicesFailed": "alda",
+    "ChunkError": "alda",
     "BinaryAlgebra": "algebra",
     "DeviceFault": "alda",
     "Scheduler": "alda",

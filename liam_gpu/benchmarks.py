@@ -46,7 +46,7 @@ BENCH_DIR_ENV = "LIAM_BENCH_DIR"
 #: Distributions whose versions go into the report header (absent ones are left out).
 VERSIONED = (
     "numpy", "scipy", "pytest", "pytest-benchmark", "scikit-learn", "torch",
-    "cupy-cuda13x", "cupy-cuda12x", "cupy", "fbpca", "matplotlib",
+    "cupy-cuda13x", "cupy-cuda12x", "cupy", "fbpca", "dask", "distributed", "matplotlib",
 )
 
 
@@ -114,7 +114,7 @@ def cpu_ceilings(quick: bool) -> dict[str, Any]:
     del src, dst
     n = 2048 if quick else 3072
     gemm: dict[str, float] = {}
-    for dtype in (np.float32, np.float64):
+    for dtype in (np.float32, np.float64):  # float32 first: the rate most benchmarks are read against
         a = rng.standard_normal((n, n)).astype(dtype)
         b = rng.standard_normal((n, n)).astype(dtype)
         c = np.empty((n, n), dtype=dtype)
@@ -194,6 +194,30 @@ def measure_ceilings(backend: str, quick: bool) -> dict[str, dict[str, Any]]:
     if backend in ("cuda", "all") and gpu_present():
         ceilings["cuda"] = cuda_ceilings(quick)
     return ceilings
+
+
+def best_ceilings(*measured: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per backend and quantity, the highest of several measurements.
+
+    ``run_cli`` measures before and after the suite: on a shared machine one
+    measurement can land in a busy moment, and a ceiling that is too low makes
+    results look better than they are.  Every single measurement is kept under
+    ``"samples"``.
+    """
+    best: dict[str, dict[str, Any]] = {}
+    for ceilings in measured:
+        for backend, c in ceilings.items():
+            b = best.setdefault(backend, {"copy_gbps": 0.0, "gemm_gflops": {}, "how": c.get("how", {}),
+                                          "samples": []})
+            b["samples"].append({"copy_gbps": c["copy_gbps"], "gemm_gflops": dict(c["gemm_gflops"])})
+            b["copy_gbps"] = max(b["copy_gbps"], c["copy_gbps"])
+            for dtype, rate in c["gemm_gflops"].items():
+                b["gemm_gflops"][dtype] = max(b["gemm_gflops"].get(dtype, 0.0), rate)
+    for b in best.values():
+        if len(b["samples"]) > 1:
+            b["how"] = {k: f"{v}; best of {len(b['samples'])} measurements (before and after the suite)"
+                        for k, v in b["how"].items()}
+    return best
 
 
 # --------------------------------------------------------------------------- header facts
@@ -383,6 +407,9 @@ def run_cli(args: argparse.Namespace) -> int:
     package_root = Path(__file__).resolve().parents[1]
 
     command = "liam-gpu bench" + (" --quick" if args.quick else "") + f" --backend {args.backend} --out {args.out}"
+    budget = os.environ.get("LIAM_BENCH_QUICK_BUDGET")
+    if args.quick and budget:  # it changes which benchmarks ran, so it belongs to the command
+        command = f"LIAM_BENCH_QUICK_BUDGET={budget} {command}"
     meta: dict[str, Any] = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(),
@@ -393,8 +420,8 @@ def run_cli(args: argparse.Namespace) -> int:
     }
     started = time.perf_counter()
     print(f"liam-gpu bench: measuring the ceilings ({args.backend}) ...", flush=True)
-    ceilings = measure_ceilings(args.backend, args.quick)
-    print(bench_report.render_ceilings(ceilings), flush=True)
+    ceilings_before = measure_ceilings(args.backend, args.quick)
+    print(bench_report.render_ceilings(ceilings_before), flush=True)
 
     cmd = pytest_command(bench_dir, out, args.quick)
     env = dict(os.environ)
@@ -409,6 +436,11 @@ def run_cli(args: argparse.Namespace) -> int:
     rc = _run_streaming(cmd, env, checkout, out / "pytest.log")
 
     raw = _read_pytest_benchmark(json_path)
+    print(f"liam-gpu bench: measuring the ceilings again ({args.backend}) ...", flush=True)
+    try:
+        ceilings = best_ceilings(ceilings_before, measure_ceilings(args.backend, args.quick))
+    except KeyboardInterrupt:  # stopped at a time limit: report with what was measured first
+        ceilings = best_ceilings(ceilings_before)
     outcomes = bench_report.outcomes_from_junit(out / "junit.xml")
     meta["seconds"] = round(time.perf_counter() - started, 1)
     rows, markdown = build_report(raw, ceilings, meta, outcomes, out)

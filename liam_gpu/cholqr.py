@@ -14,10 +14,11 @@ Precision, with ``u`` the unit roundoff of float64 (``2**-53``):
   floats are exact in double), so ``R`` is accurate while
   ``cond(Y)**2 * 11 (m l + l (l + 1)) u <= 1`` (a worst-case bound: up to
   ``cond(Y) ~ 1e5`` for ``m l ~ 1e5``), where float32 CholeskyQR would stop
-  at ``cond(Y) ~ 30``.
+  near ``cond(Y) ~ 1e2``.
 * :func:`cholesky_qr` (final bases) is CholeskyQR2: two passes make ``Q``
   orthonormal to the working precision of ``Y``'s dtype (Yamamoto, Nakatsukasa,
-  Yanagisawa & Fukaya 2015).
+  Yanagisawa & Fukaya 2015).  The second pass always uses a float64 Gram
+  matrix; the first may use float32 (last point).
 * Beyond that condition number the Gram matrix is numerically singular:
   shifted CholeskyQR (Fukaya, Kannan, Nakatsukasa, Zhang & Yamamoto 2020)
   factors ``G + s I`` with ``s = 11 (m l + l (l + 1)) u ||Y||_F^2``, which
@@ -31,14 +32,14 @@ Precision, with ``u`` the unit roundoff of float64 (``2**-53``):
   (``u |Y| |R^-1|``) costs orthogonality of order ``u cond(Y)``, which the
   second pass removes, so float64 there would buy nothing.
 * :func:`orthonormal_basis` (the power iterations, where only the span and a
-  good conditioning matter) takes one pass, and for float32 data first tries
-  a float32 Gram matrix.  Its rounding is ``~ sqrt(m) u32 ||G||`` with high
+  good conditioning matter) takes the first pass only.  For float32 data the
+  first pass tries a float32 Gram matrix.  Its rounding is ``~ sqrt(m) u32 ||G||`` with high
   probability (Higham & Mary 2019), which moves ``cond(Q)`` by
   ``cond(R)**2 sqrt(m) u32``; it is accepted when that is at most 1/2.
 
-Condition numbers are the exact 1-norm ones, ``||R||_1 ||R^-1||_1`` (the
-inverse is needed for the apply anyway); they are within a factor ``l`` of
-the 2-norm ones.  All host work uses numpy's LAPACK only (see
+Condition numbers are 2-norm estimates, ``||R||_2 ||R^-1||_2`` by a few power
+iterations on the small factors (the inverse is needed for the apply anyway).
+All host work uses numpy's LAPACK only (see
 :func:`~liam_gpu.backends.base.upper_inverse` for why not scipy's).
 """
 from __future__ import annotations
@@ -77,21 +78,44 @@ def cholesky_factor(g: np.ndarray) -> np.ndarray | None:
 
 
 class Factor:
-    """A Cholesky factor ``R``, its inverse and its 1-norm condition number (host float64)."""
+    """A Cholesky factor ``R``, its inverse and an estimate of its 2-norm condition number (host float64)."""
 
     __slots__ = ("r", "rinv", "cond")
 
     def __init__(self, r: np.ndarray) -> None:
         self.r = r
         self.rinv = upper_inverse(r)
-        norm = np.abs(r).sum(axis=0).max()
-        inv_norm = np.abs(self.rinv).sum(axis=0).max()
-        cond = float(norm * inv_norm)
-        self.cond = cond if np.isfinite(cond) else float("inf")
+        norms = _norm2(np.stack([r, self.rinv]))
+        cond = float(norms[0] * norms[1])
+        self.cond = cond if math.isfinite(cond) else float("inf")
 
     def apply(self, backend: Any, y: Any, accumulate: Any = np.float64) -> Any:
         """``y @ inv(R)`` on the backend."""
         return backend.tri_apply(y, self.r, accumulate=accumulate, rinv=self.rinv)
+
+
+#: Power iterations of the 2-norm estimate (each costs two l x l products).
+NORM_ITERATIONS = 8
+
+
+def _norm2(stack: np.ndarray) -> np.ndarray:
+    """Estimates of ``||M||_2`` for a stack of small host matrices, by power iteration on ``M^T M``.
+
+    ``||M x||`` for a unit ``x`` never exceeds ``||M||_2`` and converges to it;
+    a few steps give it within a few per cent (a fixed random start vector
+    keeps it deterministic).  It replaces the 1-norm condition number, which
+    overstates ``cond_2`` by up to a factor ``l``.
+    """
+    mt = np.swapaxes(stack, -1, -2)
+    x = np.random.default_rng(stack.shape[-1]).standard_normal(stack.shape[-1])
+    x = np.broadcast_to(x / np.linalg.norm(x), stack.shape[:-1])[..., None]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for _ in range(NORM_ITERATIONS):
+            z = mt @ (stack @ x)
+            x = z / np.linalg.norm(z, axis=-2, keepdims=True)
+        norms = np.linalg.norm(stack @ x, axis=(-2, -1))
+    # A zero matrix gives 0/0 = NaN above; non-finite data gives inf.
+    return np.where(np.isfinite(norms), norms, np.where(np.isfinite(stack).all(axis=(-2, -1)), 0.0, np.inf))
 
 
 def factor_gram(g: np.ndarray) -> Factor | None:
@@ -103,6 +127,36 @@ def factor_gram(g: np.ndarray) -> Factor | None:
 def _cholqr_bound(m: int, l: int) -> float:
     """``11 (m l + l (l + 1)) u``: CholeskyQR is reliable while ``cond**2`` times this is <= 1."""
     return 11.0 * (m * l + l * (l + 1)) * U64
+
+
+def _apply_dtype(y: Any) -> Any:
+    """The accumulator of ``Y R^-1``: ``Y``'s own dtype (see the module notes)."""
+    return np.float32 if y.dtype == np.float32 else np.float64
+
+
+def _first_pass(backend: Any, y: Any) -> tuple[Any, np.ndarray] | None:
+    """One CholeskyQR pass ``y = Q1 R1`` with ``cond(Q1)`` close to 1, or None if unreliable.
+
+    float32 data tries a float32 Gram matrix first (cheaper), then float64.
+    """
+    m, l = (int(d) for d in y.shape)
+    acc = _apply_dtype(y)
+    if y.dtype == np.float32:
+        f = factor_gram(backend.gram(y, accumulate=np.float32))
+        if f is not None and f.cond**2 * math.sqrt(m) * U32 <= 0.5:
+            return f.apply(backend, y, acc), f.r
+    f = factor_gram(backend.gram(y))
+    if f is not None and f.cond**2 * _cholqr_bound(m, l) <= 1.0:
+        return f.apply(backend, y, acc), f.r
+    return None
+
+
+def _second_pass(backend: Any, q1: Any, r1: np.ndarray) -> tuple[Any, np.ndarray] | None:
+    """CholeskyQR of a well-conditioned ``q1`` with a float64 Gram matrix, folding in ``r1``."""
+    f2 = factor_gram(backend.gram(q1))
+    if f2 is None:
+        return None
+    return f2.apply(backend, q1, _apply_dtype(q1)), f2.r @ r1
 
 
 def orthonormal_basis(backend: Any, y: Any) -> Any:
@@ -121,35 +175,8 @@ def orthonormal_basis(backend: Any, y: Any) -> Any:
         ``(m, l)`` with the span of ``y`` and condition number close to 1 (not
         necessarily orthonormal to working precision).
     """
-    m, l = (int(d) for d in y.shape)
-    acc = _apply_dtype(y)
-    if y.dtype == np.float32:
-        f = factor_gram(backend.gram(y, accumulate=np.float32))
-        if f is not None and f.cond**2 * math.sqrt(m) * U32 <= 0.5:
-            return f.apply(backend, y, acc)
-    f = factor_gram(backend.gram(y))
-    if f is not None and f.cond**2 * _cholqr_bound(m, l) <= 1.0:
-        return f.apply(backend, y, acc)
-    return cholesky_qr(backend, y)[0]
-
-
-def _apply_dtype(y: Any) -> Any:
-    """The accumulator of ``Y R^-1``: ``Y``'s own dtype (see the module notes)."""
-    return np.float32 if y.dtype == np.float32 else np.float64
-
-
-def _two_passes(backend: Any, y: Any) -> tuple[Any, np.ndarray] | None:
-    """CholeskyQR2 of ``y``, or None when the first pass is not reliable."""
-    m, l = (int(d) for d in y.shape)
-    f1 = factor_gram(backend.gram(y))
-    if f1 is None or f1.cond**2 * _cholqr_bound(m, l) > 1.0:
-        return None
-    acc = _apply_dtype(y)
-    q1 = f1.apply(backend, y, acc)
-    f2 = factor_gram(backend.gram(q1))
-    if f2 is None:
-        return None
-    return f2.apply(backend, q1, acc), f2.r @ f1.r
+    first = _first_pass(backend, y)
+    return first[0] if first is not None else cholesky_qr(backend, y)[0]
 
 
 def cholesky_qr(backend: Any, y: Any) -> tuple[Any, np.ndarray]:
@@ -173,7 +200,8 @@ def cholesky_qr(backend: Any, y: Any) -> tuple[Any, np.ndarray]:
         ``(l, l)`` upper-triangular host float64 array.
     """
     m, l = (int(d) for d in y.shape)
-    done = _two_passes(backend, y)
+    first = _first_pass(backend, y)
+    done = None if first is None else _second_pass(backend, *first)
     if done is not None:
         return done
     work, r_total = y, np.eye(l)
@@ -184,7 +212,8 @@ def cholesky_qr(backend: Any, y: Any) -> tuple[Any, np.ndarray]:
         if f is None:
             break
         work, r_total = f.apply(backend, work, _apply_dtype(work)), f.r @ r_total
-        done = _two_passes(backend, work)
+        first = _first_pass(backend, work)
+        done = None if first is None else _second_pass(backend, *first)
         if done is not None:
             q, r2 = done
             return q, r2 @ r_total

@@ -269,14 +269,13 @@ def svd_compress(
     for _ in range(q_iter):
         z = cluster.t_times(orthonormal_basis(cluster, y))
         del y  # the workers free this basis before the next pass persists the new one
-        y = cluster.times(cluster.a, orthonormal_basis(cluster.local, z))
+        y = cluster.times_a(orthonormal_basis(cluster.local, z))
     # Q stays lazy (Y times two small triangular inverses, recomputed block by
     # block where it is read): the workers hold Y alone, not Y and Q.
     basis = cholesky_qr(cluster, y)[0]
     bt, gq = cluster.t_times(basis, with_gram=True)
     p_basis, uc, s, vc = _small_svd(cluster.local, bt, gq)
-    signs = cluster.column_signs(basis, uc[:, :k])
-    u = cluster.times(basis, uc[:, :k] * signs)
+    u, signs = cluster.left_factor(basis, uc[:, :k])
     vt = cluster.local.matmul(np.ascontiguousarray(vc[:, :k].T, dtype=dtype), p_basis.T)
     vt *= signs[:, None].astype(dtype)
     error = math.sqrt(max(norm2 - float(np.sum(s[:k] ** 2)), 0.0) / norm2) if norm2 else 0.0
@@ -357,10 +356,15 @@ class _Cluster:
     Tall matrices (``A`` and the ``m x l`` bases) are Dask arrays in the row
     chunks of ``A``; each block is computed on its worker by the backend that
     ``device`` names for the block's type.  ``gram`` is a tree reduction of
-    per-block Gram matrices, computed at once; ``tri_apply`` is lazy, block by
-    block (and fused by Dask into whatever reads it next); ``householder_qr``
-    is a TSQR.  The ``n x l`` and ``l x l`` matrices live on the client and
-    are handled by the CPU backend (:attr:`local`).
+    per-block Gram matrices, computed at once -- or already known, for a basis
+    made by a pass over ``A``, which sums its Gram matrices as it goes;
+    ``tri_apply`` is lazy, block by block (Dask fuses it into whatever reads it
+    next); ``householder_qr`` is a TSQR.  The ``n x l`` and ``l x l`` matrices
+    live on the client and are handled by the CPU backend (:attr:`local`).
+
+    Every per-block result keeps the block's columns as axes of its own (none
+    is contracted), so that Dask fuses the reading (or generating) of a block
+    of ``A`` into the task that uses it: no block of ``A`` is ever stored.
 
     Parameters
     ----------
@@ -378,34 +382,28 @@ class _Cluster:
         self.device = device
         self.local = backends.get_backend("cpu")
         self.meta = meta_from_array(a, ndim=2, dtype=self.dtype)
+        # The Gram accumulations the power iterations ask for: float32 first for float32 data (cholqr).
+        self.accumulations = tuple(np.dtype(d) for d in ((np.float32, np.float64) if self.dtype == np.float32
+                                                          else (np.float64,)))
+        self._grams: dict[tuple[str, np.dtype], np.ndarray] = {}
 
     # -- passes over A -------------------------------------------------------------------
     def sketch(self, seed: int, width: int) -> tuple[Any, float]:
-        """``Y = A Omega`` (persisted) and ``||A||_F^2``, in one pass over ``A``.
+        """``Y = A Omega`` (persisted, its Gram matrices known) and ``||A||_F^2``: one pass over ``A``."""
+        y, stats = self._basis_pass(_sketch_block, width, seed, width, leading=1)
+        return y, float(stats[0])
 
-        One task per block computes both (a tuple), so a block of ``A`` is read
-        once however Dask would otherwise schedule two consumers of it.
-        """
-        pairs = self.a.map_blocks(_sketch_block, self.dtype, seed, width, self.device,
-                                  dtype=self.dtype, meta=self.meta, token="liam-sketch")
-        y = pairs.map_blocks(operator.getitem, 0, chunks=(self.a.chunks[0], (width,)), dtype=self.dtype,
-                             meta=self.meta, token="liam-sketch-y")
-        squares = pairs.map_blocks(operator.getitem, 1, chunks=((1,) * self.a.numblocks[0], (1,)),
-                                   dtype=np.float64, meta=np.empty((0, 0)), token="liam-sketch-ss")
-        y, total = dask.persist(y, squares.sum(split_every=FAN_IN))
-        return y, float(total.compute())
-
-    def times(self, t: Any, c: np.ndarray) -> Any:
-        """``T @ C`` for a client matrix ``C``, persisted in ``T``'s row chunks (one pass over ``T``)."""
-        cols = int(c.shape[1])
+    def times_a(self, c: np.ndarray) -> Any:
+        """``Y = A @ C`` for a client matrix ``C`` (persisted, its Gram matrices known): one pass over ``A``."""
         small = delayed(np.ascontiguousarray(c, dtype=self.dtype))
-        return t.map_blocks(_times_block, small, self.dtype, self.device, chunks=(t.chunks[0], (cols,)),
-                            dtype=self.dtype, meta=self.meta, token="liam-times").persist()
+        y, _ = self._basis_pass(_times_gram_block, int(c.shape[1]), small, leading=0)
+        return y
 
     def t_times(self, y: Any, *, with_gram: bool = False) -> Any:
         """``A^T Y`` on the client in the compute dtype (and ``Y^T Y`` with ``with_gram``): one pass over ``A``."""
         n, l = int(self.a.shape[1]), int(y.shape[1])
-        product = self._partials(_t_times_part, [self.a, y], (n, l), self.dtype, token="liam-t-times")
+        product = self._per_block(_t_times_part, "ab", [(self.a, "a"), (y, "b")], {"a": n, "b": l},
+                                  self.dtype, token="liam-t-times")
         product = product.sum(axis=0, split_every=FAN_IN)
         if not with_gram:
             return np.ascontiguousarray(product.compute(), dtype=self.dtype)
@@ -414,14 +412,15 @@ class _Cluster:
 
     def check_finite(self) -> None:
         """Raise ``ValueError`` if ``A`` holds NaN/Inf (one more pass, only after a non-finite sum)."""
-        finite = self._partials(_finite_part, [self.a], (1,), self.dtype, token="liam-isfinite")
+        finite = self._per_block(_finite_part, "a", [(self.a, "a")], {"a": 1}, self.dtype, token="liam-isfinite")
         if not bool(finite.min().compute()):
             raise ValueError("x contains NaN or Inf; pass check_finite=False to skip this check")
 
     # -- the primitives cholqr asks for --------------------------------------------------
     def gram(self, y: Any, *, accumulate: Any = np.float64) -> np.ndarray:
         """``Y^T Y`` as a host float64 array: per-block Gram matrices summed in float64."""
-        return self._gram_sum(y, accumulate).compute()
+        known = self._grams.get((y.name, np.dtype(accumulate)))
+        return known.copy() if known is not None else self._gram_sum(y, accumulate).compute()
 
     def tri_apply(self, y: Any, r: np.ndarray, *, accumulate: Any = np.float64,
                   rinv: np.ndarray | None = None) -> Any:
@@ -450,42 +449,83 @@ class _Cluster:
         return q, np.asarray(r, dtype=np.float64)
 
     # -- the result ------------------------------------------------------------------------
-    def column_signs(self, q: Any, c: np.ndarray) -> np.ndarray:
-        """scikit-learn's ``svd_flip`` signs of ``U = Q C``: its largest-magnitude entry per column positive.
+    def left_factor(self, q: Any, c: np.ndarray) -> tuple[Any, np.ndarray]:
+        """``U = Q C`` with scikit-learn's ``svd_flip`` signs, and the signs.
 
-        Ties go to the first row, as an ``argmax`` over the whole of ``U`` would.
+        One round: every block of ``Q C`` is persisted together with its
+        largest-magnitude entry per column; the signs (ties to the first row,
+        as an ``argmax`` over the whole ``U``) then scale the persisted blocks
+        lazily.
         """
+        k = int(c.shape[1])
         small = delayed(np.ascontiguousarray(c, dtype=self.dtype))
-        parts = self._partials(_abs_max_part, [q], (2, int(c.shape[1])), small, token="liam-signs").compute()
-        best, value = parts[0]
-        for cand_best, cand_value in parts[1:]:
+        pairs = q.map_blocks(_left_block, small, self.device, chunks=(q.chunks[0], (k,)), dtype=self.dtype,
+                             meta=self.meta, token="liam-left")
+        u = pairs.map_blocks(operator.getitem, 0, dtype=self.dtype, meta=self.meta, token="liam-left-u")
+        picked = pairs.map_blocks(operator.getitem, 1, chunks=((1,) * q.numblocks[0], (2 * k,)),
+                                  dtype=np.float64, meta=np.empty((0, 0)), token="liam-left-max")
+        u, picked = dask.persist(u, picked)
+        rows = picked.compute().reshape(-1, 2, k)
+        best, value = rows[0]
+        for cand_best, cand_value in rows[1:]:
             better = cand_best > best
             best, value = np.where(better, cand_best, best), np.where(better, cand_value, value)
-        return np.where(value < 0, -1.0, 1.0)
+        signs = np.where(value < 0, -1.0, 1.0)
+        return u.map_blocks(_scale_columns_block, signs, dtype=self.dtype, meta=self.meta,
+                            token="liam-flip"), signs
 
     # -- helpers ---------------------------------------------------------------------------
-    def _partials(self, fn: Callable, inputs: Sequence[Any], shape: tuple[int, ...], *args: Any,
-                  token: str) -> Any:
-        """``fn`` on each row block of ``inputs``: one host float64 ``shape`` array per block.
+    def _basis_pass(self, fn: Callable, cols: int, *args: Any, leading: int) -> tuple[Any, np.ndarray]:
+        """A pass over ``A`` that makes a basis ``Y`` (``cols`` columns) and sums per-block statistics.
 
-        The results are stacked along a new first axis (one entry per block);
-        ``fn`` gets the blocks of ``inputs`` (aligned by row chunk), then
-        ``args`` and ``device``.
+        ``fn(block, *args, dtype, accumulations, device)`` returns ``(Y_i,
+        stats_i)``; ``stats_i`` holds ``leading`` numbers, then the Gram
+        matrix of ``Y_i`` for each of :attr:`accumulations`.  ``Y`` is
+        persisted, the summed statistics come back, and the Gram matrices are
+        remembered for :meth:`gram`.  One task per block computes both, so a
+        block of ``A`` is read once however many results use it.
         """
-        out = "jkl"[:len(shape)]
+        size = leading + len(self.accumulations) * cols * cols
+        pairs = self.a.map_blocks(fn, *args, self.dtype, self.accumulations, self.device,
+                                  dtype=self.dtype, meta=self.meta, token="liam-pass")
+        y = pairs.map_blocks(operator.getitem, 0, chunks=(self.a.chunks[0], (cols,)), dtype=self.dtype,
+                             meta=self.meta, token="liam-basis")
+        stats = pairs.map_blocks(operator.getitem, 1, chunks=((1,) * self.a.numblocks[0], (size,)),
+                                 dtype=np.float64, meta=np.empty((0, 0)), token="liam-stats")
+        y, total = dask.persist(y, stats.sum(axis=0, split_every=FAN_IN))
+        total = np.asarray(total.compute(), dtype=np.float64)
+        grams = total[leading:].reshape(len(self.accumulations), cols, cols)
+        self._grams = {(y.name, acc): g for acc, g in zip(self.accumulations, grams)}
+        return y, total
+
+    def _per_block(self, fn: Callable, out: str, inputs: Sequence[tuple[Any, str]], sizes: dict[str, int],
+                   *args: Any, token: str) -> Any:
+        """``fn`` on each row block: one host float64 array per block, stacked along a new first axis.
+
+        ``inputs`` are ``(array, letter)`` pairs, the letter naming the
+        array's column axis; ``out`` names the axes of one block's result and
+        ``sizes`` their lengths.  Every input letter must be in ``out`` (no
+        axis is contracted, so Dask can fuse the production of the input
+        blocks into these tasks).  ``fn`` gets the input blocks, then ``args``
+        and ``device``.
+        """
         pairs: list[Any] = []
-        for index, arr in zip("abcd", inputs):
-            pairs += [arr, "i" + index]
+        for arr, letter in inputs:
+            pairs += [arr, "i" + letter]
         for value in (*args, self.device):
             pairs += [value, None]
+        present = {letter for _, letter in inputs}
         return da.blockwise(
-            fn, "i" + out, *pairs, new_axes=dict(zip(out, shape)), adjust_chunks={"i": 1}, concatenate=True,
-            dtype=np.float64, meta=np.empty((0,) * (1 + len(shape))), token=token,
+            fn, "i" + out, *pairs,
+            new_axes={ax: size for ax, size in sizes.items() if ax not in present},
+            adjust_chunks={"i": 1, **{ax: size for ax, size in sizes.items() if ax in present}},
+            dtype=np.float64, meta=np.empty((0,) * (1 + len(out))), token=token,
         )
 
     def _gram_sum(self, y: Any, accumulate: Any) -> Any:
         l = int(y.shape[1])
-        parts = self._partials(_gram_part, [y], (l, l), np.dtype(accumulate), token="liam-gram")
+        parts = self._per_block(_gram_part, "ab", [(y, "a")], {"a": l, "b": l}, np.dtype(accumulate),
+                                token="liam-gram")
         return parts.sum(axis=0, split_every=FAN_IN)
 
 
@@ -509,8 +549,8 @@ class _Worker:
         return arrays.from_compute(y, self.kind)
 
     def host(self, y: Any) -> np.ndarray:
-        """A result as a host float64 array with a leading axis of one (a partial of a reduction)."""
-        return np.asarray(self.backend.to_host(y), dtype=np.float64)[None]
+        """A result as a host float64 array."""
+        return np.asarray(self.backend.to_host(y), dtype=np.float64)
 
 
 @contextlib.contextmanager
@@ -521,23 +561,35 @@ def _worker(block: Any, device: Any) -> Iterator[_Worker]:
         yield _Worker(kind, backend)
 
 
-def _sketch_block(a: Any, dtype: np.dtype, seed: int, width: int, device: Any) -> tuple[Any, np.ndarray]:
-    """``A_i Omega`` and ``[[||A_i||_F^2]]`` (``Omega``'s rows are ``A``'s columns: the same for every block)."""
+def _grams_of(w: _Worker, y: Any, accumulations: Sequence[np.dtype]) -> list[np.ndarray]:
+    return [np.ravel(w.backend.gram(y, accumulate=acc)) for acc in accumulations]
+
+
+def _sketch_block(a: Any, seed: int, width: int, dtype: np.dtype, accumulations: Sequence[np.dtype],
+                  device: Any) -> tuple[Any, np.ndarray]:
+    """``Y_i = A_i Omega`` and ``[||A_i||_F^2, Gram matrices of Y_i]``.
+
+    ``Omega``'s rows are ``A``'s columns, so every block multiplies by the same ``Omega``.
+    """
     with _worker(a, device) as w:
         x = w.load(a, dtype)
-        return w.give_back(w.backend.sketch(x, seed, width)), np.array([[w.backend.sum_squares(x)]])
+        y = w.backend.sketch(x, seed, width)
+        stats = np.concatenate([[w.backend.sum_squares(x)], *_grams_of(w, y, accumulations)])
+        return w.give_back(y), stats[None]
 
 
-def _times_block(t: Any, c: np.ndarray, dtype: np.dtype, device: Any) -> Any:
-    """``T_i C`` for a small client matrix ``C``."""
-    with _worker(t, device) as w:
-        return w.give_back(w.backend.matmul(w.load(t, dtype), w.backend.asarray(c)))
+def _times_gram_block(a: Any, c: np.ndarray, dtype: np.dtype, accumulations: Sequence[np.dtype],
+                      device: Any) -> tuple[Any, np.ndarray]:
+    """``Y_i = A_i C`` for a client matrix ``C``, and the Gram matrices of ``Y_i``."""
+    with _worker(a, device) as w:
+        y = w.backend.matmul(w.load(a, dtype), w.backend.asarray(c))
+        return w.give_back(y), np.concatenate(_grams_of(w, y, accumulations))[None]
 
 
 def _t_times_part(a: Any, y: Any, dtype: np.dtype, device: Any) -> np.ndarray:
     """``A_i^T Y_i`` (summed across blocks in float64)."""
     with _worker(a, device) as w:
-        return w.host(w.backend.matmul(w.load(a, dtype), w.load(y), trans=True))
+        return w.host(w.backend.matmul(w.load(a, dtype), w.load(y), trans=True))[None]
 
 
 def _gram_part(y: Any, accumulate: np.dtype, device: Any) -> np.ndarray:
@@ -565,14 +617,21 @@ def _tsqr_block(pair: tuple[Any, np.ndarray], parts: list[np.ndarray], device: A
         return w.give_back(w.backend.matmul(w.load(q), w.backend.asarray(parts[block_id[0]])))
 
 
-def _abs_max_part(q: Any, c: np.ndarray, device: Any) -> np.ndarray:
-    """Per column of ``U_i = Q_i C``: ``[largest |u|, the signed u at its first occurrence]``."""
+def _left_block(q: Any, c: np.ndarray, device: Any) -> tuple[Any, np.ndarray]:
+    """``U_i = Q_i C``, and per column ``[largest |u|..., the signed u at its first occurrence...]``."""
     with _worker(q, device) as w:
         xp = w.backend.xp
         u = w.backend.matmul(w.load(q), w.backend.asarray(c))
         where = xp.argmax(xp.abs(u), axis=0)[None, :]
         picked = xp.take_along_axis(u, where, axis=0)[0]
-        return w.host(xp.stack([xp.abs(picked), picked]))
+        return w.give_back(u), np.concatenate([w.host(xp.abs(picked)), w.host(picked)])[None]
+
+
+def _scale_columns_block(u: Any, signs: np.ndarray) -> Any:
+    """``u * signs`` in ``u``'s own array type (the signs are +-1: exact)."""
+    kind = arrays.kind_of(u)
+    with arrays.caller_stream(kind):
+        return u * arrays.from_compute(signs.astype(u.dtype), kind)
 
 
 def _finite_part(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:

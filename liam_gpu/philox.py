@@ -83,6 +83,33 @@ def seed_key(seed: int) -> tuple[int, int]:
     return seed & _MASK32, seed >> 32
 
 
+def _rounds(c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray, key: tuple[int, int],
+            rounds: int) -> None:
+    """Philox rounds in place on uint64 arrays holding 32-bit words.
+
+    uint64 makes the 32 x 32-bit products exact, and every step is one
+    in-place numpy operation on the whole batch of counters.
+    """
+    k0, k1 = int(key[0]) & _MASK32, int(key[1]) & _MASK32
+    m0, m1, low, shift = _U64(PHILOX_M0), _U64(PHILOX_M1), _U64(_MASK32), _U64(32)
+    p0, p1 = np.empty_like(c0), np.empty_like(c0)
+    for r in range(rounds):
+        if r:
+            k0 = (k0 + PHILOX_W0) & _MASK32
+            k1 = (k1 + PHILOX_W1) & _MASK32
+        np.multiply(c0, m0, out=p0)
+        np.multiply(c2, m1, out=p1)
+        # (c0, c1, c2, c3) <- (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0)
+        np.right_shift(p1, shift, out=c0)
+        c0 ^= c1
+        c0 ^= _U64(k0)
+        np.right_shift(p0, shift, out=c2)
+        c2 ^= c3
+        c2 ^= _U64(k1)
+        np.bitwise_and(p1, low, out=c1)
+        np.bitwise_and(p0, low, out=c3)
+
+
 def philox4x32(counter: Any, key: tuple[int, int], rounds: int = PHILOX_ROUNDS) -> np.ndarray:
     """Philox4x32 of many counters under one key.
 
@@ -104,31 +131,25 @@ def philox4x32(counter: Any, key: tuple[int, int], rounds: int = PHILOX_ROUNDS) 
     words = [np.atleast_1d(np.asarray(c)) for c in counter]
     if len(words) != 4:
         raise ValueError(f"counter must have 4 words, got {len(words)}")
-    # The state lives in uint64 arrays holding 32-bit values: the 32x32-bit
-    # products are then exact, and every step is one in-place numpy operation.
-    c0, c1, c2, c3 = (w.astype(_U32).astype(_U64) for w in np.broadcast_arrays(*words))
-    k0, k1 = int(key[0]) & _MASK32, int(key[1]) & _MASK32
-    m0, m1, low, shift = _U64(PHILOX_M0), _U64(PHILOX_M1), _U64(_MASK32), _U64(32)
-    p0, p1 = np.empty_like(c0), np.empty_like(c0)
-    for r in range(rounds):
-        if r:
-            k0 = (k0 + PHILOX_W0) & _MASK32
-            k1 = (k1 + PHILOX_W1) & _MASK32
-        np.multiply(c0, m0, out=p0)
-        np.multiply(c2, m1, out=p1)
-        # (c0, c1, c2, c3) <- (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0)
-        np.right_shift(p1, shift, out=c0)
-        c0 ^= c1
-        c0 ^= _U64(k0)
-        np.right_shift(p0, shift, out=c2)
-        c2 ^= c3
-        c2 ^= _U64(k1)
-        np.bitwise_and(p1, low, out=c1)
-        np.bitwise_and(p0, low, out=c3)
-    out = np.empty((4,) + c0.shape, dtype=_U32)
-    for t, word in enumerate((c0, c1, c2, c3)):
+    state = [w.astype(_U32).astype(_U64) for w in np.broadcast_arrays(*words)]
+    _rounds(*state, key, rounds)
+    out = np.empty((4,) + state[0].shape, dtype=_U32)
+    for t, word in enumerate(state):
         out[t] = word  # exact: every word is below 2**32
     return out
+
+
+def _omega_words(seed: int, rows: int, groups: int, row0: int, group0: int) -> list[np.ndarray]:
+    """The four output words (uint64 arrays of shape (rows, groups)) behind a block of Omega."""
+    j = np.arange(row0, row0 + rows, dtype=_U64)
+    state = [
+        np.tile(np.arange(group0, group0 + groups, dtype=_U64), rows),
+        np.repeat(j & _U64(_MASK32), groups),
+        np.repeat(j >> _U64(32), groups),
+        np.zeros(rows * groups, dtype=_U64),
+    ]
+    _rounds(*state, seed_key(seed), PHILOX_ROUNDS)
+    return [w.reshape(rows, groups) for w in state]
 
 
 def omega_bits(seed: int, rows: int, groups: int, row0: int = 0, group0: int = 0) -> np.ndarray:
@@ -141,38 +162,41 @@ def omega_bits(seed: int, rows: int, groups: int, row0: int = 0, group0: int = 0
         matrix row ``row0 + i`` and column group ``group0 + g`` (columns
         ``4 (group0 + g) .. 4 (group0 + g) + 3``).
     """
-    j = np.arange(row0, row0 + rows, dtype=_U64)
-    g = np.arange(group0, group0 + groups, dtype=_U64)
-    jj, gg = np.meshgrid(j, g, indexing="ij")
-    counter = (
-        gg.ravel().astype(_U32),
-        (jj.ravel() & _U64(_MASK32)).astype(_U32),
-        (jj.ravel() >> _U64(32)).astype(_U32),
-        np.zeros(jj.size, dtype=_U32),
-    )
-    out = philox4x32(counter, seed_key(seed))
-    return np.moveaxis(out, 0, -1).reshape(rows, groups, 4)
+    out = np.empty((rows, groups, 4), dtype=_U32)
+    for t, word in enumerate(_omega_words(seed, rows, groups, row0, group0)):
+        out[..., t] = word
+    return out
 
 
 def uniform(bits: np.ndarray, dtype: Any) -> np.ndarray:
-    """Map uint32 words to uniforms in (0, 1), exactly, as the kernel does (see module docs)."""
+    """Map 32-bit words to uniforms in (0, 1), exactly, as the kernel does (see module docs).
+
+    ``bits`` is an unsigned integer array holding 32-bit values.
+    """
     dt = np.dtype(dtype)
     if dt == np.float32:
-        return (np.right_shift(bits, _U32(9)).astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-23)
+        top = np.right_shift(bits, bits.dtype.type(9)).astype(np.float32)  # < 2**23: exact
+        return (top + np.float32(0.5)) * np.float32(2.0**-23)
     if dt == np.float64:
         return (bits.astype(np.float64) + 0.5) * 2.0**-32
     raise TypeError(f"dtype must be float32 or float64, got {dt}")
 
 
+def _pair(a: np.ndarray, b: np.ndarray, dt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Box-Muller: the normals ``(r cos, r sin)`` of the words ``(a, b)``."""
+    radius = np.sqrt(dt.type(-2.0) * np.log(uniform(a, dt)))
+    sin, cos = sincospi(dt.type(2.0) * uniform(b, dt))
+    cos *= radius
+    sin *= radius
+    return cos, sin
+
+
 def box_muller(bits: np.ndarray, dtype: Any) -> np.ndarray:
     """Four normals from each ``(..., 4)`` group of words: ``(x0, x1) -> (z0, z1)``, ``(x2, x3) -> (z2, z3)``."""
     dt = np.dtype(dtype)
-    u = uniform(bits, dt)
-    radius = np.sqrt(dt.type(-2.0) * np.log(u[..., 0::2]))
-    sin, cos = sincospi(dt.type(2.0) * u[..., 1::2])
     out = np.empty(bits.shape, dtype=dt)
-    np.multiply(radius, cos, out=out[..., 0::2])
-    np.multiply(radius, sin, out=out[..., 1::2])
+    out[..., 0], out[..., 1] = _pair(bits[..., 0], bits[..., 1], dt)
+    out[..., 2], out[..., 3] = _pair(bits[..., 2], bits[..., 3], dt)
     return out
 
 
@@ -181,17 +205,24 @@ def sincospi(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     ``x`` is reduced exactly to ``r`` in ``[-1/4, 1/4]`` plus a quarter-turn
     count ``q``; ``sin``/``cos`` of ``pi r`` are then rotated by ``q`` quarter
-    turns.  (CUDA's ``sincospi`` does the same reduction, which is why the
-    kernels use it rather than ``sinf``/``cosf`` of ``2 pi u``.)
+    turns (a swap and sign changes, exact).  CUDA's ``sincospi`` does the same
+    reduction, which is why the kernels use it rather than ``sinf``/``cosf``
+    of ``2 pi u``.
     """
     dt = x.dtype.type
     n = np.rint(dt(2.0) * x)
     r = x - dt(0.5) * n  # exact: x and n / 2 are multiples of the same power of two
     t = dt(np.pi) * r
     sr, cr = np.sin(t), np.cos(t)
-    q = n.astype(np.int64) % 4
-    sin = np.choose(q, (sr, cr, -sr, -cr))
-    cos = np.choose(q, (cr, -sr, -cr, sr))
+    # Quarter turns q = n mod 4 and the swap/sign pattern, in float arithmetic
+    # (exact: every factor is 0, 1 or -1), which numpy runs faster than masks.
+    q = n - dt(4.0) * np.floor(n * dt(0.25))
+    odd = q - dt(2.0) * np.floor(q * dt(0.5))
+    even = dt(1.0) - odd
+    sin = even * sr + odd * cr  # q = 1, 3: sin(pi r + q pi / 2) is +-cos(pi r)
+    cos = even * cr + odd * sr
+    sin *= dt(1.0) - dt(2.0) * (q >= 2)                 # negative for q = 2, 3
+    cos *= dt(1.0) - dt(2.0) * ((q == 1) | (q == 2))    # negative for q = 1, 2
     return sin, cos
 
 
@@ -225,5 +256,9 @@ def omega(seed: int, rows: int, cols: int, dtype: Any = np.float64, *, row0: int
         return np.empty((rows, cols), dtype=dt)
     group0, skip = divmod(col0, 4)
     groups = -(-(skip + cols) // 4)
-    z = box_muller(omega_bits(seed, rows, groups, row0, group0), dt).reshape(rows, 4 * groups)
-    return np.ascontiguousarray(z[:, skip:skip + cols])
+    w0, w1, w2, w3 = _omega_words(seed, rows, groups, row0, group0)
+    z = np.empty((rows, groups, 4), dtype=dt)
+    z[..., 0], z[..., 1] = _pair(w0, w1, dt)
+    z[..., 2], z[..., 3] = _pair(w2, w3, dt)
+    z = z.reshape(rows, 4 * groups)
+    return z if skip == 0 and cols == 4 * groups else np.ascontiguousarray(z[:, skip:skip + cols])

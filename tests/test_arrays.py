@@ -76,3 +76,15 @@ def test_cupy_in_cupy_out_and_numpy_on_cuda_comes_back_as_numpy():
     assert isinstance(y, cupy.ndarray) and y.device.id == x.device.id
     z = lg.transform_matrix(np.ones((2, 3)), np.ones((4, 3)), device="cuda")
     assert isinstance(z, np.ndarray)
+
+
+def test_scheduler_device_names_and_the_chunks_own_device(monkeypatch):
+    monkeypatch.setenv(backends.ENV_VAR, "cpu")
+    assert backends.canonical_device("cpu:2") == "cpu"
+    assert backends.canonical_device("emulator:0") == "emulator"
+    sched = lg.Scheduler(["emulator:0", "emulator:1"])
+    seen = sched.map(lambda chunk: np.array([backends.canonical_device(None)] * len(chunk)), np.arange(4), chunk_size=1)
+    assert seen.tolist() == ["emulator"] * 4  # not the process default "cpu"
+    assert backends.canonical_device(None) == "cpu"
+    with pytest.raises(ValueError, match="device"):
+        backends.canonical_device("cpu:x")

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import functools
 
 import pytest
 
@@ -37,9 +36,8 @@ def _cases(archs: tuple[str, ...]) -> list:
                                   marks=pytest.mark.skip(reason="no kernel families registered yet"))]
 
 
-@functools.lru_cache(maxsize=None)
 def _compiled(family: str, arch: str):
-    # One compile per (family, arch) serves all of its entry points.
+    # compile_family is memoized: one compile per (family, arch) serves every test.
     return compile_family(families()[family], arch)
 
 

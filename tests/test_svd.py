@@ -333,6 +333,47 @@ def test_backends_agree_on_small_stacks_and_tol(backend_name):
     np.testing.assert_allclose(lr.relative_error, ref_lr.relative_error, rtol=1e-6)
 
 
+# --------------------------------------------------------------------------- CholeskyQR and its fallbacks
+
+
+def _graded(rng, m, l, cond, dtype):
+    """An m x l matrix with singular values from 1 down to 1/cond."""
+    return _with_spectrum(rng, m, l, np.logspace(0, -np.log10(cond), l)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype,cond", [(np.float32, 10.0), (np.float32, 1e6), (np.float64, 1e3), (np.float64, 1e12)])
+def test_cholesky_qr_orthonormal_to_working_precision(backend_name, dtype, cond):
+    from liam_gpu.backends import resolve
+    from liam_gpu.cholqr import cholesky_qr
+
+    backend = resolve(backend_name)
+    y = _graded(np.random.default_rng(1), 300, 24, cond, dtype)
+    q, r = cholesky_qr(backend, backend.asarray(y))
+    q = backend.to_host(q).astype(np.float64)
+    eps = np.finfo(dtype).eps
+    # Orthonormal to a few eps times sqrt(l); Y = QR to a few eps of ||Y||.
+    assert np.abs(q.T @ q - np.eye(24)).max() <= 10 * np.sqrt(24) * eps
+    assert np.abs(q @ r - y).max() <= 10 * np.sqrt(24) * eps * np.abs(y).max()
+    assert np.allclose(r, np.triu(r))
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: np.zeros((50, 6)),
+    lambda rng: np.repeat(rng.standard_normal((50, 1)), 6, axis=1),
+    lambda rng: _with_spectrum(rng, 50, 6, np.array([1.0, 1.0, 0, 0, 0, 0])),
+], ids=["zero", "repeated-column", "rank-2"])
+def test_cholesky_qr_of_rank_deficient_blocks_is_still_orthonormal(backend_name, make):
+    from liam_gpu.backends import resolve
+    from liam_gpu.cholqr import cholesky_qr
+
+    backend = resolve(backend_name)
+    y = make(np.random.default_rng(2))
+    q, r = cholesky_qr(backend, backend.asarray(y))
+    q = backend.to_host(q)
+    assert np.abs(q.T @ q - np.eye(6)).max() <= 1e-12
+    assert np.abs(q @ r - y).max() <= 1e-12 * max(1.0, np.abs(y).max())
+
+
 # --------------------------------------------------------------------------- svd_compress
 
 

@@ -214,9 +214,9 @@ def svd_compress(sched, a, k=None, *, tol=None, **kwargs):
             parts = sched.map(factors, x, combine=list)
             if tol is not None:
                 parts = _one_rank(sched, x, parts, compress)
+            joined = LowRank.concatenate([LowRank(u, s, vt, relative_error=e) for u, s, vt, e in parts])
     except ChunkError as err:
         raise _unwrap_bad_input(err) from None
-    joined = LowRank.concatenate([LowRank(u, s, vt, relative_error=e) for u, s, vt, e in parts])
     if kind.library != "torch":
         return joined
     return LowRank(

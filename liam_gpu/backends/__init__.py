@@ -68,9 +68,14 @@ def get_backend(name: str) -> Backend:
 
 
 def canonical_device(device: Any, kind: ArrayKind | None = None) -> str:
-    """Resolve a ``device=`` argument to ``"cpu"``, ``"emulator"`` or ``"cuda:N"``."""
+    """Resolve a ``device=`` argument to ``"cpu"``, ``"emulator"`` or ``"cuda:N"``.
+
+    ``None``/``"auto"`` inside a function mapped by a :class:`~liam_gpu.Scheduler`
+    means the chunk's own device; a scheduler's virtual ``"cpu:i"`` /
+    ``"emulator:i"`` name means its backend.
+    """
     if device is None or device == "auto":
-        device = os.environ.get(ENV_VAR) or "auto"
+        device = _scheduler_device() or os.environ.get(ENV_VAR) or "auto"
     if device == "auto":
         if kind is not None and kind.on_gpu:
             return kind.device
@@ -84,11 +89,21 @@ def canonical_device(device: Any, kind: ArrayKind | None = None) -> str:
         return kind.device if kind is not None and kind.on_gpu else "cuda:0"
     if name in ("cpu", "emulator"):
         return name
+    virtual = name.partition(":")
+    if virtual[0] in ("cpu", "emulator") and (virtual[2].isdigit() or virtual[2] == "fallback"):
+        return virtual[0]  # a scheduler's virtual device, e.g. lg.current_device() == "cpu:2"
     if name.startswith("cuda:") and name[5:].isdigit():
         return name
     raise ValueError(
         f"device={device!r} is not understood; expected None, 'auto', 'cpu', 'cuda', 'cuda:N' or 'emulator'"
     )
+
+
+def _scheduler_device() -> str | None:
+    """Inside a chunk mapped by a Scheduler, the device that chunk runs on."""
+    from ..alda.devices import current_device
+
+    return current_device()
 
 
 def resolve(device: Any, kind: ArrayKind | None = None) -> Backend:

@@ -98,12 +98,12 @@ VECTOR_WIDTH: dict[str, int] = {"float32": 4, "float64": 2, "float16": 8}
 GROUP_WIDTH: dict[str, int] = {"float32": 4, "float64": 2, "float16": 4}
 
 # Tile shapes per storage dtype.  float16 computes in float32, so it shares the
-# float32 shapes; float64 halves the per-thread block to keep the same
-# register footprint (a double takes two registers).
+# float32 shapes; float64 takes smaller per-thread blocks, so that its
+# accumulators (two registers per double) fit the same register target.
 _SINGLE = (
     TileConfig("large", 128, 128, 8, 8, 8),   # 256 threads, 64 outputs each: highest FLOP per byte of smem
     TileConfig("medium", 64, 64, 16, 4, 4),   # 256 threads: 4x the blocks of "large" for mid-size outputs
-    TileConfig("skinny", 128, 32, 8, 8, 4),    # 128 threads: small d_out, many rows
+    TileConfig("skinny", 128, 32, 8, 8, 4),   # 128 threads: small d_out, many rows
     TileConfig("short", 16, 64, 16, 4, 4),    # 64 threads: few rows (GEMV-like), long d_in
 )
 _DOUBLE = (

@@ -359,11 +359,23 @@ def check_source(
 
 
 def compile_family(family: KernelFamily, arch: str) -> CompileResult:
-    """Compile every entry point of a registered family for ``arch``."""
+    """Compile every entry point of a registered family for ``arch``.
+
+    Memoized by the family's fingerprint (source, headers, entry points) and
+    the architecture: one compile serves every check in a process.
+    """
     from liam_gpu.launch.family import compile_options
 
-    return compile_entry_points(family.code(), family.name_expressions, arch=arch,
-                                options=compile_options(), program_name=family.source)
+    key = (family.name, family.fingerprint(), arch)
+    if key not in _FAMILY_CACHE:
+        _FAMILY_CACHE[key] = compile_entry_points(
+            family.code(), family.name_expressions, arch=arch,
+            options=compile_options(), program_name=family.source,
+        )
+    return _FAMILY_CACHE[key]
+
+
+_FAMILY_CACHE: dict[tuple[str, str, str], CompileResult] = {}
 
 
 def check_family(

@@ -81,8 +81,9 @@ _FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)")
 _INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]+\*/\s*(.*?)\s*;")
 
 
+@functools.lru_cache(maxsize=64)
 def dump_sass(cubin: bytes) -> str:
-    """The text of ``cuobjdump -sass`` for a cubin."""
+    """The text of ``cuobjdump -sass`` for a cubin (memoized: one run per cubin)."""
     cuobjdump, nvdisasm = find_tools()
     env = dict(os.environ)
     # cuobjdump runs nvdisasm, looked up via NVDISASM_PATH (a folder) or PATH.
