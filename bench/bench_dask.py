@@ -12,7 +12,12 @@ orthonormal and ``sigma_j = 1 / j``.  The exact singular values of ``A`` come
 from the small ``G^T G`` (one cheap pass over ``G``), which gives the optimal
 rank-``k`` error to compare with.
 
-Each implementation gets a fresh cluster; its workers' peak resident memory
+A second, small benchmark (in memory, ``sigma_j = exp(-j / 2)``, float64 and
+float32, ``q = 4``) measures accuracy where it differs: on a steep spectrum
+power iterations without normalisation (Dask's default ``iterator="power"``)
+lose every direction but the leading ones.
+
+Each implementation of the out-of-core benchmark gets a fresh cluster; its workers' peak resident memory
 is reset (``/proc/self/clear_refs``) after a small untimed warm-up call, then
 read (``VmHWM``) after the timed call.  One round: a call is tens of seconds.
 Recorded in ``extra_info``: ``peak_worker_mb`` (the larger worker's peak),
@@ -100,6 +105,22 @@ def _run(impl: str, x, da, dask):
     return u, s, vt
 
 
+def _residual_block(a: np.ndarray, u: np.ndarray, s: np.ndarray, vt: np.ndarray) -> np.ndarray:
+    """``[[||A_i - U_i diag(S) Vt||_F^2]]`` with one block-sized temporary."""
+    r = np.matmul(u * s, vt)
+    np.subtract(a, r, out=r)
+    flat = r.reshape(-1)
+    return np.array([[[float(np.dot(flat, flat))]]])
+
+
+def _residual_squares(da, x, u, s, vt):
+    """``||A - U diag(S) Vt||_F^2``: one pass over ``A``, block by block."""
+    u = u.rechunk({0: x.chunks[0], 1: -1})
+    parts = da.blockwise(_residual_block, "iab", x, "ia", u, "ib", np.asarray(s), None, np.asarray(vt), None,
+                         adjust_chunks={"i": 1, "a": 1, "b": 1}, dtype=np.float64, meta=np.empty((0, 0, 0)))
+    return parts.sum()
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_out_of_core_tall_svd(benchmark, describe, peer, impl):
     dask = peer("dask")
@@ -117,8 +138,7 @@ def test_out_of_core_tall_svd(benchmark, describe, peer, impl):
             after = client.run(_rss)
             peak = max(hwm for _, hwm in after.values())
             baseline = max(rss for rss, _ in before.values())
-            residual2, norm2 = dask.compute(((x - (u.rechunk({0: x.chunks[0]}) * s) @ vt) ** 2).sum(),
-                                            (x**2).sum())
+            residual2, norm2 = dask.compute(_residual_squares(da, x, u, s, vt), (x**2).sum())
             gtg = (g.T @ g).compute()
 
     _, sigma = _mix()
@@ -138,5 +158,60 @@ def test_out_of_core_tall_svd(benchmark, describe, peer, impl):
     print(f"\n{impl:30s} {seconds:7.1f} s  peak/worker {peak * mb:6.0f} MB (baseline {baseline * mb:.0f} MB, "
           f"limit {WORKER_LIMIT * mb:.0f} MB, A {ROWS * COLS * 8 * mb:.0f} MB)  rel. error {error:.6f} "
           f"(optimal {optimal:.6f})  max sv error {sv_error:.2e}")
+    if impl == "liam_gpu.dask":
+        assert error <= 1.5 * optimal, f"relative error {error} is far from the optimum {optimal}"
+
+
+# --------------------------------------------------------------------------- accuracy on a steep spectrum
+
+#: A steep spectrum (sigma_j = exp(-j / 2)), where unnormalized power iterations lose the trailing directions.
+STEEP_ROWS, STEEP_COLS, STEEP_ITERS = (5_000, 300, 4) if QUICK else (20_000, 300, 4)
+
+
+@pytest.fixture(scope="module")
+def small_cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            yield client
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_accuracy_on_a_steep_spectrum(benchmark, describe, peer, small_cluster, impl, dtype):
+    dask = peer("dask")
+    import dask.array as da
+
+    rng = np.random.default_rng(SEED)
+    u0, _ = np.linalg.qr(rng.standard_normal((STEEP_ROWS, STEEP_COLS)))
+    v0, _ = np.linalg.qr(rng.standard_normal((STEEP_COLS, STEEP_COLS)))
+    sigma = np.exp(-np.arange(STEEP_COLS) / 2)
+    exact = (u0 * sigma) @ v0.T
+    # Scattered to the workers' memory first: the timed calls read it there, as they would a persisted dataset.
+    parts = np.array_split(exact.astype(dtype), 10)
+    x = da.concatenate([da.from_delayed(b, shape=part.shape, dtype=dtype)
+                        for b, part in zip(small_cluster.scatter(parts), parts)])
+
+    def run():
+        if impl == "liam_gpu.dask":
+            from liam_gpu import dask as ldask
+
+            lr = ldask.svd_compress(x, RANK, n_oversamples=OVERSAMPLES, n_iter=STEEP_ITERS, random_state=SEED)
+            return lr.U.compute(), lr.S, lr.Vt
+        iterator = "QR" if impl.endswith("(QR)") else "power"
+        return dask.compute(*da.linalg.svd_compressed(x, RANK, iterator=iterator, n_power_iter=STEEP_ITERS,
+                                                      n_oversamples=OVERSAMPLES, seed=SEED, compute=True))
+
+    u, s, vt = benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=1)
+    error = float(np.linalg.norm(exact - (u.astype(np.float64) * s) @ vt) / np.linalg.norm(exact))
+    optimal = math.sqrt(float(np.sum(sigma[RANK:] ** 2) / np.sum(sigma**2)))
+    sv_error = float(np.max(np.abs(np.asarray(s, dtype=np.float64) - sigma[:RANK]) / sigma[:RANK]))
+    describe(benchmark, op=f"svd of a steep spectrum k={RANK} p={OVERSAMPLES} q={STEEP_ITERS}, "
+             f"{WORKERS} dask workers", impl=impl, backend="cpu", shape=(STEEP_ROWS, STEEP_COLS, RANK),
+             dtype=dtype, relative_error=error, optimal_error=optimal, error_over_optimal=error / optimal,
+             max_singular_value_error=sv_error)
+    print(f"\n{impl:30s} {np.dtype(dtype).name:8s} rel. error {error:.3e} = {error / optimal:8.3g} x optimal, "
+          f"max sv error {sv_error:.1e}")
     if impl == "liam_gpu.dask":
         assert error <= 1.5 * optimal, f"relative error {error} is far from the optimum {optimal}"

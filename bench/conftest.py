@@ -59,6 +59,14 @@ when no device is visible.  ``LIAM_BENCH_BACKEND=cpu`` (``liam-gpu bench
 They run before the CPU benchmarks, so that a run stopped at a time limit
 (``bench/device_check.sh``) has the GPU numbers.
 
+Quick mode
+----------
+With ``LIAM_BENCH_QUICK=1`` the files take turns (round robin), and once
+``LIAM_BENCH_QUICK_BUDGET`` seconds (35) of benchmarking are spent the
+remaining benchmarks are skipped with that reason, so ``liam-gpu bench
+--quick`` stays near a minute.  Keep each quick case well under a second per
+call, or every file but the first few loses its results.
+
 File names
 ----------
 Benchmark files are named ``bench_*.py``; this conftest collects them even

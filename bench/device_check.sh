@@ -92,10 +92,11 @@ if [ -n "$SANITIZER" ]; then
 fi
 nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv > "$OUT_DIR/clocks-after.csv" 2>&1
 
+# The summary goes last: the device tool returns only the end of the output.
+if [ -f "$OUT_DIR/bench/results.md" ]; then
+    echo
+    sed -n '/^## Ceilings/,/^## Skipped/p' "$OUT_DIR/bench/results.md" | grep -v '^## Skipped' | head -n 120
+fi
 echo
 echo "=== device_check summary ($(( $(date +%s) - START ))s of ${BUDGET}s; logs in $OUT_DIR)"
 cat "$SUMMARY"
-if [ -f "$OUT_DIR/bench/results.md" ]; then
-    echo
-    sed -n '/^## Ceilings/,/^## Skipped/p' "$OUT_DIR/bench/results.md" | head -n 120
-fi

@@ -46,9 +46,9 @@ except ImportError as exc:  # dask is an optional extra
 
 from . import arrays, backends, validation
 from .backends.base import upper_inverse
-from .cholqr import cholesky_factor, cholesky_qr, orthonormal_basis
+from .cholqr import apply_dtype, cholesky_factor, cholesky_qr, first_factor, orthonormal_basis
 from .lowrank import LowRank
-from .svd import DEFAULT_RANK, _check_count, _n_iter, seed_from_random_state
+from .svd import DEFAULT_RANK, FUSED_LIMIT, _check_count, _n_iter, seed_from_random_state
 from .transform import transform_matrix as _local_transform
 
 __all__ = ["transform_matrix", "svd_compress"]
@@ -110,14 +110,15 @@ def transform_matrix(
         ``x`` not a Dask array; complex or non-numeric ``x``; ``device`` not
         a string.
     ValueError
-        ``x`` chunked along its last axis or of unknown width; shapes that do
+        ``x`` chunked along its last axis or of unknown width (unknown row
+        chunk sizes are fine); shapes that do
         not match; batched weights; an unknown activation or device; NaN/Inf
         in ``weights``/``bias``.
     """
     x = _check_dask_array("x", x)
     validation.check_ndim("x", x, min_ndim=1)
     validation.float_dtype("x", x, allow_half=True)
-    _check_row_chunks("x", x)
+    _check_row_chunks("x", x, known_rows=False)
     _check_device(device)
     w = _host_copy("weights", weights)
     b = None if bias is None else _host_copy("bias", bias)
@@ -140,7 +141,6 @@ def transform_matrix(
         chunks=x.chunks[:-1] + ((d_out,),),
         dtype=out_dtype,
         meta=meta_from_array(x, ndim=x.ndim, dtype=out_dtype),
-        token="liam-transform",
     )
 
 
@@ -239,7 +239,7 @@ def svd_compress(
     x = _check_dask_array("x", x)
     validation.check_ndim("x", x, ndim=2)
     dtype = validation.float_dtype("x", x)
-    _check_row_chunks("x", x)
+    _check_row_chunks("x", x, known_rows=True)
     m, n = (int(d) for d in x.shape)
     validation.check_not_empty("x", x)
     if m < n:
@@ -263,13 +263,22 @@ def svd_compress(
     # A sketch as wide as the matrix spans its whole range: iterating only squares its conditioning.
     q_iter = 0 if width >= n else q
 
-    y, norm2 = cluster.sketch(seed, width)
-    if check_finite and not math.isfinite(norm2):
-        cluster.check_finite()
-    for _ in range(q_iter):
-        z = cluster.t_times(orthonormal_basis(cluster, y))
+    y, v, norm2, finite = cluster.sketch(seed, width, with_v=q_iter > 0)
+    if check_finite and not finite:
+        cluster.check_finite()  # raises for NaN/Inf in x
+        raise ValueError(f"x is finite but so large that its products overflow {dtype}; scale it down")
+    # The power iterations of liam_gpu.svd._fused_power_range, step for step:
+    # Y = A W and V = A^T Y from one pass, the next basis from V R^-1 while Y
+    # is well enough conditioned, the unfused step otherwise.
+    sqrt_u = math.sqrt(np.finfo(dtype).eps / 2)
+    for step in range(q_iter):
+        f = first_factor(cluster, y)
+        if f is not None and f.cond * sqrt_u <= FUSED_LIMIT:
+            w = orthonormal_basis(cluster.local, f.apply(cluster.local, v, apply_dtype(v)))
+        else:
+            w = orthonormal_basis(cluster.local, cluster.t_times(orthonormal_basis(cluster, y)))
         del y  # the workers free this basis before the next pass persists the new one
-        y = cluster.times_a(orthonormal_basis(cluster.local, z))
+        y, v = cluster.power_pass(w, with_v=step + 1 < q_iter)
     # Q stays lazy (Y times two small triangular inverses, recomputed block by
     # block where it is read): the workers hold Y alone, not Y and Q.
     basis = cholesky_qr(cluster, y)[0]
@@ -314,9 +323,14 @@ def _check_dask_array(name: str, x: Any) -> Any:
     return x
 
 
-def _check_row_chunks(name: str, x: Any) -> None:
-    """Every chunk must hold whole rows (one chunk along the last axis), of known sizes."""
-    if any(math.isnan(c) for axis in x.chunks for c in axis):
+def _check_row_chunks(name: str, x: Any, *, known_rows: bool) -> None:
+    """Every chunk must hold whole rows (one chunk along the last axis) of a known width.
+
+    ``known_rows``: the row chunk sizes must be known too (the SVD needs the
+    shapes of its bases; a lazy map does not).
+    """
+    axes = x.chunks if known_rows else x.chunks[-1:]
+    if any(math.isnan(c) for axis in axes for c in axis):
         raise ValueError(
             f"{name} has unknown chunk sizes {x.chunks}; call {name}.compute_chunk_sizes() first"
         )
@@ -388,22 +402,29 @@ class _Cluster:
         self._grams: dict[tuple[str, np.dtype], np.ndarray] = {}
 
     # -- passes over A -------------------------------------------------------------------
-    def sketch(self, seed: int, width: int) -> tuple[Any, float]:
-        """``Y = A Omega`` (persisted, its Gram matrices known) and ``||A||_F^2``: one pass over ``A``."""
-        y, stats = self._basis_pass(_sketch_block, width, seed, width, leading=1)
-        return y, float(stats[0])
+    def sketch(self, seed: int, width: int, *, with_v: bool) -> tuple[Any, np.ndarray | None, float, bool]:
+        """``Y = A Omega`` (persisted, its Gram matrices known), ``V = A^T Y``, ``||A||_F^2``: one pass.
 
-    def times_a(self, c: np.ndarray) -> Any:
-        """``Y = A @ C`` for a client matrix ``C`` (persisted, its Gram matrices known): one pass over ``A``."""
+        Also whether ``Y`` is finite (NaN/Inf in ``A`` always reach it: no
+        entry of ``Omega`` is zero).  ``V`` only ``with_v`` (else None).
+        """
+        y, stats = self._basis_pass(_sketch_block, width, seed, width, leading=2, with_v=with_v)
+        return y, stats.v, float(stats.leading[0]), not stats.leading[1]
+
+    def power_pass(self, c: np.ndarray, *, with_v: bool) -> tuple[Any, np.ndarray | None]:
+        """``Y = A @ C`` for a client matrix ``C`` (persisted, its Gram matrices known) and ``V = A^T Y``.
+
+        One pass over ``A``; ``V`` only ``with_v`` (else None).
+        """
         small = delayed(np.ascontiguousarray(c, dtype=self.dtype))
-        y, _ = self._basis_pass(_times_gram_block, int(c.shape[1]), small, leading=0)
-        return y
+        y, stats = self._basis_pass(_power_block, int(c.shape[1]), small, leading=0, with_v=with_v)
+        return y, stats.v
 
     def t_times(self, y: Any, *, with_gram: bool = False) -> Any:
         """``A^T Y`` on the client in the compute dtype (and ``Y^T Y`` with ``with_gram``): one pass over ``A``."""
         n, l = int(self.a.shape[1]), int(y.shape[1])
         product = self._per_block(_t_times_part, "ab", [(self.a, "a"), (y, "b")], {"a": n, "b": l},
-                                  self.dtype, token="liam-t-times")
+                                  self.dtype)
         product = product.sum(axis=0, split_every=FAN_IN)
         if not with_gram:
             return np.ascontiguousarray(product.compute(), dtype=self.dtype)
@@ -412,7 +433,7 @@ class _Cluster:
 
     def check_finite(self) -> None:
         """Raise ``ValueError`` if ``A`` holds NaN/Inf (one more pass, only after a non-finite sum)."""
-        finite = self._per_block(_finite_part, "a", [(self.a, "a")], {"a": 1}, self.dtype, token="liam-isfinite")
+        finite = self._per_block(_finite_part, "a", [(self.a, "a")], {"a": 1}, self.dtype)
         if not bool(finite.min().compute()):
             raise ValueError("x contains NaN or Inf; pass check_finite=False to skip this check")
 
@@ -428,7 +449,7 @@ class _Cluster:
         r = np.asarray(r, dtype=np.float64)
         rinv = upper_inverse(r) if rinv is None else np.asarray(rinv, dtype=np.float64)
         return y.map_blocks(_tri_apply_block, r, rinv, np.dtype(accumulate), self.device,
-                            dtype=self.dtype, meta=self.meta, token="liam-tri-apply")
+                            dtype=self.dtype, meta=self.meta)
 
     def householder_qr(self, y: Any) -> tuple[Any, np.ndarray]:
         """Thin QR of a numerically rank-deficient ``Y`` by TSQR: ``Q`` orthonormal whatever the rank.
@@ -438,14 +459,13 @@ class _Cluster:
         factored on the client, ``[R_i] = [S_i] R``, and ``Q = [Q_i S_i]``
         stays on the workers.
         """
-        pairs = y.map_blocks(_qr_block, self.device, dtype=self.dtype, meta=self.meta,
-                             token="liam-tsqr").persist()
+        pairs = y.map_blocks(_qr_block, self.device, dtype=self.dtype, meta=self.meta).persist()
         rs = dask.compute(*[delayed(operator.getitem)(b, 1) for b in pairs.to_delayed().ravel()])
         s, r = np.linalg.qr(np.vstack(rs))
         bounds = np.cumsum([0] + [int(ri.shape[0]) for ri in rs])
         parts = [np.ascontiguousarray(s[lo:hi], dtype=self.dtype) for lo, hi in zip(bounds[:-1], bounds[1:])]
         q = pairs.map_blocks(_tsqr_block, delayed(parts), self.device, dtype=self.dtype, meta=self.meta,
-                             chunks=y.chunks, token="liam-tsqr-q")
+                             chunks=y.chunks)
         return q, np.asarray(r, dtype=np.float64)
 
     # -- the result ------------------------------------------------------------------------
@@ -460,10 +480,10 @@ class _Cluster:
         k = int(c.shape[1])
         small = delayed(np.ascontiguousarray(c, dtype=self.dtype))
         pairs = q.map_blocks(_left_block, small, self.device, chunks=(q.chunks[0], (k,)), dtype=self.dtype,
-                             meta=self.meta, token="liam-left")
-        u = pairs.map_blocks(operator.getitem, 0, dtype=self.dtype, meta=self.meta, token="liam-left-u")
+                             meta=self.meta)
+        u = pairs.map_blocks(operator.getitem, 0, dtype=self.dtype, meta=self.meta)
         picked = pairs.map_blocks(operator.getitem, 1, chunks=((1,) * q.numblocks[0], (2 * k,)),
-                                  dtype=np.float64, meta=np.empty((0, 0)), token="liam-left-max")
+                                  dtype=np.float64, meta=np.empty((0, 0)))
         u, picked = dask.persist(u, picked)
         rows = picked.compute().reshape(-1, 2, k)
         best, value = rows[0]
@@ -471,35 +491,37 @@ class _Cluster:
             better = cand_best > best
             best, value = np.where(better, cand_best, best), np.where(better, cand_value, value)
         signs = np.where(value < 0, -1.0, 1.0)
-        return u.map_blocks(_scale_columns_block, signs, dtype=self.dtype, meta=self.meta,
-                            token="liam-flip"), signs
+        return u.map_blocks(_scale_columns_block, signs, dtype=self.dtype, meta=self.meta), signs
 
     # -- helpers ---------------------------------------------------------------------------
-    def _basis_pass(self, fn: Callable, cols: int, *args: Any, leading: int) -> tuple[Any, np.ndarray]:
+    def _basis_pass(self, fn: Callable, cols: int, *args: Any, leading: int,
+                    with_v: bool) -> tuple[Any, "_Stats"]:
         """A pass over ``A`` that makes a basis ``Y`` (``cols`` columns) and sums per-block statistics.
 
-        ``fn(block, *args, dtype, accumulations, device)`` returns ``(Y_i,
-        stats_i)``; ``stats_i`` holds ``leading`` numbers, then the Gram
-        matrix of ``Y_i`` for each of :attr:`accumulations`.  ``Y`` is
-        persisted, the summed statistics come back, and the Gram matrices are
-        remembered for :meth:`gram`.  One task per block computes both, so a
-        block of ``A`` is read once however many results use it.
+        ``fn(block, *args, with_v, dtype, accumulations, device)`` returns
+        ``(Y_i, stats_i)``, ``stats_i`` a row of ``leading`` numbers, then
+        ``A_i^T Y_i`` (``with_v``), then the Gram matrices of ``Y_i`` for each
+        of :attr:`accumulations`.  ``Y`` is persisted, the sums come back, and
+        the Gram matrices are remembered for :meth:`gram`.  One task per block
+        computes all of it, so a block of ``A`` is read once however many
+        results use it.
         """
-        size = leading + len(self.accumulations) * cols * cols
-        pairs = self.a.map_blocks(fn, *args, self.dtype, self.accumulations, self.device,
-                                  dtype=self.dtype, meta=self.meta, token="liam-pass")
+        n = int(self.a.shape[1])
+        layout = _Stats.layout(leading, n * cols if with_v else 0, len(self.accumulations) * cols * cols)
+        pairs = self.a.map_blocks(fn, *args, with_v, self.dtype, self.accumulations, self.device,
+                                  dtype=self.dtype, meta=self.meta)
         y = pairs.map_blocks(operator.getitem, 0, chunks=(self.a.chunks[0], (cols,)), dtype=self.dtype,
-                             meta=self.meta, token="liam-basis")
-        stats = pairs.map_blocks(operator.getitem, 1, chunks=((1,) * self.a.numblocks[0], (size,)),
-                                 dtype=np.float64, meta=np.empty((0, 0)), token="liam-stats")
+                             meta=self.meta)
+        stats = pairs.map_blocks(operator.getitem, 1, chunks=((1,) * self.a.numblocks[0], (layout[-1],)),
+                                 dtype=np.float64, meta=np.empty((0, 0)))
         y, total = dask.persist(y, stats.sum(axis=0, split_every=FAN_IN))
-        total = np.asarray(total.compute(), dtype=np.float64)
-        grams = total[leading:].reshape(len(self.accumulations), cols, cols)
+        sums = _Stats.split(np.asarray(total.compute(), dtype=np.float64), layout, (n, cols), self.dtype)
+        grams = sums.grams.reshape(len(self.accumulations), cols, cols)
         self._grams = {(y.name, acc): g for acc, g in zip(self.accumulations, grams)}
-        return y, total
+        return y, sums
 
     def _per_block(self, fn: Callable, out: str, inputs: Sequence[tuple[Any, str]], sizes: dict[str, int],
-                   *args: Any, token: str) -> Any:
+                   *args: Any) -> Any:
         """``fn`` on each row block: one host float64 array per block, stacked along a new first axis.
 
         ``inputs`` are ``(array, letter)`` pairs, the letter naming the
@@ -519,14 +541,34 @@ class _Cluster:
             fn, "i" + out, *pairs,
             new_axes={ax: size for ax, size in sizes.items() if ax not in present},
             adjust_chunks={"i": 1, **{ax: size for ax, size in sizes.items() if ax in present}},
-            dtype=np.float64, meta=np.empty((0,) * (1 + len(out))), token=token,
+            dtype=np.float64, meta=np.empty((0,) * (1 + len(out))),
         )
 
     def _gram_sum(self, y: Any, accumulate: Any) -> Any:
         l = int(y.shape[1])
-        parts = self._per_block(_gram_part, "ab", [(y, "a")], {"a": l, "b": l}, np.dtype(accumulate),
-                                token="liam-gram")
+        parts = self._per_block(_gram_part, "ab", [(y, "a")], {"a": l, "b": l}, np.dtype(accumulate))
         return parts.sum(axis=0, split_every=FAN_IN)
+
+
+@dataclass(frozen=True)
+class _Stats:
+    """The summed statistics of a basis pass: leading numbers, ``V = A^T Y`` (or None), Gram matrices."""
+
+    leading: np.ndarray
+    v: np.ndarray | None
+    grams: np.ndarray
+
+    @staticmethod
+    def layout(leading: int, v: int, grams: int) -> tuple[int, int, int]:
+        """Where the parts of a statistics row end."""
+        return leading, leading + v, leading + v + grams
+
+    @classmethod
+    def split(cls, row: np.ndarray, layout: tuple[int, int, int], v_shape: tuple[int, int],
+              dtype: np.dtype) -> "_Stats":
+        lead, v_end, end = layout
+        v = None if v_end == lead else np.ascontiguousarray(row[lead:v_end].reshape(v_shape), dtype=dtype)
+        return cls(row[:lead], v, row[v_end:end])
 
 
 # --------------------------------------------------------------------------- on the workers
@@ -561,29 +603,42 @@ def _worker(block: Any, device: Any) -> Iterator[_Worker]:
         yield _Worker(kind, backend)
 
 
-def _grams_of(w: _Worker, y: Any, accumulations: Sequence[np.dtype]) -> list[np.ndarray]:
-    return [np.ravel(w.backend.gram(y, accumulate=acc)) for acc in accumulations]
+def _stats_row(w: _Worker, leading: Sequence[float], v: Any | None, y: Any,
+               accumulations: Sequence[np.dtype]) -> np.ndarray:
+    """``[leading..., V_i..., Gram matrices of Y_i...]`` as one host float64 row (see :class:`_Stats`)."""
+    parts = [np.asarray(leading, dtype=np.float64)]
+    if v is not None:
+        parts.append(w.host(v).ravel())
+    parts += [np.ravel(w.backend.gram(y, accumulate=acc)) for acc in accumulations]
+    return np.concatenate(parts)[None]
 
 
-def _sketch_block(a: Any, seed: int, width: int, dtype: np.dtype, accumulations: Sequence[np.dtype],
-                  device: Any) -> tuple[Any, np.ndarray]:
-    """``Y_i = A_i Omega`` and ``[||A_i||_F^2, Gram matrices of Y_i]``.
+def _sketch_block(a: Any, seed: int, width: int, with_v: bool, dtype: np.dtype,
+                  accumulations: Sequence[np.dtype], device: Any) -> tuple[Any, np.ndarray]:
+    """``Y_i = A_i Omega`` and ``[||A_i||_F^2, Y_i not finite, A_i^T Y_i (with_v), Gram matrices of Y_i]``.
 
     ``Omega``'s rows are ``A``'s columns, so every block multiplies by the same ``Omega``.
     """
     with _worker(a, device) as w:
         x = w.load(a, dtype)
-        y = w.backend.sketch(x, seed, width)
-        stats = np.concatenate([[w.backend.sum_squares(x)], *_grams_of(w, y, accumulations)])
-        return w.give_back(y), stats[None]
+        if with_v:
+            y, v = w.backend.sketch_pass(x, seed, width)
+        else:
+            y, v = w.backend.sketch(x, seed, width), None
+        not_finite = float(not bool(w.backend.xp.isfinite(y).all()))
+        return w.give_back(y), _stats_row(w, [w.backend.sum_squares(x), not_finite], v, y, accumulations)
 
 
-def _times_gram_block(a: Any, c: np.ndarray, dtype: np.dtype, accumulations: Sequence[np.dtype],
-                      device: Any) -> tuple[Any, np.ndarray]:
-    """``Y_i = A_i C`` for a client matrix ``C``, and the Gram matrices of ``Y_i``."""
+def _power_block(a: Any, c: np.ndarray, with_v: bool, dtype: np.dtype, accumulations: Sequence[np.dtype],
+                 device: Any) -> tuple[Any, np.ndarray]:
+    """``Y_i = A_i C`` for a client matrix ``C``, and ``[A_i^T Y_i (with_v), Gram matrices of Y_i]``."""
     with _worker(a, device) as w:
-        y = w.backend.matmul(w.load(a, dtype), w.backend.asarray(c))
-        return w.give_back(y), np.concatenate(_grams_of(w, y, accumulations))[None]
+        x, small = w.load(a, dtype), w.backend.asarray(c)
+        if with_v:
+            y, v = w.backend.power_pass(x, small)
+        else:
+            y, v = w.backend.matmul(x, small), None
+        return w.give_back(y), _stats_row(w, [], v, y, accumulations)
 
 
 def _t_times_part(a: Any, y: Any, dtype: np.dtype, device: Any) -> np.ndarray:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import arrays, backends, validation
-from .cholqr import cholesky_factor, cholesky_qr, orthonormal_basis
+from .cholqr import apply_dtype, cholesky_factor, cholesky_qr, first_factor, orthonormal_basis
 
 #: Rank of :func:`svd_compress` when neither ``k`` nor ``tol`` is given (capped at ``min(m, n)``).
 DEFAULT_RANK = 32
@@ -503,6 +503,13 @@ def _require_finite(backend: Any, a: Any, probe: Any) -> None:
     raise ValueError(f"a is finite but so large that its products overflow {a.dtype}; scale it down")
 
 
+#: A power step may orthonormalize ``Y`` after ``A^T Y`` is formed (one pass over
+#: ``A`` for both products) while ``cond(Y) sqrt(u) <= FUSED_LIMIT``: ``A^T Y``
+#: then carries an extra relative error ``u cond(Y) <= FUSED_LIMIT sqrt(u)``
+#: (2.4e-5 in float32), far below what the next iterations correct.
+FUSED_LIMIT = 0.1
+
+
 def _power_range(backend: Any, tall: _TallView, width: int, col0: int, q_iter: int, normalizer: str,
                  seed: int, basis: Any | None = None, check: bool = False) -> Any:
     """An orthonormal basis of ``(T')(T'^T T')^q Omega[:, col0:col0 + width]``, ``T' = (I - B B^T) T``.
@@ -511,6 +518,8 @@ def _power_range(backend: Any, tall: _TallView, width: int, col0: int, q_iter: i
     spans directions of ``T`` that ``basis`` misses.  ``check``: reject a
     non-finite ``T`` (see :func:`_require_finite`).
     """
+    if basis is None and normalizer in ("auto", "QR") and q_iter > 0:
+        return _fused_power_range(backend, tall, width, col0, q_iter, seed, check)
     y = backend.sketch(tall.data, seed, width, trans=tall.trans, col0=col0)
     if check:
         _require_finite(backend, tall.data, y)
@@ -519,6 +528,35 @@ def _power_range(backend: Any, tall: _TallView, width: int, col0: int, q_iter: i
         y = _normalize(backend, y, normalizer)
         w = _normalize(backend, tall.t_times(backend, y), normalizer)
         y = _project_out(backend, basis, tall.times(backend, w))
+    return cholesky_qr(backend, y)[0]
+
+
+def _fused_power_range(backend: Any, tall: _TallView, width: int, col0: int, q_iter: int, seed: int,
+                       check: bool) -> Any:
+    """The power iterations with ``T`` read once per ``(T z, T^T T z)`` pair.
+
+    ``Y = T W`` and ``V = T^T Y`` come from one pass (:meth:`power_pass`);
+    orthonormalizing ``Y`` is a right-multiplication by ``R^-1``, so the next
+    basis is ``basis(V R^-1)`` -- the same span as ``basis(T^T basis(Y))``,
+    with ``2 q + 2`` products but ``q + 2`` passes over ``T``.  When ``Y`` is
+    too ill-conditioned for that (see :data:`FUSED_LIMIT`), the step is redone
+    the unfused way.  The last product and the final basis are never fused:
+    their rounding goes straight into the result.
+    """
+    sqrt_u = math.sqrt(np.finfo(tall.data.dtype).eps / 2)
+    y, v = backend.sketch_pass(tall.data, seed, width, trans=tall.trans, col0=col0)
+    if check:
+        _require_finite(backend, tall.data, y)
+    for step in range(q_iter):
+        f = first_factor(backend, y)
+        if f is not None and f.cond * sqrt_u <= FUSED_LIMIT:
+            w = orthonormal_basis(backend, f.apply(backend, v, apply_dtype(v)))
+        else:
+            w = orthonormal_basis(backend, tall.t_times(backend, orthonormal_basis(backend, y)))
+        if step + 1 < q_iter:
+            y, v = backend.power_pass(tall.data, w, trans=tall.trans)
+        else:
+            y = tall.times(backend, w)
     return cholesky_qr(backend, y)[0]
 
 

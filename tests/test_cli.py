@@ -27,7 +27,7 @@ def test_demo_prints_a_table_next_to_numpy(capsys):
     out = capsys.readouterr().out
     assert "| operation | time (s) |" in out
     assert "numpy.linalg.svd" in out and "svd_compress" in out
-    ours, best = (float(v) for v in re.findall(r"rel err (\d+\.\d+)", out))
+    ours, best = (float(v) for v in re.findall(r"\| rel err (\d+\.\d+)", out))
     assert ours <= best * 1.05  # rank-4 signal: randomized SVD is within 5% of the optimum
 
 

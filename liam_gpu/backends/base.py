@@ -73,6 +73,21 @@ class Backend:
         """
         raise NotImplementedError
 
+    def power_pass(self, a: Any, z: Any, *, trans: bool = False) -> tuple[Any, Any]:
+        """``Y = op(a) @ z`` and ``V = op(a).T @ Y``: one power-iteration step, unnormalized.
+
+        A backend may read ``a`` once for both products (the CPU does, by row
+        blocks); this default is two :meth:`matmul` calls (a GPU has the
+        bandwidth, and cuBLAS is faster on whole matrices).
+        """
+        y = self.matmul(a, z, trans=trans)
+        return y, self.matmul(a, y, trans=not trans)
+
+    def sketch_pass(self, a: Any, seed: int, l: int, *, trans: bool = False, col0: int = 0) -> tuple[Any, Any]:
+        """``Y = op(a) @ Omega`` (as :meth:`sketch`) and ``V = op(a).T @ Y``."""
+        y = self.sketch(a, seed, l, trans=trans, col0=col0)
+        return y, self.matmul(a, y, trans=not trans)
+
     def gram(self, y: Any, *, accumulate: Any = np.float64) -> np.ndarray:
         """``y.T @ y`` of a tall-skinny C-contiguous ``y`` (m, l), as a host float64 array.
 

@@ -15,6 +15,9 @@ _CHUNK_ELEMENTS = 1 << 19
 _HALF_CHUNK_ELEMENTS = 1 << 22
 #: Elements per chunk of the float64 sum of squares (a 2 MiB float64 buffer).
 _SUMSQ_CHUNK = 1 << 18
+#: Bytes of ``a`` per block of a fused power pass: a block stays in the last-level
+#: cache between its two products (32 MiB here), so ``a`` is read from memory once.
+_PASS_BLOCK_BYTES = 4 << 20
 
 
 class CpuBackend(Backend):
@@ -85,6 +88,30 @@ class CpuBackend(Backend):
     def matmul(self, a, b, *, trans=False):
         # a.T of a C-contiguous array is F-contiguous: BLAS reads it in place.
         return np.matmul(a.T if trans else a, b)
+
+    def power_pass(self, a, z, *, trans=False):
+        # Row blocks of op(a): Y_i = A_i z, then V += A_i^T Y_i while A_i is still
+        # in cache.  The skinny products are bound by reading ``a`` (64 MB for
+        # 8000 x 2000 float32) plus packing it; one read instead of two saved
+        # ~7% of the pair here (measured, alternating, 2 cores).
+        op = a.T if trans else a
+        rows, cols = op.shape
+        y = np.empty((rows, z.shape[1]), dtype=np.result_type(a, z))
+        v = np.zeros((cols, z.shape[1]), dtype=y.dtype)
+        part = np.empty_like(v)
+        step = max(64, _PASS_BLOCK_BYTES // max(1, cols * a.itemsize) // 64 * 64)
+        for start in range(0, rows, step):
+            block = op[start:start + step]
+            np.matmul(block, z, out=y[start:start + step])
+            np.matmul(block.T, y[start:start + step], out=part)
+            v += part
+        return y, v
+
+    def sketch_pass(self, a, seed, l, *, trans=False, col0=0):
+        op = a.T if trans else a
+        omega = philox.omega(seed, op.shape[1], l, a.dtype, col0=col0)
+        with np.errstate(invalid="ignore", over="ignore"):  # reported by the caller, from Y
+            return self.power_pass(a, omega, trans=trans)
 
     def gram(self, y, *, accumulate=np.float64):
         acc = np.dtype(accumulate)
