@@ -210,14 +210,15 @@ def test_gpu_batched_torch_linalg_svd(benchmark, describe, measure, rotation, pe
 
 # --------------------------------------------------------------------------- side by side (CPU)
 #
-#   python bench/bench_svd.py [--dtype float32] [--rounds 3] [--reps 7] [--seeds 10] [--threads 2]
+#   python bench/bench_svd.py [--dtype float32] [--rounds 3] [--reps 7] [--seeds 50] [--threads 2]
 #
 # Each library in its own process (so that torch's OpenMP threads and numpy's
 # OpenBLAS threads never spin against each other), the processes alternating
 # for --rounds rounds; median time per process, then the median over rounds.
-# Accuracy over --seeds seeds: the residual A - U S Vt is applied through the
-# exact float64 factors of A (an l x l-cheap operator), so its spectral norm
-# costs milliseconds.
+# Accuracy over --seeds seeds (untimed, last round): the residual A - U S Vt is
+# applied through the exact float64 factors of A (cheap), so its spectral
+# norm costs milliseconds.  Per-seed accuracy varies several-fold with the
+# random test matrix, so compare distributions over many seeds, not one.
 
 IMPLS = ("liam_gpu", "torch", "sklearn")
 
@@ -248,10 +249,14 @@ def _worker(impl: str, workdir: str, dtype: str, reps: int, seeds: int) -> None:
         t0 = time.perf_counter()
         _factor_with(impl, a, 0)
         times.append(time.perf_counter() - t0)
-    for seed in range(seeds):
-        u, s, vt = _factor_with(impl, a, seed)
-        np.savez(os.path.join(workdir, f"{impl}_{dtype}_{seed}.npz"), u=u, s=s, vt=vt)
-    print(json.dumps({"median": float(np.median(times)), "min": float(min(times))}))
+    spectral, top = [], []
+    if seeds:
+        u0, s0, v0 = (np.load(os.path.join(workdir, f"{name}.npy")) for name in ("u0", "s0", "v0"))
+        for seed in range(seeds):
+            u, s, vt = _factor_with(impl, a, seed)
+            spectral.append(_residual_norm(u0, s0, v0, u, s, vt) / s0[CPU_K])
+            top.append(float(np.max(np.abs(np.asarray(s, dtype=np.float64) - s0[:CPU_K]) / s0[:CPU_K])))
+    print(json.dumps({"median": float(np.median(times)), "spectral": spectral, "top": top}))
 
 
 def _residual_norm(u0, s0, v0, u, s, vt) -> float:
@@ -286,26 +291,31 @@ def _side_by_side(dtype: str, rounds: int, reps: int, seeds: int, threads: int) 
                MKL_NUM_THREADS=str(threads))
     with tempfile.TemporaryDirectory() as workdir:
         np.save(os.path.join(workdir, f"a_{dtype}.npy"), ((u0 * s0) @ v0.T).astype(dtype))
+        for name, value in (("u0", u0), ("s0", s0), ("v0", v0)):
+            np.save(os.path.join(workdir, f"{name}.npy"), value)
         timings: dict[str, list[float]] = {impl: [] for impl in IMPLS}
-        for _ in range(rounds):
+        accuracy: dict[str, dict] = {}
+        for r in range(rounds):
             for impl in IMPLS:
-                out = subprocess.run([sys.executable, __file__, "--worker", impl, workdir, dtype, str(reps),
-                                      str(seeds)], env=env, capture_output=True, text=True, check=True)
-                timings[impl].append(json.loads(out.stdout.strip().splitlines()[-1])["median"])
-        print(f"randomized SVD {m} x {n} {dtype}, k={CPU_K}, p={P}, q={Q}, {threads} threads; "
-              f"median over {rounds} rounds of the median of {reps} calls; accuracy over {seeds} seeds")
-        print(f"{'impl':10s} {'time ms':>8s} {'vs torch':>9s} {'spectral/s_k+1 (median, max)':>30s} "
-              f"{'top-k rel err (median, max)':>28s}")
-        base = float(np.median(timings["torch"]))
-        for impl in IMPLS:
-            spectral, top = [], []
-            for seed in range(seeds):
-                f = np.load(os.path.join(workdir, f"{impl}_{dtype}_{seed}.npz"))
-                spectral.append(_residual_norm(u0, s0, v0, f["u"], f["s"], f["vt"]) / s0[CPU_K])
-                top.append(float(np.max(np.abs(f["s"].astype(np.float64) - s0[:CPU_K]) / s0[:CPU_K])))
-            t = float(np.median(timings[impl]))
-            print(f"{impl:10s} {t * 1e3:8.1f} {t / base:9.2f} {np.median(spectral):17.6f} {max(spectral):12.6f} "
-                  f"{np.median(top):16.2e} {max(top):11.2e}")
+                # Accuracy (untimed) in the last round only.
+                args = [sys.executable, __file__, "--worker", impl, workdir, dtype, str(reps),
+                        str(seeds if r == rounds - 1 else 0)]
+                out = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+                timings[impl].append(result["median"])
+                if result["spectral"]:
+                    accuracy[impl] = result
+    print(f"randomized SVD {m} x {n} {dtype}, k={CPU_K}, p={P}, q={Q}, {threads} threads; time: median over "
+          f"{rounds} rounds (one process per library per round) of the median of {reps} calls; accuracy: "
+          f"{seeds} seeds")
+    print(f"{'impl':10s} {'time ms':>8s} {'vs torch':>9s} {'spectral/s_k+1 median':>22s} {'p90':>9s} "
+          f"{'top-k err median':>17s} {'mean':>9s} {'p90':>9s}")
+    base = float(np.median(timings["torch"]))
+    for impl in IMPLS:
+        t = float(np.median(timings[impl]))
+        sp, top = np.array(accuracy[impl]["spectral"]), np.array(accuracy[impl]["top"])
+        print(f"{impl:10s} {t * 1e3:8.1f} {t / base:9.2f} {np.median(sp):22.6f} {np.percentile(sp, 90):9.6f} "
+              f"{np.median(top):17.2e} {top.mean():9.2e} {np.percentile(top, 90):9.2e}")
 
 
 if __name__ == "__main__":
@@ -319,7 +329,7 @@ if __name__ == "__main__":
         parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
         parser.add_argument("--rounds", type=int, default=3)
         parser.add_argument("--reps", type=int, default=7)
-        parser.add_argument("--seeds", type=int, default=10)
+        parser.add_argument("--seeds", type=int, default=50)
         parser.add_argument("--threads", type=int, default=2)
         args = parser.parse_args()
         _side_by_side(args.dtype, args.rounds, args.reps, args.seeds, args.threads)

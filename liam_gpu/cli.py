@@ -120,8 +120,8 @@ def _demo(args: argparse.Namespace) -> int:
                  f"speed-up of ours {t_full / t_svd:.1f}x"))
 
     print()
-    print(f"| operation | time (s) | accuracy | note |")
-    print(f"|---|---|---|---|")
+    print("| operation | time (s) | accuracy | note |")
+    print("|---|---|---|---|")
     for name, secs, acc, note in rows:
         print(f"| {name} | {secs:.4f} | {acc} | {note} |")
     return 0

@@ -14,8 +14,8 @@ its own.
   computation: per-chunk sketches, products and Gram matrices, summed across
   chunks by a tree reduction; the small matrices (``l x l`` factors, the
   ``n x l`` right-hand bases) are handled on the client.  ``A`` is read once
-  per pass and never gathered; the ``m x l`` bases stay on the workers, in the
-  row chunks of ``A``.
+  per pass (``q + 2`` passes) and never gathered; the ``m x l`` bases stay on
+  the workers, in the row chunks of ``A``.
 
 The sketch ``Omega`` is the Philox stream of :mod:`liam_gpu.philox`, indexed
 by ``(seed, column of A, sketch column)``: every row chunk multiplies by the
@@ -172,26 +172,28 @@ def svd_compress(
 ) -> LowRank:
     """Rank-``k`` :class:`~liam_gpu.LowRank` of a tall Dask array, one Dask reduction per pass.
 
-    The algorithm of :func:`liam_gpu.svd_compress` (fixed rank): for ``x``
-    (m x n), ``m >= n``, and ``l = min(k + p, n)``::
+    The algorithm of :func:`liam_gpu.svd_compress` (fixed rank, with its
+    fused power iterations): for ``x`` (m x n), ``m >= n``, and
+    ``l = min(k + p, n)``::
 
-        pass 1        Y_i = A_i Omega, ||A_i||_F^2          Y kept on the workers
-        repeat q:     Y = basis(Y)                          Gram of Y summed, l x l on the client
-        pass          Z = sum_i A_i^T Y_i                   n x l, to the client
-                      W = basis(Z)                          on the client
-        pass          Y_i = A_i W                           kept on the workers
-        Q = CholeskyQR2(Y)                                  Gram reductions; Q = Y R^-1, lazy
+        pass          Y_i = A_i Omega, V_i = A_i^T Y_i,     Y kept on the workers; V, ||A||^2
+                      ||A_i||_F^2, Y_i^T Y_i                 and Y^T Y summed to the client
+        repeat q:     R = chol(Y^T Y);  W = basis(V R^-1)   on the client (n x l, l x l)
+        pass          Y_i = A_i W, V_i = A_i^T Y_i, Gram    (V only before the last step)
+        Q = CholeskyQR2(Y)                                  one more Gram reduction; Q = Y R^-1, lazy
         last pass     Bt = sum_i A_i^T Q_i, Q^T Q            n x l and l x l, to the client
         client        Bt = P R,  R^T = Uc S Vc^T           small SVD in float64
         U_i = Q_i Uc[:, :k]                                 on the workers, signs flipped
 
-    so ``A`` is read ``2 q + 2`` times and never gathered; between passes the
-    workers hold one ``m x l`` basis (``l / n`` of ``A``), at the end ``U``.  Power iterations are
-    normalized (unlike ``dask.array.linalg.svd_compressed``'s default) by the
-    same CholeskyQR choices as the single-machine code (:mod:`liam_gpu.cholqr`,
-    with a TSQR as the Householder fallback), so the result equals
-    :func:`liam_gpu.svd_compress` on the same data and seed to rounding,
-    whatever the chunking.
+    so ``A`` is read ``q + 2`` times (one more per power step whose ``Y`` is
+    too ill-conditioned to orthonormalize after ``A^T Y``, as on one machine)
+    and never gathered; between passes the workers hold one ``m x l`` basis
+    (``l / n`` of ``A``), at the end ``U``.  Power iterations are normalized
+    (unlike ``dask.array.linalg.svd_compressed``'s default) by the same
+    CholeskyQR choices as the single-machine code (:mod:`liam_gpu.cholqr`
+    runs with the cluster standing in for a backend, a TSQR as its
+    Householder fallback), so the result equals :func:`liam_gpu.svd_compress`
+    on the same data and seed to rounding, whatever the chunking.
 
     Parameters
     ----------
@@ -214,14 +216,16 @@ def svd_compress(
         Where each chunk is computed, resolved on its worker (see
         :func:`transform_matrix`).  The client always works on the CPU.
     check_finite
-        Reject NaN/Inf in ``x`` (from the sum of squares of the first pass:
-        no extra pass unless it is not finite).
+        Reject NaN/Inf in ``x``, found in the sketch ``A Omega`` of the first
+        pass (NaN/Inf anywhere in ``A`` reaches it): no extra pass unless the
+        sketch is not finite.
 
     Returns
     -------
     LowRank
-        ``U`` a ``dask.array.Array`` (m, k), persisted on the workers in
-        ``x``'s row chunks (empty chunks left out) and chunk type; ``S`` (k,)
+        ``U`` a ``dask.array.Array`` (m, k) in ``x``'s row chunks (empty
+        chunks left out) and chunk type, its blocks persisted on the workers
+        (the column signs, +-1, applied lazily on top); ``S`` (k,)
         and ``Vt`` (k, n) numpy arrays on the client; dtype float32 for
         float32 input, else float64; ``relative_error`` the estimate
         ``sqrt(||A||_F^2 - sum(S**2)) / ||A||_F``.
@@ -396,9 +400,9 @@ class _Cluster:
         self.device = device
         self.local = backends.get_backend("cpu")
         self.meta = meta_from_array(a, ndim=2, dtype=self.dtype)
-        # The Gram accumulations the power iterations ask for: float32 first for float32 data (cholqr).
-        self.accumulations = tuple(np.dtype(d) for d in ((np.float32, np.float64) if self.dtype == np.float32
-                                                          else (np.float64,)))
+        # The Gram accumulations cholqr.first_factor asks for: float32 first for float32 data, then float64.
+        wanted = (np.float32, np.float64) if self.dtype == np.float32 else (np.float64,)
+        self.accumulations = tuple(np.dtype(d) for d in wanted)
         self._grams: dict[tuple[str, np.dtype], np.ndarray] = {}
 
     # -- passes over A -------------------------------------------------------------------

@@ -90,27 +90,12 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite):
     b = None if bias is None else arrays.to_compute(bias, kind, name="bias")
 
     dtype = _result_dtype(x, w, b)
-    batched = getattr(w, "ndim", 0) == 3
-    validation.check_ndim("weights", w, ndim=(2, 3))
-    validation.check_ndim("data", x, ndim=3 if batched else None, min_ndim=1)
+    batched = check_shapes(x, w, b)
     x = validation.as_float_array("data", backend.asarray(x), finite=check_finite, dtype=dtype)
     w = validation.as_float_array("weights", backend.asarray(w), finite=check_finite, dtype=dtype)
-    d_out, d_in = w.shape[-2:]
-    if x.shape[-1] != d_in:
-        raise ValueError(
-            f"data has {x.shape[-1]} features (last axis of shape {tuple(x.shape)}) but weights "
-            f"expects d_in={d_in} (shape {tuple(w.shape)}, read as (d_out, d_in))"
-        )
-    if batched and x.shape[0] != w.shape[0]:
-        raise ValueError(
-            f"batched transform: data has batch {x.shape[0]} (shape {tuple(x.shape)}) but weights "
-            f"has batch {w.shape[0]} (shape {tuple(w.shape)})"
-        )
     if b is not None:
-        want = w.shape[:-1]
         b = validation.as_float_array("bias", backend.asarray(b), finite=check_finite, dtype=dtype)
-        if tuple(b.shape) != tuple(want):
-            raise ValueError(f"bias must have shape {tuple(want)} to match weights, got {tuple(b.shape)}")
+    d_out, d_in = w.shape[-2:]
 
     out_shape = tuple(x.shape[:-1]) + (d_out,)
     target, direct = _output_buffer(out, kind, backend, out_shape, dtype)
@@ -124,6 +109,27 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite):
             dest[...] = target if arrays.array_module(dest) is arrays.array_module(target) else _move(target, dest)
         return out
     return arrays.from_compute(target, kind)
+
+
+def check_shapes(x: Any, w: Any, b: Any | None) -> bool:
+    """Check the shapes of data, weights and bias; return whether the weights are batched."""
+    validation.check_ndim("weights", w, ndim=(2, 3))
+    batched = w.ndim == 3
+    validation.check_ndim("data", x, ndim=3 if batched else None, min_ndim=1)
+    d_out, d_in = w.shape[-2:]
+    if x.shape[-1] != d_in:
+        raise ValueError(
+            f"data has {x.shape[-1]} features (last axis of shape {tuple(x.shape)}) but weights "
+            f"expects d_in={d_in} (shape {tuple(w.shape)}, read as (d_out, d_in))"
+        )
+    if batched and x.shape[0] != w.shape[0]:
+        raise ValueError(
+            f"batched transform: data has batch {x.shape[0]} (shape {tuple(x.shape)}) but weights "
+            f"has batch {w.shape[0]} (shape {tuple(w.shape)})"
+        )
+    if b is not None and tuple(b.shape) != tuple(w.shape[:-1]):
+        raise ValueError(f"bias must have shape {tuple(w.shape[:-1])} to match weights, got {tuple(b.shape)}")
+    return batched
 
 
 def _result_dtype(*xs: Any) -> np.dtype:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .. import arrays, validation
+from .. import arrays
 from .devices import backend_name, current_device, cuda_index, is_cuda
 from .errors import ChunkError
 
@@ -75,22 +75,8 @@ def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=No
     w = arrays.to_compute(weights, kind)
     b = None if bias is None else arrays.to_compute(bias, kind)
     dtype = transform._result_dtype(x, w, b)
-    validation.check_ndim("weights", w, ndim=(2, 3))
-    batched = w.ndim == 3
-    validation.check_ndim("data", x, ndim=3 if batched else None, min_ndim=1)
+    batched = transform.check_shapes(x, w, b)
     d_out, d_in = w.shape[-2:]
-    if x.shape[-1] != d_in:
-        raise ValueError(
-            f"data has {x.shape[-1]} features (last axis of shape {tuple(x.shape)}) but weights "
-            f"expects d_in={d_in} (shape {tuple(w.shape)}, read as (d_out, d_in))"
-        )
-    if batched and x.shape[0] != w.shape[0]:
-        raise ValueError(
-            f"batched transform: data has batch {x.shape[0]} (shape {tuple(x.shape)}) but weights "
-            f"has batch {w.shape[0]} (shape {tuple(w.shape)})"
-        )
-    if b is not None and tuple(b.shape) != tuple(w.shape[:-1]):
-        raise ValueError(f"bias must have shape {tuple(w.shape[:-1])} to match weights, got {tuple(b.shape)}")
     out_shape = tuple(x.shape[:-1]) + (d_out,)
     dest = None
     if out is not None:
