@@ -8,17 +8,19 @@ matrices, the batched SVD.  ``docs/svd.md`` explains the algorithm and its
 choices; in short, for ``A`` (m x n) with ``m >= n`` (a wide ``A`` is
 factored as its transpose, read in place) and ``l = k + p``::
 
-    Y = A @ Omega                          Omega: n x l, Philox, never stored on a GPU
+    Y = A @ Omega;  V = A.T @ Y            Omega: n x l, Philox; one pass over A
     repeat q times:
-        Y = basis(Y);  W = basis(A.T @ Y);  Y = A @ W
+        W = basis(V R^-1)  (R: Y's Cholesky factor, so W = basis(A.T basis(Y)))
+        Y = A @ W;  V = A.T @ Y            one pass over A (only Y = A @ W the last time)
     Q, _ = cholesky_qr(Y)                  m x l, orthonormal
     P, T = cholesky_qr(A.T @ Q)            n x l;  B = Q.T A = T.T P.T
     T.T = Uc diag(s) Vc.T                  l x l, on the host in float64
     U = Q Uc[:, :k],  Vt = (P Vc[:, :k]).T
 
-That is ``2 q + 2`` passes over ``A`` (the same as scikit-learn), a Gram
-reduction and a triangular apply per orthonormalization instead of a
-Householder QR, and ``O((m + n) l)`` memory besides ``A``.
+That is ``2 q + 2`` products with ``A`` (the same subspace as scikit-learn's)
+in ``q + 2`` passes over it on the CPU, a Gram reduction and a triangular
+apply per orthonormalization instead of a Householder QR, and
+``O((m + n) l)`` memory besides ``A``.
 """
 from __future__ import annotations
 

@@ -333,6 +333,39 @@ def test_backends_agree_on_small_stacks_and_tol(backend_name):
     np.testing.assert_allclose(lr.relative_error, ref_lr.relative_error, rtol=1e-6)
 
 
+# --------------------------------------------------------------------------- fused power pass
+
+
+@pytest.mark.parametrize("trans", [False, True], ids=["A", "A^T"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_power_pass_equals_the_two_products(backend_name, trans, dtype, monkeypatch):
+    from liam_gpu.backends import cpu, resolve
+
+    # Small blocks, so that the CPU's blocked loop runs over several (ragged) blocks.
+    monkeypatch.setattr(cpu, "_PASS_BLOCK_BYTES", 64 * 40 * np.dtype(dtype).itemsize)
+    backend = resolve(backend_name)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((40, 203) if trans else (203, 40)).astype(dtype)
+    z = rng.standard_normal((40, 7)).astype(dtype)
+    y, v = backend.power_pass(backend.asarray(a), backend.asarray(z), trans=trans)
+    op = (a.T if trans else a).astype(np.float64)
+    y_ref = op @ z.astype(np.float64)
+    v_ref = op.T @ y_ref
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(backend.to_host(y), y_ref, rtol=0, atol=50 * eps * np.abs(y_ref).max())
+    np.testing.assert_allclose(backend.to_host(v), v_ref, rtol=0, atol=500 * eps * np.abs(v_ref).max())
+
+
+def test_fused_and_unfused_power_iterations_agree(monkeypatch):
+    a, s_true, k = _family("reference_family", np.random.default_rng(9))
+    fused = lg.randomized_svd(a, k, n_iter=3, device="cpu")
+    monkeypatch.setattr(svd_module, "FUSED_LIMIT", 0.0)  # every step the unfused way
+    unfused = lg.randomized_svd(a, k, n_iter=3, device="cpu")
+    np.testing.assert_allclose(fused[1], unfused[1], rtol=1e-10)
+    np.testing.assert_allclose((fused[0] * fused[1]) @ fused[2], (unfused[0] * unfused[1]) @ unfused[2],
+                               atol=1e-10 * s_true[0])
+
+
 # --------------------------------------------------------------------------- CholeskyQR and its fallbacks
 
 
