@@ -16,6 +16,28 @@
 #define GR_BK 16       // rows of Y (or of R) per step
 #define GR_THREADS 256 // 16 x 16 threads, 4 x 4 outputs each
 
+// acc[a][b] += sum_kk A[kk][ty + 16a] * B[kk][tx + 16b]: one GR_BK-deep step of a
+// thread's 4 x 4 output block, shared by the Gram and the triangular-apply tiles.
+template <typename Acc, int LDA, int LDB>
+__device__ __forceinline__ void tile_update(Acc (&acc)[4][4], Acc (*A)[LDA], Acc (*B)[LDB], int ty, int tx)
+{
+#pragma unroll
+    for (int kk = 0; kk < GR_BK; ++kk) {
+        Acc av[4];
+        Acc bv[4];
+#pragma unroll
+        for (int a = 0; a < 4; ++a) av[a] = A[kk][ty + 16 * a];
+#pragma unroll
+        for (int b = 0; b < 4; ++b) bv[b] = B[kk][tx + 16 * b];
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {
+#pragma unroll
+            for (int b = 0; b < 4; ++b) acc[a][b] += av[a] * bv[b];
+        }
+    }
+}
+
+
 // ------------------------------------------------------------------ Gram, pass 1
 
 // partial[s] (l x l, row-major) += Y[rows of chunk s]^T Y[rows of chunk s] for the
@@ -63,20 +85,7 @@ __device__ __forceinline__ void gram_partial_body(const T* __restrict__ y, Acc* 
             yj[kk][col] = (row_ok && j0 + col < l) ? (Acc)y[r * l + j0 + col] : Acc(0);
         }
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < GR_BK; ++kk) {
-            Acc av[4];
-            Acc bv[4];
-#pragma unroll
-            for (int a = 0; a < 4; ++a) av[a] = yi[kk][ty + 16 * a];
-#pragma unroll
-            for (int b = 0; b < 4; ++b) bv[b] = yj[kk][tx + 16 * b];
-#pragma unroll
-            for (int a = 0; a < 4; ++a) {
-#pragma unroll
-                for (int b = 0; b < 4; ++b) acc[a][b] += av[a] * bv[b];
-            }
-        }
+        tile_update<Acc, GR_TILE, GR_TILE>(acc, yi, yj, ty, tx);
         __syncthreads();
     }
 
@@ -172,20 +181,7 @@ __device__ __forceinline__ void tri_apply_body(const T* __restrict__ y, const Ac
             }
         }
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < GR_BK; ++kk) {
-            Acc av[4];
-            Acc bv[4];
-#pragma unroll
-            for (int a = 0; a < 4; ++a) av[a] = ys[kk][ty + 16 * a];
-#pragma unroll
-            for (int b = 0; b < 4; ++b) bv[b] = rs[kk][tx + 16 * b];
-#pragma unroll
-            for (int a = 0; a < 4; ++a) {
-#pragma unroll
-                for (int b = 0; b < 4; ++b) acc[a][b] += av[a] * bv[b];
-            }
-        }
+        tile_update<Acc, GR_TILE + 1, GR_TILE>(acc, ys, rs, ty, tx);
         __syncthreads();
     }
 
