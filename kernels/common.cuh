@@ -10,6 +10,8 @@
 //   * 64-bit index helpers (grid sizes and element counts can pass 2^31);
 //   * lg_half: IEEE binary16 storage with bit-exact round-to-nearest-even
 //     conversion from float (the same rule as numpy's float16 cast);
+//   * lg_bf16: bfloat16 storage (the top half of a float), round-to-nearest-even
+//     from float (the same rule as torch's bfloat16 cast);
 //   * lg_math: float/double overloads of the math functions the epilogues use;
 //   * apply_activation<ACT>(x): the activation codes of liam_gpu/activations.py.
 #pragma once
@@ -96,6 +98,34 @@ __device__ __forceinline__ lg_half lg_float_to_half(float f) {
     return h;
 }
 
+// bfloat16 as stored in memory (torch.bfloat16): the top 16 bits of a float.
+struct alignas(2) lg_bf16 {
+    unsigned short bits;
+};
+
+// bfloat16 -> binary32: exact, the bits are the float's top half.
+__device__ __forceinline__ float lg_bf16_to_float(lg_bf16 h) {
+    return __uint_as_float((unsigned int)h.bits << 16);
+}
+
+// binary32 -> bfloat16, round to nearest, ties to even.  Overflow rounds to
+// inf by itself (the exponent field is the float's); NaN stays a quiet NaN.
+// Both branches give identical bits for every non-NaN input.
+__device__ __forceinline__ lg_bf16 lg_float_to_bf16(float f) {
+    lg_bf16 h;
+#ifndef LIAM_EMULATOR
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
+#else
+    const unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: quiet it, keep the top payload bits
+        h.bits = (unsigned short)((u >> 16) | 0x40u);
+    } else {  // adding 0x7fff plus the kept lowest bit rounds half to even
+        h.bits = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+#endif
+    return h;
+}
+
 // ------------------------------------------------------------------ math by precision
 
 // float and double overloads, so templated code calls one name for both.
@@ -107,10 +137,11 @@ __device__ __forceinline__ float lg_erf(float x) { return erff(x); }
 __device__ __forceinline__ double lg_erf(double x) { return erf(x); }
 
 // Storage <-> compute conversions, overloaded so that templates over the
-// storage type read one name.  The compute type of lg_half is float.
+// storage type read one name.  The compute type of the 16-bit types is float.
 __device__ __forceinline__ float lg_to_compute(float x) { return x; }
 __device__ __forceinline__ double lg_to_compute(double x) { return x; }
 __device__ __forceinline__ float lg_to_compute(lg_half x) { return lg_half_to_float(x); }
+__device__ __forceinline__ float lg_to_compute(lg_bf16 x) { return lg_bf16_to_float(x); }
 
 template <typename T> struct lg_storage;
 template <> struct lg_storage<float> {
@@ -124,6 +155,10 @@ template <> struct lg_storage<double> {
 template <> struct lg_storage<lg_half> {
     typedef float compute;
     static __device__ __forceinline__ lg_half from(float x) { return lg_float_to_half(x); }
+};
+template <> struct lg_storage<lg_bf16> {
+    typedef float compute;
+    static __device__ __forceinline__ lg_bf16 from(float x) { return lg_float_to_bf16(x); }
 };
 
 // ------------------------------------------------------------------ activations

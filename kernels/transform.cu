@@ -14,13 +14,13 @@
 // consecutive 16-byte groups of a row: coalesced, each output element stored
 // exactly once, and each activation's code emitted once per group rather than
 // once per register.  All sums accumulate in the compute type (float for
-// float/half storage, double for double).
+// float/half/bfloat16 storage, double for double).
 //
 // Tiles are double-buffered: while the block computes on one shared-memory
 // buffer, each thread's global loads for the next k-tile are in flight into
 // registers, then written to the other buffer; one barrier per k-tile.
 //
-// VEC=true loads 16 bytes at a time (4 float, 2 double, 8 half); the launcher
+// VEC=true loads 16 bytes at a time (4 float, 2 double, 8 half or bfloat16); the launcher
 // sets it only when d_in is a multiple of that width and x and w start on a
 // 16-byte boundary (then every row and every k-chunk is aligned and a chunk is
 // wholly inside or wholly outside the matrix).  VEC=false loads element by
@@ -74,36 +74,41 @@ template <> struct lg_vec<double> {
     static __device__ __forceinline__ void store_group(double* p, const double* v) { store_width(p, v); }
 };
 
-template <> struct lg_vec<lg_half> {
+// The 16-bit storage types (lg_half, lg_bf16): 8 per 16-byte load, computed
+// in float, so 4 per compute group.
+template <typename H>
+struct lg_vec16 {
     enum { WIDTH = 8, GROUP = 4 };
     typedef uint4 raw;
-    static __device__ __forceinline__ raw load(const lg_half* p) { return *reinterpret_cast<const uint4*>(p); }
+    static __device__ __forceinline__ raw load(const H* p) { return *reinterpret_cast<const uint4*>(p); }
     static __device__ __forceinline__ void zero(raw& r) { r.x = 0u; r.y = 0u; r.z = 0u; r.w = 0u; }
-    // Two halves per 32-bit word, the lower address in the low bits (little endian).
+    // Two values per 32-bit word, the lower address in the low bits (little endian).
     static __device__ __forceinline__ void split(unsigned int word, float* v) {
-        lg_half lo, hi;
+        H lo, hi;
         lo.bits = (unsigned short)(word & 0xffffu);
         hi.bits = (unsigned short)(word >> 16);
-        v[0] = lg_half_to_float(lo);
-        v[1] = lg_half_to_float(hi);
+        v[0] = lg_to_compute(lo);
+        v[1] = lg_to_compute(hi);
     }
     static __device__ __forceinline__ unsigned int join(float a, float b) {
-        return (unsigned int)lg_float_to_half(a).bits | ((unsigned int)lg_float_to_half(b).bits << 16);
+        return (unsigned int)lg_storage<H>::from(a).bits | ((unsigned int)lg_storage<H>::from(b).bits << 16);
     }
     static __device__ __forceinline__ void unpack(const raw& r, float* v) {
         split(r.x, v); split(r.y, v + 2); split(r.z, v + 4); split(r.w, v + 6);
     }
-    static __device__ __forceinline__ void store_width(lg_half* p, const float* v) {
+    static __device__ __forceinline__ void store_width(H* p, const float* v) {
         uint4 r;
         r.x = join(v[0], v[1]); r.y = join(v[2], v[3]); r.z = join(v[4], v[5]); r.w = join(v[6], v[7]);
         *reinterpret_cast<uint4*>(p) = r;
     }
-    static __device__ __forceinline__ void store_group(lg_half* p, const float* v) {
+    static __device__ __forceinline__ void store_group(H* p, const float* v) {
         uint2 r;
         r.x = join(v[0], v[1]); r.y = join(v[2], v[3]);
         *reinterpret_cast<uint2*>(p) = r;
     }
 };
+template <> struct lg_vec<lg_half> : lg_vec16<lg_half> {};
+template <> struct lg_vec<lg_bf16> : lg_vec16<lg_bf16> {};
 
 // One element as a "vector" of width 1: the scalar path shares the tile code.
 template <typename T> struct lg_scalar {

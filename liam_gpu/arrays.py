@@ -176,7 +176,8 @@ def route_to_torch(*xs: Any) -> bool:
     return torch.compiler.is_compiling() or needs_autograd(*xs)
 
 
-def to_compute(x: Any, kind: ArrayKind | None = None, *, name: str = "array", writable: bool = False) -> Any:
+def to_compute(x: Any, kind: ArrayKind | None = None, *, name: str = "array", writable: bool = False,
+               bfloat16_bits: bool = False) -> Any:
     """Turn a caller's input into a numpy or CuPy array, without copying.
 
     CUDA tensors go through DLPack to CuPy, CPU tensors to numpy through
@@ -195,19 +196,23 @@ def to_compute(x: Any, kind: ArrayKind | None = None, *, name: str = "array", wr
         The argument's name, for error messages.
     writable
         The caller will write into the result (an ``out=`` argument).  A
-        bfloat16 tensor cannot be written through a view, so it is a
-        ``TypeError`` then.
+        bfloat16 tensor converted to float32 cannot be written through, so it
+        is a ``TypeError`` then (unless ``bfloat16_bits``).
+    bfloat16_bits
+        Give a bfloat16 tensor as a zero-copy ``uint16`` view of its bits
+        (:mod:`liam_gpu.bfloat16`), for code that computes on bfloat16 storage.
 
     Notes
     -----
-    bfloat16 tensors are the one exception to zero-copy: neither numpy nor
-    CuPy (14) has a bfloat16 dtype, so they are converted to float32 (one read,
-    one write, on the caller's stream) and computed there, which is also the
-    precision every kernel accumulates 16-bit inputs in.
+    Without ``bfloat16_bits``, bfloat16 tensors are the one exception to
+    zero-copy: neither numpy nor CuPy (14) has a bfloat16 dtype, so they are
+    converted to float32 (one read, one write, on the caller's stream) and
+    computed there, which is also the precision every kernel accumulates
+    16-bit inputs in.
     """
     kind = kind or kind_of(x)
     if kind.library == "torch":
-        return _tensor_to_compute(x, kind, name, writable)
+        return _tensor_to_compute(x, kind, name, writable, bfloat16_bits)
     if kind.library == "cupy":
         return x
     if isinstance(x, np.ndarray):
@@ -215,7 +220,7 @@ def to_compute(x: Any, kind: ArrayKind | None = None, *, name: str = "array", wr
     return np.asarray(x)
 
 
-def _tensor_to_compute(x: Any, kind: ArrayKind, name: str, writable: bool) -> Any:
+def _tensor_to_compute(x: Any, kind: ArrayKind, name: str, writable: bool, bfloat16_bits: bool) -> Any:
     torch = _torch()
     t = x.detach()  # shares memory; __dlpack__ refuses tensors that require grad
     _check_strided(name, t)
@@ -225,7 +230,10 @@ def _tensor_to_compute(x: Any, kind: ArrayKind, name: str, writable: bool) -> An
         t = t.resolve_conj()
     if t.is_neg():
         t = t.resolve_neg()
-    if t.dtype == torch.bfloat16:
+    bits = bfloat16_bits and t.dtype == torch.bfloat16
+    if bits:
+        t = t.view(torch.int16)  # same strides and memory; DLPack and numpy know int16
+    elif t.dtype == torch.bfloat16:
         if writable:
             raise TypeError(
                 f"{name} is a bfloat16 tensor, which numpy and CuPy cannot write through; "
@@ -235,11 +243,13 @@ def _tensor_to_compute(x: Any, kind: ArrayKind, name: str, writable: bool) -> An
     if kind.on_gpu:
         import cupy
 
-        return cupy.from_dlpack(t)
-    # On the host there is no stream to agree on, and Tensor.numpy() is the same
-    # zero-copy view as numpy.from_dlpack (strides included) at a third of the
-    # cost: no capsule is built and consumed.
-    return t.numpy()
+        a = cupy.from_dlpack(t)
+    else:
+        # On the host there is no stream to agree on, and Tensor.numpy() is the same
+        # zero-copy view as numpy.from_dlpack (strides included) at a third of the
+        # cost: no capsule is built and consumed.
+        a = t.numpy()
+    return a.view(np.uint16) if bits else a
 
 
 def _check_strided(name: str, t: Any) -> None:
@@ -287,6 +297,16 @@ def from_compute(y: Any, kind: ArrayKind) -> Any:
     if kind.bfloat16 and t.is_floating_point():
         t = t.to(torch.bfloat16)
     return t
+
+
+def from_bfloat16_bits(y: Any, kind: ArrayKind) -> Any:
+    """Give ``uint16`` bfloat16 bits back as the caller's bfloat16 tensor, sharing memory.
+
+    The counterpart of ``to_compute(..., bfloat16_bits=True)``; ``kind`` is a
+    torch kind with ``bfloat16`` set (CUDA results inside :func:`caller_stream`).
+    """
+    t = from_compute(y.view(np.int16), ArrayKind(kind.library, kind.device))
+    return t.view(_torch().bfloat16)
 
 
 def _aliasable(y: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import arrays, backends, validation
+from . import arrays, backends, bfloat16, validation
 from .activations import activation_code
 
 
@@ -54,8 +54,9 @@ def transform_matrix(
     -------
     array
         ``(..., d_out)`` in the caller's array type and device.  float32 and
-        float64 are computed in their own precision; float16 is stored as
-        float16 with float32 accumulation.  Integer input computes in float64.
+        float64 are computed in their own precision; float16 and bfloat16
+        (torch tensors) are stored as such with float32 accumulation.  Integer
+        input computes in float64.
 
     Raises
     ------
@@ -84,31 +85,44 @@ def transform_matrix(
 
 
 def _transform(data, weights, bias, code, out, kind, backend, check_finite):
-    """The body of :func:`transform_matrix`, on the caller's stream."""
-    x = arrays.to_compute(data, kind, name="data")
-    w = arrays.to_compute(weights, kind, name="weights")
-    b = None if bias is None else arrays.to_compute(bias, kind, name="bias")
+    """The body of :func:`transform_matrix`, on the caller's stream.
 
-    dtype = _result_dtype(x, w, b)
+    bfloat16 tensors are computed from their bits (``uint16`` views, see
+    :mod:`liam_gpu.bfloat16`): the kernels read and write bfloat16 itself, and
+    ``out=`` works as for any other dtype.
+    """
+    storage = "bfloat16" if kind.bfloat16 else None
+
+    def compute_array(a, name, writable=False):
+        return arrays.to_compute(a, kind, name=name, writable=writable, bfloat16_bits=storage is not None)
+
+    x = compute_array(data, "data")
+    w = compute_array(weights, "weights")
+    b = None if bias is None else compute_array(bias, "bias")
+
+    dtype = bfloat16.CARRIER if storage else _result_dtype(x, w, b)
     batched = check_shapes(x, w, b)
-    x = validation.as_float_array("data", backend.asarray(x), finite=check_finite, dtype=dtype)
-    w = validation.as_float_array("weights", backend.asarray(w), finite=check_finite, dtype=dtype)
+
+    def prepare(name, a):
+        return validation.as_float_array(name, backend.asarray(a), finite=check_finite, dtype=dtype, storage=storage)
+
+    x, w = prepare("data", x), prepare("weights", w)
     if b is not None:
-        b = validation.as_float_array("bias", backend.asarray(b), finite=check_finite, dtype=dtype)
+        b = prepare("bias", b)
     d_out, d_in = w.shape[-2:]
 
     out_shape = tuple(x.shape[:-1]) + (d_out,)
-    target, direct = _output_buffer(out, kind, backend, out_shape, dtype)
+    dest = None if out is None else compute_array(out, "out", writable=True)
+    target, direct = _output_buffer(dest, backend, out_shape, dtype)
     if batched:
-        backend.batched_linear(x, w, b, code, target)
+        backend.batched_linear(x, w, b, code, target, storage=storage)
     else:
-        backend.linear(x.reshape(-1, d_in), w, b, code, target.reshape(-1, d_out))
+        backend.linear(x.reshape(-1, d_in), w, b, code, target.reshape(-1, d_out), storage=storage)
     if out is not None:
         if not direct:
-            dest = arrays.to_compute(out, kind, name="out", writable=True)
             dest[...] = target if arrays.array_module(dest) is arrays.array_module(target) else _move(target, dest)
         return out
-    return arrays.from_compute(target, kind)
+    return arrays.from_bfloat16_bits(target, kind) if storage else arrays.from_compute(target, kind)
 
 
 def check_shapes(x: Any, w: Any, b: Any | None) -> bool:
@@ -141,11 +155,10 @@ def _result_dtype(*xs: Any) -> np.dtype:
     return np.result_type(*[np.float32 if dt == np.float16 else dt for dt in dts])
 
 
-def _output_buffer(out: Any, kind: arrays.ArrayKind, backend, shape: tuple, dtype: np.dtype):
-    """The buffer the kernel writes, and whether it is the caller's ``out`` itself."""
-    if out is None:
+def _output_buffer(dest: Any | None, backend, shape: tuple, dtype: np.dtype):
+    """The buffer the kernel writes, and whether it is the caller's ``out`` (as ``dest``) itself."""
+    if dest is None:
         return backend.empty(shape, dtype), False
-    dest = arrays.to_compute(out, kind, name="out", writable=True)
     if tuple(dest.shape) != shape:
         raise ValueError(f"out must have shape {shape}, got {tuple(dest.shape)}")
     if np.dtype(dest.dtype) != dtype:

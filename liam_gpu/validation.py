@@ -11,7 +11,8 @@ import numpy as np
 
 #: dtypes computed in their own precision.
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-#: 16-bit storage dtypes (accumulated in float32) accepted by the transforms.
+#: 16-bit storage dtypes (accumulated in float32) accepted by the transforms;
+#: bfloat16 has no numpy dtype and travels as bits (:mod:`liam_gpu.bfloat16`).
 HALF_DTYPES = (np.dtype(np.float16),)
 
 
@@ -55,10 +56,18 @@ def check_not_empty(name: str, x: Any) -> None:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); every axis must have length >= 1")
 
 
-def check_finite(name: str, x: Any) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or Inf (one pass, like scipy's ``check_finite``)."""
-    xp = _module_of(x)
-    if x.dtype.kind == "f" and not bool(xp.isfinite(x).all()):
+def check_finite(name: str, x: Any, *, storage: str | None = None) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf (one pass, like scipy's ``check_finite``).
+
+    ``storage="bfloat16"``: ``x`` holds bfloat16 bits, whose exponent is read.
+    """
+    if storage == "bfloat16":
+        from . import bfloat16
+
+        bad = bool(bfloat16.nonfinite(x).any())
+    else:
+        bad = x.dtype.kind == "f" and not bool(_module_of(x).isfinite(x).all())
+    if bad:
         raise ValueError(f"{name} contains NaN or Inf; pass check_finite=False to skip this check")
 
 
@@ -82,20 +91,30 @@ def as_float_array(
     finite: bool = True,
     empty_ok: bool = False,
     dtype: Any = None,
+    storage: str | None = None,
 ) -> Any:
     """Check one array argument and return it in its compute dtype, C-contiguous.
 
     The result is ``x`` itself when no conversion is needed (callers must not
-    write to it) and a new array otherwise.
+    write to it) and a new array otherwise.  ``storage="bfloat16"`` says that
+    ``x`` holds bfloat16 bits as ``uint16`` (:mod:`liam_gpu.bfloat16`); they
+    are kept as they are, and the finiteness check reads their exponent.
     """
     xp = _module_of(x)
-    target = np.dtype(dtype) if dtype is not None else float_dtype(name, x, allow_half=allow_half)
+    if storage == "bfloat16":
+        from . import bfloat16
+
+        target = bfloat16.CARRIER
+    elif storage is not None:
+        raise ValueError(f"storage={storage!r} is unknown; expected None or 'bfloat16'")
+    else:
+        target = np.dtype(dtype) if dtype is not None else float_dtype(name, x, allow_half=allow_half)
     check_ndim(name, x, ndim=ndim, min_ndim=min_ndim)
     if not empty_ok:
         check_not_empty(name, x)
     out = xp.ascontiguousarray(x, dtype=target)
     if finite:
-        check_finite(name, out)
+        check_finite(name, out, storage=storage)
     return out
 
 

@@ -85,9 +85,9 @@ def test_input_memory_is_shared_and_output_aliases_the_computed_array(monkeypatc
     seen = {}
     real = CpuBackend.linear
 
-    def spy(self, x, w, bias, activation, out):
+    def spy(self, x, w, bias, activation, out, *, storage=None):
         seen.update(x=x.ctypes.data, w=w.ctypes.data, b=bias.ctypes.data, out=out.ctypes.data)
-        return real(self, x, w, bias, activation, out)
+        return real(self, x, w, bias, activation, out, storage=storage)
 
     monkeypatch.setattr(CpuBackend, "linear", spy)
     x = torch.randn(6, 4)
@@ -158,13 +158,14 @@ def test_out_tensor_is_written_in_place():
     assert bool(((out.double() - ref).abs() <= transform_bound(x, w, None, ref, torch.float32)).all())
 
 
-def test_bfloat16_out_is_a_type_error_naming_it():
-    # numpy cannot view bfloat16 memory, so an out= could only be a copy that is then lost.
+def test_bfloat16_out_is_written_in_place():
+    # bfloat16 is computed from its bits (a uint16 view), so out= needs no copy.
     x = torch.randn(4, 3, dtype=torch.bfloat16)
     w = torch.randn(2, 3, dtype=torch.bfloat16)
     out = torch.zeros(4, 2, dtype=torch.bfloat16)
-    with pytest.raises(TypeError, match="out is a bfloat16 tensor"):
-        core_transform(x, w, out=out, device="cpu")
+    assert core_transform(x, w, out=out, device="cpu") is out
+    ref = reference(x, w, None, None)
+    assert bool(((out.double() - ref).abs() <= transform_bound(x, w, None, ref, torch.bfloat16)).all())
 
 
 def test_mixed_bfloat16_and_float32_computes_and_returns_float32():

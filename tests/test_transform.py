@@ -56,6 +56,23 @@ def reference(x, w, b, activation):
     return activations.reference(y, activation)
 
 
+#: Unit roundoff and smallest subnormal of bfloat16, which numpy lacks.
+BFLOAT16_LIMITS = (2.0 ** -7, 2.0 ** -133)
+
+
+def is_bfloat16(dtype) -> bool:
+    """Whether a test's dtype parameter is bfloat16 (a name: numpy has no such dtype)."""
+    return isinstance(dtype, str) and dtype == "bfloat16"
+
+
+def storage_limits(dtype) -> tuple[float, float]:
+    """(machine epsilon, smallest subnormal) of a storage dtype or of ``"bfloat16"``."""
+    if is_bfloat16(dtype):
+        return BFLOAT16_LIMITS
+    info = np.finfo(dtype)
+    return float(info.eps), float(info.smallest_subnormal)
+
+
 def tolerance(dtype, x, w, b, ref):
     """Elementwise error bound of a correct implementation.
 
@@ -63,11 +80,15 @@ def tolerance(dtype, x, w, b, ref):
       by at most ``d_in * eps`` times the sum of the terms' magnitudes (the
       standard bound is ``d_in * eps / 2``; the activation's slope is <= 1.13);
     * the activation's own rounding: a few ulps of the result;
-    * the stored output (float16): half an ulp, or half the subnormal spacing.
+    * the stored output (float16, bfloat16): half an ulp, or half the
+      subnormal spacing.
+
+    ``dtype`` is a numpy dtype or ``"bfloat16"``; ``x``, ``w``, ``b`` are the
+    inputs' values (bfloat16 already widened).
     """
-    dtype = np.dtype(dtype)
-    eps_acc = np.finfo(np.float64 if dtype == np.float64 else np.float32).eps
-    eps_out = np.finfo(dtype).eps
+    compute64 = not is_bfloat16(dtype) and np.dtype(dtype) == np.float64
+    eps_acc = np.finfo(np.float64 if compute64 else np.float32).eps
+    eps_out, tiny_out = storage_limits(dtype)
     ax, aw = np.abs(np.asarray(x, np.float64)), np.abs(np.asarray(w, np.float64))
     scale = np.matmul(ax, np.swapaxes(aw, -1, -2)) if aw.ndim == 3 else ax @ aw.T
     if b is not None:
@@ -75,7 +96,7 @@ def tolerance(dtype, x, w, b, ref):
         scale = scale + (ab[:, None, :] if aw.ndim == 3 else ab)
     d_in = ax.shape[-1]
     return (1.2 * (d_in + 2) * eps_acc * scale + 8 * eps_acc * np.abs(ref)
-            + eps_out * np.abs(ref) + np.finfo(dtype).smallest_subnormal)
+            + eps_out * np.abs(ref) + tiny_out)
 
 
 def assert_close(got, x, w, b, activation, dtype):

@@ -80,7 +80,8 @@ def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=No
     out_shape = tuple(x.shape[:-1]) + (d_out,)
     dest = None
     if out is not None:
-        dest = arrays.to_compute(out, kind)
+        # writable: a bfloat16 out would otherwise be a float32 copy, written and lost.
+        dest = arrays.to_compute(out, kind, name="out", writable=True)
         if tuple(dest.shape) != out_shape:
             raise ValueError(f"out must have shape {out_shape}, got {tuple(dest.shape)}")
         if dest.dtype != dtype:

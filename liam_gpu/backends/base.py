@@ -37,15 +37,18 @@ class Backend:
         return self.xp.empty(shape, dtype=dtype)
 
     # -- transform ---------------------------------------------------------------
-    def linear(self, x: Any, w: Any, bias: Any | None, activation: int, out: Any) -> Any:
+    def linear(self, x: Any, w: Any, bias: Any | None, activation: int, out: Any, *,
+               storage: str | None = None) -> Any:
         """``out[:] = act(x @ w.T + bias)``; x (n, d_in), w (d_out, d_in), out (n, d_out).
 
         All arrays are C-contiguous backend arrays of one dtype; ``activation``
-        is a code from :mod:`liam_gpu.activations`.
+        is a code from :mod:`liam_gpu.activations`.  ``storage="bfloat16"``:
+        the arrays are ``uint16`` bfloat16 bits (:mod:`liam_gpu.bfloat16`).
         """
         raise NotImplementedError
 
-    def batched_linear(self, x: Any, w: Any, bias: Any | None, activation: int, out: Any) -> Any:
+    def batched_linear(self, x: Any, w: Any, bias: Any | None, activation: int, out: Any, *,
+                       storage: str | None = None) -> Any:
         """Per-item :meth:`linear`: x (B, n, d_in), w (B, d_out, d_in), bias (B, d_out), out (B, n, d_out)."""
         raise NotImplementedError
 

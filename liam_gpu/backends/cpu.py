@@ -5,19 +5,28 @@ from typing import Any
 
 import numpy as np
 
-from .. import activations, philox
+from .. import activations, bfloat16, philox
 from .base import Backend, upper_inverse
 
 #: Output elements per chunk of the epilogue: a few MiB, so the chunk stays in
 #: cache between the GEMM that writes it and the activation that reads it.
 _CHUNK_ELEMENTS = 1 << 19
-#: Elements per float32 buffer of the float16 path (large: BLAS needs big calls).
+#: Elements per float32 buffer of the 16-bit paths (large: BLAS needs big calls).
 _HALF_CHUNK_ELEMENTS = 1 << 22
 #: Elements per chunk of the float64 sum of squares (a 2 MiB float64 buffer).
 _SUMSQ_CHUNK = 1 << 18
 #: Bytes of ``a`` per block of a fused power pass: a block stays in the last-level
 #: cache between its two products (32 MiB here), so ``a`` is read from memory once.
 _PASS_BLOCK_BYTES = 4 << 20
+
+
+def _widen_half(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float32)
+
+
+def _narrow_half(values: np.ndarray, out: np.ndarray) -> np.ndarray:
+    out[...] = values  # numpy's float16 cast rounds to nearest even, as the kernels do
+    return out
 
 
 class CpuBackend(Backend):
@@ -33,23 +42,25 @@ class CpuBackend(Backend):
     def to_host(self, x: Any) -> np.ndarray:
         return np.asarray(x)
 
-    def linear(self, x, w, bias, activation, out):
-        return self._gemm_epilogue(x, w.T, bias, activation, out)
+    def linear(self, x, w, bias, activation, out, *, storage=None):
+        return self._gemm_epilogue(x, w.T, bias, activation, out, storage)
 
-    def batched_linear(self, x, w, bias, activation, out):
+    def batched_linear(self, x, w, bias, activation, out, *, storage=None):
         b = None if bias is None else bias[:, None, :]
-        return self._gemm_epilogue(x, w.transpose(0, 2, 1), b, activation, out)
+        return self._gemm_epilogue(x, w.transpose(0, 2, 1), b, activation, out, storage)
 
-    def _gemm_epilogue(self, x, wt, bias, activation, out):
+    def _gemm_epilogue(self, x, wt, bias, activation, out, storage):
         """``out = act(x @ wt + bias)`` with one BLAS call and a chunked in-place epilogue.
 
         The GEMM is one call (BLAS loses 1.1-8x when split into row chunks,
         measured here); bias and activation then run over cache-sized chunks of
-        the output so their temporaries stay small.  float16 has no BLAS: it
-        goes through float32 buffers of about 4M elements.
+        the output so their temporaries stay small.  The 16-bit types have no
+        BLAS: they go through float32 buffers of about 4M elements.
         """
+        if storage == "bfloat16":
+            return self._half_gemm_epilogue(x, wt, bias, activation, out, bfloat16.to_float32, bfloat16.from_float32)
         if out.dtype == np.float16:
-            return self._half_gemm_epilogue(x, wt, bias, activation, out)
+            return self._half_gemm_epilogue(x, wt, bias, activation, out, _widen_half, _narrow_half)
         np.matmul(x, wt, out=out)
         flat = out.reshape(-1, out.shape[-1]) if bias is None or bias.ndim == 1 else out
         step = max(1, _CHUNK_ELEMENTS // max(1, flat[0].size))
@@ -60,19 +71,20 @@ class CpuBackend(Backend):
             activations.apply_inplace(part, activation)
         return out
 
-    def _half_gemm_epilogue(self, x, wt, bias, activation, out):
+    def _half_gemm_epilogue(self, x, wt, bias, activation, out, widen, narrow):
+        """The 16-bit path: ``widen`` storage to float32, compute, ``narrow(values, out=...)`` back."""
         lead = out.shape[0]
         step = max(1, _HALF_CHUNK_ELEMENTS // max(1, out[0].size))
-        wt32 = wt.astype(np.float32)
-        b32 = None if bias is None else bias.astype(np.float32)
+        wt32 = widen(wt)
+        b32 = None if bias is None else widen(bias)
         for start in range(0, lead, step):
             sl = slice(start, start + step)
             w_part = wt32 if wt32.ndim == 2 else wt32[sl]
             b_part = b32 if b32 is None or b32.ndim == 1 else b32[sl]
-            buf = np.matmul(x[sl].astype(np.float32), w_part)
+            buf = np.matmul(widen(x[sl]), w_part)
             if b_part is not None:
                 buf += b_part
-            out[sl] = activations.apply_inplace(buf, activation)
+            narrow(activations.apply_inplace(buf, activation), out=out[sl])
         return out
 
     # -- randomized SVD ----------------------------------------------------------

@@ -33,11 +33,11 @@ class KernelBackend(Backend):
     def to_host(self, x: Any) -> np.ndarray:
         return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
-    def linear(self, x, w, bias, activation, out):
-        return transform_launch.linear(self.runtime, x, w, bias, activation, out)
+    def linear(self, x, w, bias, activation, out, *, storage=None):
+        return transform_launch.linear(self.runtime, x, w, bias, activation, out, storage=storage)
 
-    def batched_linear(self, x, w, bias, activation, out):
-        return transform_launch.batched_linear(self.runtime, x, w, bias, activation, out)
+    def batched_linear(self, x, w, bias, activation, out, *, storage=None):
+        return transform_launch.batched_linear(self.runtime, x, w, bias, activation, out, storage=storage)
 
     # -- randomized SVD ----------------------------------------------------------
     # Our kernels do the sketch (Omega never stored), the Gram reductions, the

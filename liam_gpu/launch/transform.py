@@ -88,17 +88,26 @@ class TileConfig:
         return max(tiles, staging) * itemsize
 
 
-#: Storage dtype -> the C++ type the kernels see it as.
-CTYPES: dict[str, str] = {"float32": "float", "float64": "double", "float16": "lg_half"}
+#: Storage dtype -> the C++ type the kernels see it as.  ``"bfloat16"`` has no
+#: numpy/CuPy dtype: its arrays are carried as ``uint16`` holding the bits
+#: (see :mod:`liam_gpu.bfloat16`), and the caller says so with ``storage=``.
+CTYPES: dict[str, str] = {"float32": "float", "float64": "double", "float16": "lg_half", "bfloat16": "lg_bf16"}
 
 #: Elements per 16-byte load (the VEC path) per storage dtype.
-VECTOR_WIDTH: dict[str, int] = {"float32": 4, "float64": 2, "float16": 8}
+VECTOR_WIDTH: dict[str, int] = {"float32": 4, "float64": 2, "float16": 8, "bfloat16": 8}
 
 #: Elements per 16-byte group of the compute type (output vector stores).
-GROUP_WIDTH: dict[str, int] = {"float32": 4, "float64": 2, "float16": 4}
+GROUP_WIDTH: dict[str, int] = {"float32": 4, "float64": 2, "float16": 4, "bfloat16": 4}
 
-# Tile shapes per storage dtype.  float16 computes in float32, so it shares the
-# float32 shapes; float64 takes smaller per-thread blocks, so that its
+#: Storage dtypes the array module's matmul (cuBLAS) computes: the only ones
+#: with a "blas+epilogue" path, hence an epilogue-only kernel.
+VENDOR_GEMM_DTYPES: tuple[str, ...] = ("float32", "float64", "float16")
+
+#: The array dtype that carries each storage dtype.
+CARRIERS: dict[str, np.dtype] = {name: np.dtype(np.uint16 if name == "bfloat16" else name) for name in CTYPES}
+
+# Tile shapes per storage dtype.  The 16-bit types compute in float32, so they
+# share the float32 shapes; float64 takes smaller per-thread blocks, so that its
 # accumulators (two registers per double) fit the same register target.
 _SINGLE = (
     TileConfig("large", 128, 128, 8, 8, 8),   # 256 threads, 64 outputs each: highest FLOP per byte of smem
@@ -115,6 +124,7 @@ _DOUBLE = (
 TILE_CONFIGS: dict[str, dict[str, TileConfig]] = {
     "float32": {c.name: c for c in _SINGLE},
     "float16": {c.name: c for c in _SINGLE},
+    "bfloat16": {c.name: c for c in _SINGLE},
     "float64": {c.name: c for c in _DOUBLE},
 }
 
@@ -148,6 +158,8 @@ def _family() -> KernelFamily:
                     # 16-byte loads are the point of the vector path.
                     sass_require=("LDG.E.128",) if vec else (),
                 )
+        if dtype not in VENDOR_GEMM_DTYPES:
+            continue  # no vendor-GEMM path, so no epilogue-only kernel
         for vec in (True, False):
             name = epilogue_entry(dtype, vec)
             names.append(name)
@@ -196,6 +208,8 @@ class BlasRule:
 #: * float64: cuBLAS DGEMM uses the FP64 tensor cores (2x the FP64 SIMT rate).
 #: * float16: cuBLAS HGEMM runs on tensor cores with float32 accumulation,
 #:   far beyond any SIMT kernel once the GEMM is non-trivial.
+#: * bfloat16 has no entry: CuPy's matmul has no bfloat16 dtype, so it always
+#:   takes our fused kernel.
 BLAS_RULES: dict[str, BlasRule] = {
     "float32": BlasRule(min_rows=1024, min_d_in=512, min_d_out=1024),
     "float64": BlasRule(min_rows=512, min_d_in=256, min_d_out=512),
@@ -259,7 +273,8 @@ def choose_config(n: int, d_out: int, dtype: str, batch: int, sm_count: int) -> 
 
 @functools.lru_cache(maxsize=4096)
 def _plan_cached(kind: str, sm_count: int, n: int, d_in: int, d_out: int, dtype: str, batch: int) -> Plan:
-    if kind == "cuda" and batch == 1 and BLAS_RULES[dtype].applies(n, d_in, d_out):
+    rule = BLAS_RULES.get(dtype)
+    if kind == "cuda" and batch == 1 and rule is not None and rule.applies(n, d_in, d_out):
         return Plan(PATH_BLAS, None)
     return Plan(PATH_KERNEL, choose_config(n, d_out, dtype, batch, sm_count))
 
@@ -267,11 +282,12 @@ def _plan_cached(kind: str, sm_count: int, n: int, d_in: int, d_out: int, dtype:
 def plan(runtime: Runtime, n: int, d_in: int, d_out: int, dtype: Any, batch: int = 1) -> Plan:
     """The path and tile configuration :func:`linear` uses for a shape.
 
-    Cached per (runtime kind, SM count, shape, dtype).  The emulator always
-    plans the fused kernel (its "GEMM library" would be numpy), with the
-    same tile choice a GPU of the same SM count would make.
+    ``dtype`` is a numpy dtype or a storage name (``"bfloat16"``).  Cached per
+    (runtime kind, SM count, shape, dtype).  The emulator always plans the
+    fused kernel (its "GEMM library" would be numpy), with the same tile
+    choice a GPU of the same SM count would make.
     """
-    name = _dtype_name("x", dtype)
+    name = dtype if isinstance(dtype, str) and dtype in CTYPES else _dtype_name("x", dtype)
     return _plan_cached(runtime.kind, int(runtime.sm_count), int(n), int(d_in), int(d_out), name, int(batch))
 
 
@@ -298,10 +314,18 @@ def last_launch() -> Launch | None:
 # --------------------------------------------------------------------------- argument checks
 
 
-def _dtype_name(name: str, dtype: Any) -> str:
+def _dtype_name(name: str, dtype: Any, storage: str | None = None) -> str:
+    """The storage name of an array dtype (``storage`` names a carried type such as bfloat16)."""
     dt = np.dtype(dtype)
-    if dt.name not in CTYPES:
-        raise TypeError(f"{name} has dtype {dt}; the transform kernels take float32, float64 or float16")
+    if storage is not None:
+        if storage not in CARRIERS:
+            raise ValueError(f"storage={storage!r} is unknown; expected one of {', '.join(CARRIERS)}")
+        if dt != CARRIERS[storage]:
+            raise TypeError(f"{name} has dtype {dt}; {storage} storage is carried as {CARRIERS[storage]}")
+        return storage
+    if dt.name not in CTYPES or dt != CARRIERS[dt.name]:
+        raise TypeError(f"{name} has dtype {dt}; the transform kernels take float32, float64 or float16 "
+                        "(and bfloat16 as uint16 bits with storage='bfloat16')")
     return dt.name
 
 
@@ -320,7 +344,8 @@ def _check_no_overlap(runtime: Runtime, out: Any, **inputs: Any) -> None:
             raise ValueError(f"out overlaps {name}; the kernel needs a separate output buffer")
 
 
-def _check(runtime: Runtime, x: Any, w: Any, bias: Any, activation: int, out: Any, batched: bool) -> str:
+def _check(runtime: Runtime, x: Any, w: Any, bias: Any, activation: int, out: Any, batched: bool,
+           storage: str | None) -> str:
     """Validate one launch; return the dtype name."""
     lead = 1 if batched else 0
     for name, a, ndim in (("x", x, 2 + lead), ("w", w, 2 + lead), ("out", out, 2 + lead)):
@@ -328,7 +353,7 @@ def _check(runtime: Runtime, x: Any, w: Any, bias: Any, activation: int, out: An
             raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(a.shape)}")
     if bias is not None and bias.ndim != 1 + lead:
         raise ValueError(f"bias must be {1 + lead}-D, got shape {tuple(bias.shape)}")
-    dtype = _dtype_name("x", x.dtype)
+    dtype = _dtype_name("x", x.dtype, storage)
     for name, a in (("w", w), ("bias", bias), ("out", out)):
         if a is not None and np.dtype(a.dtype) != np.dtype(x.dtype):
             raise TypeError(f"{name} has dtype {a.dtype} but x has {x.dtype}; one dtype per launch")
@@ -408,14 +433,16 @@ def _run_blas(runtime, dtype, x, w, bias, activation, out, batched: bool) -> Lau
     return launch
 
 
-def _linear(runtime, x, w, bias, activation, out, batched, config, path) -> Any:
-    dtype = _check(runtime, x, w, bias, activation, out, batched)
+def _linear(runtime, x, w, bias, activation, out, batched, config, path, storage) -> Any:
+    dtype = _check(runtime, x, w, bias, activation, out, batched, storage)
     batch = int(x.shape[0]) if batched else 1
     n, d_in, d_out = (int(s) for s in (x.shape[-2], x.shape[-1], w.shape[-2]))
     chosen = plan(runtime, n, d_in, d_out, dtype, batch)
     path = path or chosen.path
     if path not in (PATH_KERNEL, PATH_BLAS):
         raise ValueError(f"path={path!r} is unknown; expected {PATH_KERNEL!r} or {PATH_BLAS!r}")
+    if path == PATH_BLAS and dtype not in VENDOR_GEMM_DTYPES:
+        raise ValueError(f"path={PATH_BLAS!r} cannot compute {dtype}: the array module's matmul has no such dtype")
     if config is not None and config not in TILE_CONFIGS[dtype]:
         names = ", ".join(repr(c) for c in TILE_CONFIGS[dtype])
         raise ValueError(f"config={config!r} is unknown; expected one of {names}")
@@ -431,7 +458,7 @@ def _linear(runtime, x, w, bias, activation, out, batched, config, path) -> Any:
 
 
 def linear(runtime: Runtime, x: Any, w: Any, bias: Any | None, activation: int, out: Any, *,
-           config: str | None = None, path: str | None = None) -> Any:
+           config: str | None = None, path: str | None = None, storage: str | None = None) -> Any:
     """``out[:] = act(x @ w.T + bias)`` on ``runtime``.
 
     Parameters
@@ -439,7 +466,8 @@ def linear(runtime: Runtime, x: Any, w: Any, bias: Any | None, activation: int, 
     runtime
         The :class:`~liam_gpu.launch.runtime.Runtime` that executes the launch.
     x
-        ``(n, d_in)``, C-contiguous, float32 / float64 / float16.
+        ``(n, d_in)``, C-contiguous, float32 / float64 / float16, or uint16
+        holding bfloat16 bits with ``storage="bfloat16"``.
     w
         ``(d_out, d_in)``, same dtype.
     bias
@@ -452,23 +480,26 @@ def linear(runtime: Runtime, x: Any, w: Any, bias: Any | None, activation: int, 
         Force a tile configuration (tests, benchmarks); default from :func:`plan`.
     path
         Force ``"kernel"`` or ``"blas+epilogue"``; default from :func:`plan`.
+    storage
+        ``"bfloat16"`` when the arrays are ``uint16`` bfloat16 bits; None
+        reads the storage type from the dtype.
 
     Returns
     -------
     array
         ``out``.  :func:`last_launch` describes what ran.
     """
-    return _linear(runtime, x, w, bias, activation, out, False, config, path)
+    return _linear(runtime, x, w, bias, activation, out, False, config, path, storage)
 
 
 def batched_linear(runtime: Runtime, x: Any, w: Any, bias: Any | None, activation: int, out: Any, *,
-                   config: str | None = None, path: str | None = None) -> Any:
+                   config: str | None = None, path: str | None = None, storage: str | None = None) -> Any:
     """Per-item :func:`linear`: x ``(B, n, d_in)``, w ``(B, d_out, d_in)``, bias ``(B, d_out)``.
 
     One launch; the batch item is the grid's z index.  Parameters as for
     :func:`linear`, with the leading batch axis.
     """
-    return _linear(runtime, x, w, bias, activation, out, True, config, path)
+    return _linear(runtime, x, w, bias, activation, out, True, config, path, storage)
 
 
 def epilogue(runtime: Runtime, y: Any, bias: Any | None, activation: int) -> Launch:

@@ -1,0 +1,284 @@
+"""bfloat16 stored as such: the bit conversions, the kernels, and torch tensors through the public API.
+
+numpy and CuPy have no bfloat16 dtype, so bfloat16 travels as ``uint16`` bits
+(:mod:`liam_gpu.bfloat16`).  The conversions are checked bit for bit against
+torch's own; the kernels (emulator, and a GPU when present) against a float64
+reference within the bfloat16 bound of ``tests/test_transform.py``; and
+``transform_matrix`` on bfloat16 tensors for zero-copy inputs, ``out=`` and
+bad input on every backend.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import liam_gpu as lg
+from liam_gpu import bfloat16
+from liam_gpu.backends.cpu import CpuBackend
+from liam_gpu.launch import transform as T
+
+from test_transform import assert_close, reference, tolerance  # tests/ is on sys.path
+from test_transform_kernels import CONFIG_NAMES, aligned_empty, host, rt  # noqa: F401  (rt is a fixture)
+
+torch = pytest.importorskip("torch")
+
+BF16 = "bfloat16"
+
+
+def bits_of(values) -> np.ndarray:
+    """float32 values rounded to bfloat16 by torch, as uint16 bits (the reference rounding)."""
+    t = torch.from_numpy(np.ascontiguousarray(values, np.float32)).to(torch.bfloat16)
+    return t.view(torch.int16).numpy().view(np.uint16)
+
+
+def widened(bits) -> np.ndarray:
+    return bfloat16.to_float32(host(bits))
+
+
+# --------------------------------------------------------------------------- the bit conversions
+
+
+def test_rounding_matches_torch_bit_for_bit(rng):
+    # Random bit patterns cover every binade, subnormals, inf and the values that
+    # overflow; the low 16 bits set to exactly 0x8000 are ties (both parities).
+    u = rng.integers(0, 2**32, size=200_000, dtype=np.uint64).astype(np.uint32)
+    u[:50_000] = (u[:50_000] & 0xFFFF0000) | 0x8000
+    u[50_000:50_010] = [0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000, 0x7F800000, 0x00000001, 0x80008000, 0, 0x80000000,
+                        0x3F808000, 0x3F818000]
+    f = u.view(np.float32)
+    finite = ~np.isnan(f)
+    got = bfloat16.from_float32(f)
+    np.testing.assert_array_equal(got[finite], bits_of(f[finite]))
+    assert np.all((got[~finite] & 0x7FC0) == 0x7FC0)  # NaN stays a quiet NaN
+    assert got[50_000 + 8] == 0x3F80 and got[50_000 + 9] == 0x3F82  # ties to even, down and up
+
+
+def test_widening_is_exact_and_out_is_written(rng):
+    bits = rng.integers(0, 2**16, size=4096, dtype=np.uint16)
+    want = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(bfloat16.to_float32(bits).view(np.uint32), want.view(np.uint32))
+    out = np.zeros(4096, np.uint16)
+    assert bfloat16.from_float32(want, out=out) is out
+    np.testing.assert_array_equal(out[~np.isnan(want)], bits[~np.isnan(want)])
+
+
+def test_nonfinite_reads_the_exponent():
+    bits = bits_of(np.float32([1.0, np.inf, -np.inf, np.nan, 3e38, -0.0]))
+    np.testing.assert_array_equal(bfloat16.nonfinite(bits), [False, True, True, True, False, False])
+
+
+# --------------------------------------------------------------------------- the kernels
+
+
+def filled_bits(rt, rng, shape, *, offset_bytes=0, scale=1.0):
+    a = aligned_empty(rt, shape, np.uint16, offset_bytes=offset_bytes)
+    a[...] = rt.xp.asarray(bits_of(rng.standard_normal(shape) * scale))
+    return a
+
+
+def poisoned_bits(rt, shape):
+    out = aligned_empty(rt, shape, np.uint16)
+    out[...] = 0x7FC0  # NaN
+    return out
+
+
+def close_bits(out, x, w, b, activation):
+    assert_close(widened(out), widened(x), widened(w), None if b is None else widened(b), activation, BF16)
+
+
+@pytest.mark.parametrize("vec", [True, False], ids=["vec", "scalar"])
+@pytest.mark.parametrize("config", CONFIG_NAMES)
+def test_every_configuration_and_load_path(rt, rng, config, vec):
+    c = T.TILE_CONFIGS[BF16][config]
+    n, d_out, d_in = c.bm + 3, c.bn + 5, 2 * c.bk + T.VECTOR_WIDTH[BF16]
+    x = filled_bits(rt, rng, (n, d_in), offset_bytes=0 if vec else 2)
+    w = filled_bits(rt, rng, (d_out, d_in), scale=d_in ** -0.5)
+    b = filled_bits(rt, rng, (d_out,))
+    out = poisoned_bits(rt, (n, d_out))
+    T.linear(rt, x, w, b, 2, out, config=config, storage=BF16)
+    launch = T.last_launch()
+    assert (launch.path, launch.config, launch.vec, launch.vec_out) == ("kernel", config, vec, d_out % 4 == 0)
+    close_bits(out, x, w, b, "gelu")
+
+
+def test_batched_weights_and_ragged_output_groups(rt, rng):
+    x, w = filled_bits(rt, rng, (3, 9, 24)), filled_bits(rt, rng, (3, 7, 24), scale=0.2)
+    b = filled_bits(rt, rng, (3, 7))
+    out = poisoned_bits(rt, (3, 9, 7))
+    T.batched_linear(rt, x, w, b, 4, out, storage=BF16)
+    assert T.last_launch().vec is True and T.last_launch().vec_out is False
+    assert_close(widened(out), widened(x), widened(w), widened(b), "silu", BF16)
+
+
+@pytest.mark.parametrize("d_out", [1, 4], ids=["scalar-store", "group-store"])
+def test_kernel_rounding_is_bit_exact(rt, rng, d_out):
+    # out = bf16(hi + lo) with w = ones: hi and lo are bfloat16 values at most 16
+    # binades apart, so their float32 sum is exact and only the kernel's
+    # float -> bfloat16 conversion rounds.  It must match torch's rounding bit
+    # for bit, ties to even included.
+    hi = widened(rng.integers(0x0080, 0x7F00, size=3000, dtype=np.uint16))
+    ratio = rng.choice(np.float32([2.0 ** -8, 2.0 ** -9, 3 * 2.0 ** -9, 2.0 ** -7, 0.7 * 2.0 ** -7]), size=hi.size)
+    lo = widened(bits_of(hi * ratio * rng.choice(np.float32([-1, 1]), size=hi.size)))
+    hi[:2], lo[:2] = 1.0, [2.0 ** -8, 3 * 2.0 ** -8]  # ties: to even down (1.0), to even up (1 + 2^-6)
+    x = aligned_empty(rt, (hi.size, 2), np.uint16)
+    x[...] = rt.xp.asarray(bits_of(np.stack([hi, lo], axis=1)))
+    w = aligned_empty(rt, (d_out, 2), np.uint16)
+    w[...] = 0x3F80  # 1.0
+    out = poisoned_bits(rt, (hi.size, d_out))
+    T.linear(rt, x, w, None, 0, out, config="medium", storage=BF16)
+    assert T.last_launch().vec_out is (d_out == 4)
+    want = np.broadcast_to(bits_of(hi + lo)[:, None], out.shape)
+    np.testing.assert_array_equal(host(out), want)
+    assert host(out)[0, 0] == 0x3F80 and host(out)[1, 0] == 0x3F82
+
+
+def test_launch_checks_the_carrier_and_refuses_the_blas_path(rt, rng):
+    x, w = filled_bits(rt, rng, (4, 8)), filled_bits(rt, rng, (3, 8))
+    out = poisoned_bits(rt, (4, 3))
+    with pytest.raises(TypeError, match="bfloat16 storage is carried as uint16"):
+        T.linear(rt, x.view(np.int16), w.view(np.int16), None, 0, out.view(np.int16), storage=BF16)
+    with pytest.raises(TypeError, match="storage='bfloat16'"):
+        T.linear(rt, x, w, None, 0, out)  # uint16 without the storage flag is not a float
+    with pytest.raises(ValueError, match="storage='bf16' is unknown"):
+        T.linear(rt, x, w, None, 0, out, storage="bf16")
+    with pytest.raises(ValueError, match="cannot compute bfloat16"):
+        T.linear(rt, x, w, None, 0, out, storage=BF16, path="blas+epilogue")
+
+
+def test_plan_keeps_bfloat16_on_the_fused_kernel():
+    from types import SimpleNamespace
+
+    cuda = SimpleNamespace(kind="cuda", sm_count=132)
+    assert T.plan(cuda, 8192, 8192, 8192, BF16).path == "kernel"
+    assert T.plan(cuda, 8192, 8192, 8192, np.float16).path == "blas+epilogue"
+
+
+# --------------------------------------------------------------------------- tensors through the public API
+
+
+def tensors(shape, d_out, *, batch=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    d_in = shape[-1]
+    x = torch.randn(*shape, generator=g).bfloat16()
+    wshape = (batch, d_out, d_in) if batch else (d_out, d_in)
+    w = (torch.randn(*wshape, generator=g) / d_in ** 0.5).bfloat16()
+    b = torch.randn(*wshape[:-1], generator=g).bfloat16()
+    return x, w, b
+
+
+def values(t):
+    return t.float().numpy()
+
+
+def check(y, x, w, b, activation):
+    assert y.dtype == torch.bfloat16
+    assert_close(values(y), values(x), values(w), None if b is None else values(b), activation, BF16)
+
+
+@pytest.mark.parametrize("shape, d_out", [((1, 1), 1), ((37, 29), 45), ((5, 515), 3), ((2, 3, 19), 24), ((29,), 23)])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"], ids=str)
+def test_transform_matches_the_reference(backend_name, shape, d_out, activation):
+    x, w, b = tensors(shape, d_out)
+    y = lg.transform_matrix(x, w, b, activation, device=backend_name)
+    assert y.shape == shape[:-1] + (d_out,)
+    check(y, x, w, b, activation)
+
+
+def test_batched_weights(backend_name):
+    x, w, b = tensors((4, 11, 16), 9, batch=4)
+    check(lg.transform_matrix(x, w, b, "silu", device=backend_name), x, w, b, "silu")
+
+
+def test_inputs_are_read_in_place_and_out_is_written_in_place(backend_name, monkeypatch):
+    if backend_name.startswith("cuda"):
+        pytest.skip("host tensors are copied to the device; zero-copy is for memory the backend computes on")
+    backend_cls = type(lg.backends.resolve(backend_name, None))
+    seen = {}
+    real = backend_cls.linear
+
+    def spy(self, x, w, bias, activation, out, *, storage=None):
+        seen.update(x=x.ctypes.data, w=w.ctypes.data, out=out.ctypes.data, storage=storage, dtype=x.dtype)
+        return real(self, x, w, bias, activation, out, storage=storage)
+
+    monkeypatch.setattr(backend_cls, "linear", spy)
+    x, w, b = tensors((12, 16), 8)
+    before = x.clone()
+    out = torch.full((12, 8), float("nan"), dtype=torch.bfloat16)
+    assert lg.transform_matrix(x, w, b, "relu", out=out, device=backend_name) is out
+    assert seen == {"x": x.data_ptr(), "w": w.data_ptr(), "out": out.data_ptr(), "storage": BF16,
+                    "dtype": np.dtype(np.uint16)}
+    assert torch.equal(x, before)
+    check(out, x, w, b, "relu")
+
+
+def test_result_shares_the_computed_memory(backend_name):
+    x, w, _ = tensors((6, 8), 5)
+    y = lg.transform_matrix(x, w, device=backend_name)
+    assert y.is_contiguous() and y.dtype == torch.bfloat16
+    # y is a view of the uint16 buffer the backend wrote: writing it is visible through the bits.
+    assert torch.equal(y.view(torch.int16).view(torch.bfloat16), y)
+
+
+def test_cpu_and_emulator_agree_within_the_bound():
+    pytest.importorskip("liam_gpu.emulator")
+    from liam_gpu.backends import emulator_available
+
+    if not emulator_available():
+        pytest.skip("the emulator needs g++")
+    x, w, b = tensors((40, 33), 20, seed=3)
+    a = values(lg.transform_matrix(x, w, b, "gelu", device="cpu"))
+    e = values(lg.transform_matrix(x, w, b, "gelu", device="emulator"))
+    ref = reference(values(x), values(w), values(b), "gelu")
+    assert np.all(np.abs(a - e) <= 2 * tolerance(BF16, values(x), values(w), values(b), ref))
+
+
+def test_strided_input_is_made_contiguous_and_never_modified(backend_name):
+    x, w, b = tensors((20, 32), 7)
+    xs = x[::2, ::2]  # a strided view
+    before = xs.clone()
+    y = lg.transform_matrix(xs, w[:, :16], b, device=backend_name)
+    assert torch.equal(xs, before)
+    check(y, xs, w[:, :16], b, None)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_input_is_a_value_error_unless_unchecked(backend_name, bad):
+    x, w, b = tensors((4, 8), 3)
+    w[1, 2] = bad
+    with pytest.raises(ValueError, match="weights contains NaN or Inf"):
+        lg.transform_matrix(x, w, b, device=backend_name)
+    y = lg.transform_matrix(x, w, b, device=backend_name, check_finite=False)
+    assert not torch.isfinite(y[:, 1]).any() and torch.isfinite(y[:, [0, 2]]).all()
+
+
+def test_bad_shapes_and_out_are_errors(backend_name):
+    x, w, b = tensors((4, 8), 3)
+    with pytest.raises(ValueError, match="d_in=8"):
+        lg.transform_matrix(x[:, :5], w, device=backend_name)
+    with pytest.raises(ValueError, match="out must have shape"):
+        lg.transform_matrix(x, w, out=torch.empty(4, 4, dtype=torch.bfloat16), device=backend_name)
+    with pytest.raises(ValueError, match="data is empty"):
+        lg.transform_matrix(x[:0], w, device=backend_name)
+
+
+def test_mixed_with_float32_still_computes_in_float32():
+    x, w, _ = tensors((4, 8), 3)
+    y = lg.transform_matrix(x, w.float(), device="cpu")
+    assert y.dtype == torch.float32
+
+
+def test_cpu_backend_linear_takes_bits_directly(rng):
+    x, w = bits_of(rng.standard_normal((5, 6))), bits_of(rng.standard_normal((4, 6)))
+    out = np.zeros((5, 4), np.uint16)
+    CpuBackend().linear(x, w, None, 0, out, storage=BF16)
+    want = bits_of(widened(x) @ widened(w).T)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_scheduler_refuses_a_bfloat16_out_rather_than_losing_the_result():
+    x, w, _ = tensors((8, 4), 3)
+    sched = lg.Scheduler(["cpu:0", "cpu:1"])
+    y = lg.transform_matrix(x, w, device=sched)
+    check(y, x, w, None, None)
+    with pytest.raises(TypeError, match="out is a bfloat16 tensor"):
+        lg.transform_matrix(x, w, out=torch.empty(8, 3, dtype=torch.bfloat16), device=sched)
