@@ -32,7 +32,8 @@ from typing import Any, Callable
 import numpy as np
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh")
-TRANSFORM_DTYPES = ("float32", "float64", "float16")
+#: bfloat16 runs as torch tensors (numpy has no such dtype), when torch is importable.
+TRANSFORM_DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 #: (family, entry point) -> launches, filled by the wrapper around Runtime.function.
 LAUNCHES: dict[tuple[str, str], int] = defaultdict(int)
@@ -65,18 +66,34 @@ def record_launches() -> None:
         cls.function = function
 
 
-def random(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """Random data, never zeros (zeros hide unwritten outputs)."""
-    return rng.standard_normal(shape).astype(dtype)
+def random(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> Any:
+    """Random data, never zeros (zeros hide unwritten outputs); bfloat16 as a torch tensor."""
+    values = rng.standard_normal(shape)
+    if dtype == "bfloat16":
+        import torch
+
+        return torch.from_numpy(values).to(torch.bfloat16)
+    return values.astype(dtype)
 
 
 def check_output(name: str, value: Any, shape: tuple[int, ...] | None = None) -> None:
     """A case's result must be finite and of the expected shape."""
+    if hasattr(value, "float") and hasattr(value, "numpy"):  # a torch tensor (bfloat16 has no numpy dtype)
+        value = value.float().cpu().numpy()
     host = np.asarray(value.get() if hasattr(value, "get") else value, dtype=np.float64)
     if shape is not None and host.shape != shape:
         raise AssertionError(f"{name}: shape {host.shape}, expected {shape}")
     if not np.isfinite(host).all():
         raise AssertionError(f"{name}: {int((~np.isfinite(host)).sum())} non-finite values")
+
+
+def _present(dtypes: Any) -> list[str]:
+    """The dtypes this machine can make inputs of: bfloat16 needs torch."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return [d for d in dtypes if d != "bfloat16"]
+    return list(dtypes)
 
 
 def transform_cases(device: str, heavy: bool) -> list[tuple[str, Callable[[], None]]]:
@@ -92,7 +109,7 @@ def transform_cases(device: str, heavy: bool) -> list[tuple[str, Callable[[], No
         ((3, 17, 24), (3, 16, 24), True),  # each batch item with its own weights
         ((1, 1), (1, 1), True),            # the smallest problem
     ]
-    for dtype in TRANSFORM_DTYPES:
+    for dtype in _present(TRANSFORM_DTYPES):
         for activation in ACTIVATIONS:
             for x_shape, w_shape, with_bias in shapes:
                 def run(x_shape=x_shape, w_shape=w_shape, with_bias=with_bias, dtype=dtype, act=activation):
@@ -124,7 +141,8 @@ def _transform_path_cases(device: str, rng: np.random.Generator) -> list[tuple[s
     backend = get_backend("cuda:0" if device == "cuda" else device)
     sm_count = backend.runtime.sm_count
     cases = []
-    for dtype, configs in launch.TILE_CONFIGS.items():
+    for dtype in _present(launch.TILE_CONFIGS):
+        configs = launch.TILE_CONFIGS[dtype]
         for name in ("large", "medium"):
             c = configs[name]
             for d_in in (16, 13):  # 16: vector loads; 13: the scalar path
@@ -136,8 +154,8 @@ def _transform_path_cases(device: str, rng: np.random.Generator) -> list[tuple[s
                                  (sm_count, c.bm, c.bn))
 
                 cases.append((f"transform {dtype} tile {name} batch {sm_count} d_in {d_in}", run))
-        rule = launch.BLAS_RULES[dtype]
-        if backend.runtime.kind == "cuda":
+        rule = launch.BLAS_RULES.get(dtype)
+        if backend.runtime.kind == "cuda" and rule is not None:
             def run_blas(rule=rule, dtype=dtype):
                 x = random(rng, (rule.min_rows, rule.min_d_in + 1), dtype)
                 w = random(rng, (rule.min_d_out + 3, rule.min_d_in + 1), dtype)
