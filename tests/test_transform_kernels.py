@@ -429,3 +429,46 @@ def test_shared_memory_formula_matches_the_budget():
             assert budget.max_shared_bytes == config.shared_bytes(8 if dtype == "float64" else 4)
             assert budget.max_shared_bytes <= 48 * 1024
             assert budget.sass_require == ("LDG.E.128",)
+
+
+def test_a_gpu_compiles_one_module_per_dtype_on_first_use():
+    # CudaRuntime's grouping, without CuPy: a runtime that records what it loads.
+    from liam_gpu.launch.runtime import CudaRuntime
+
+    class Recording(Runtime):
+        module_group = CudaRuntime.module_group
+
+        def __init__(self):
+            super().__init__()
+            self.loads = []
+
+        def _load(self, family, names):
+            self.loads.append(names)
+            return type("Module", (), {"get_function": staticmethod(lambda name: name)})()
+
+    rt = Recording()
+    f32 = T.linear_entry("float32", T.TILE_CONFIGS["float32"]["large"], True)
+    assert rt.function(T.FAMILY, f32) == f32
+    rt.function(T.FAMILY, T.epilogue_entry("float32", False))
+    rt.function(T.FAMILY, T.linear_entry("bfloat16", T.TILE_CONFIGS["bfloat16"]["short"], False))
+    assert [len(names) for names in rt.loads] == [10, 8]
+    assert all("<float," in n for n in rt.loads[0]) and all("<lg_bf16," in n for n in rt.loads[1])
+    # Together the groups are the family, each entry in exactly one.
+    groups = [T.FAMILY.group_members(dtype) for dtype in T.TILE_CONFIGS]
+    assert sorted(n for g in groups for n in g) == sorted(T.FAMILY.name_expressions)
+
+
+def test_the_emulator_builds_the_whole_family_once():
+    from liam_gpu.launch.runtime import EmulatorRuntime
+
+    loads = []
+
+    class Counting(EmulatorRuntime):
+        def _load(self, family, names):
+            loads.append(names)
+            return type("Module", (), {"get_function": staticmethod(lambda name: name)})()
+
+    rt = Counting()
+    for dtype in T.TILE_CONFIGS:
+        rt.function(T.FAMILY, T.linear_entry(dtype, T.TILE_CONFIGS[dtype]["medium"], True))
+    assert loads == [T.FAMILY.name_expressions]

@@ -58,6 +58,11 @@ class KernelFamily:
         ``extern "C"`` kernels.
     budgets
         Budget per name expression; missing ones get :attr:`default_budget`.
+    module_groups
+        Group name per name expression (missing ones: ``""``).  A GPU loader
+        compiles one module per group, when its first entry point is asked
+        for, so a call pays NVRTC only for the instantiations it may use
+        (e.g. one storage dtype of the transform family).
     """
 
     name: str
@@ -65,6 +70,7 @@ class KernelFamily:
     name_expressions: tuple[str, ...]
     budgets: dict[str, KernelBudget] = field(default_factory=dict)
     default_budget: KernelBudget = KernelBudget()
+    module_groups: dict[str, str] = field(default_factory=dict)
 
     def code(self) -> str:
         """The family's CUDA C++ source text."""
@@ -73,6 +79,14 @@ class KernelFamily:
     def budget(self, name_expression: str) -> KernelBudget:
         """The budget that applies to one entry point."""
         return self.budgets.get(name_expression, self.default_budget)
+
+    def group(self, name_expression: str) -> str:
+        """The module group of one entry point (see ``module_groups``)."""
+        return self.module_groups.get(name_expression, "")
+
+    def group_members(self, group: str) -> tuple[str, ...]:
+        """The entry points of one module group, in declaration order."""
+        return tuple(n for n in self.name_expressions if self.group(n) == group)
 
     def fingerprint(self) -> str:
         """A hash of the source and every header it may include (for build caches)."""

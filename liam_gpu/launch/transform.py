@@ -144,14 +144,15 @@ def epilogue_entry(dtype: str, vec: bool) -> str:
 
 
 def _family() -> KernelFamily:
-    names: list[str] = []
     budgets: dict[str, KernelBudget] = {}
+    # A GPU compiles one module per storage dtype: a call needs only its own.
+    groups: dict[str, str] = {}
     for dtype, configs in TILE_CONFIGS.items():
         compute_itemsize = 8 if dtype == "float64" else 4
         for config in configs.values():
             for vec in (True, False):
                 name = linear_entry(dtype, config, vec)
-                names.append(name)
+                groups[name] = dtype
                 budgets[name] = KernelBudget(
                     max_registers=config.max_registers(compute_itemsize),
                     max_shared_bytes=config.shared_bytes(compute_itemsize),
@@ -162,9 +163,10 @@ def _family() -> KernelFamily:
             continue  # no vendor-GEMM path, so no epilogue-only kernel
         for vec in (True, False):
             name = epilogue_entry(dtype, vec)
-            names.append(name)
+            groups[name] = dtype
             budgets[name] = KernelBudget(max_registers=EPILOGUE_MAX_REGISTERS, max_shared_bytes=0)
-    return KernelFamily("transform", "transform.cu", name_expressions=tuple(names), budgets=budgets)
+    return KernelFamily("transform", "transform.cu", name_expressions=tuple(groups), budgets=budgets,
+                        module_groups=groups)
 
 
 FAMILY = register(_family())
