@@ -11,7 +11,8 @@ One group per shape (``--benchmark-group-by=group`` is the default grouping of
   (our kernel forced, where the plan picked cuBLAS, so the table in
   ``liam_gpu/launch/transform.py`` can be re-derived), the unfused CuPy
   pipeline, ``torch.nn.functional.linear`` + ``relu``, and cuBLAS alone
-  (``x @ W.T``) on the square shape.
+  (``x @ W.T``) on the square shape; and on bfloat16 tensors, ours against
+  ``torch.nn.functional.linear`` + ``relu``.
 
 Every GPU call synchronises before the clock stops (the ``measure`` fixture).
 ``extra_info`` records the path and tile configuration that ran and the GFLOP/s
@@ -199,4 +200,36 @@ def test_cuda_cublas_alone(benchmark, describe, measure, rotation, peer, case):
     inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cuda")
     _label(describe, benchmark, case, "cublas (GEMM only)", "cuda", path="cupy x @ W.T")
     measure(benchmark, lambda x, w, b: x @ w.T, inputs, backend="cuda")
+    _record_rate(benchmark, case)
+
+
+# --------------------------------------------------------------------------- GPU, bfloat16 tensors
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["liam_gpu", "torch"])
+@pytest.mark.parametrize("case", [c for c in SHAPES if c[0] is None], ids=_id)
+def test_cuda_bfloat16_tensors(benchmark, describe, measure, rotation, peer, case, impl):
+    # bfloat16 storage, float32 accumulation: our fused kernel (bfloat16 has no
+    # cuBLAS path here) against torch's F.linear + relu, which uses tensor cores.
+    torch = peer("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("peer torch has no CUDA device")
+    F = torch.nn.functional
+    inputs = rotation(lambda: _make(case), nbytes=_bytes(case) // 2, backend="cuda")
+    tensors = itertools.cycle([tuple(torch.from_dlpack(a).to(torch.bfloat16) for a in copy)
+                               for copy in inputs.copies])
+    batch, n, d_in, d_out = case
+    describe(benchmark, op="transform relu(x@W.T+b)", impl=impl, backend="cuda", shape=_shape(case),
+             dtype="bfloat16", flops=_flops(case), bytes=_bytes(case) // 2,
+             path="fused kernel, lg_bf16" if impl == "liam_gpu" else "F.linear + F.relu")
+
+    def ours(x, w, b):
+        return lg.transform_matrix(x, w, b, "relu", check_finite=False)
+
+    def theirs(x, w, b):
+        with torch.no_grad():
+            return F.relu(F.linear(x, w, b))
+
+    measure(benchmark, ours if impl == "liam_gpu" else theirs, lambda: next(tensors), backend="cuda")
     _record_rate(benchmark, case)
