@@ -20,7 +20,7 @@ QUICK = os.environ.get("LIAM_BENCH_QUICK") == "1"
 
 M, N = 128, 64
 GPU_BATCH = 10000
-CPU_BATCH = 50 if QUICK else GPU_BATCH
+CPU_BATCH = 20 if QUICK else GPU_BATCH
 DTYPE = np.float32
 OP = "batched svd (thin, U S Vt)"
 

@@ -29,14 +29,22 @@ and ``max_singular_value_error`` (the largest relative error of the ``k``
 singular values).  Run::
 
     python -m pytest bench/bench_dask.py -s --benchmark-columns=median
-    LIAM_BENCH_QUICK=1 LIAM_BENCH_QUICK_BUDGET=300 python -m pytest bench/bench_dask.py -s   # a smoke test
+    LIAM_BENCH_QUICK=1 python -m pytest bench/bench_dask.py -s   # a smoke test, about 15 s
 
-(the quick suite's default budget of 35 s would skip the last cases of this file).
+With ``LIAM_BENCH_QUICK=1`` the sizes shrink (an 8000 x 500 matrix of 32 MB, no
+longer out of core: a smoke test of the same comparison; the steep spectrum at
+2000 x 300 in 4 blocks) and every benchmark of this file shares one cluster,
+started and warmed up for all three implementations once (starting a cluster
+takes seconds on a small machine), so the steep-spectrum calls need no warm-up
+round of their own.  The peak memory is still reset after the warm-up, so
+``peak_worker_mb`` counts the timed call.  The cluster then stays up, idle,
+until the quick run ends (the files take turns), at about a tenth of a core.
 
 ``docs/distributed.md`` holds the numbers measured so.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import resource
@@ -47,7 +55,7 @@ import pytest
 QUICK = os.environ.get("LIAM_BENCH_QUICK") == "1"
 
 #: The matrix: rows, columns, rows per chunk, and the rank ``r`` of its generator.
-ROWS, COLS, CHUNK_ROWS, LATENT = (40_000, 500, 4_000, 100) if QUICK else (400_000, 500, 4_000, 100)
+ROWS, COLS, CHUNK_ROWS, LATENT = (8_000, 500, 2_000, 100) if QUICK else (400_000, 500, 4_000, 100)
 #: The factorization asked of both implementations.
 RANK, OVERSAMPLES, POWER_ITERS = 20, 10, 2
 #: The cluster: worker processes, one thread each, and each worker's memory limit.
@@ -113,6 +121,47 @@ def _run(impl: str, x, da, dask):
     return u, s, vt
 
 
+@contextlib.contextmanager
+def _cluster(distributed, memory_limit):
+    """``WORKERS`` worker processes of one thread each, and a client on them."""
+    with (
+        distributed.LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
+                                 memory_limit=memory_limit, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def _warm_up(impl: str, da, dask) -> None:
+    """Imports and first-call costs of ``impl`` on the workers, paid on a small matrix outside timing."""
+    _run(impl, da.random.default_rng(0).standard_normal((2 * COLS, COLS), chunks=(COLS, COLS)), da, dask)
+
+
+def _cluster_scope(fixture_name: str, config) -> str:
+    """Quick: one cluster for the whole run (the files take turns, so a module scope would restart it)."""
+    return "session" if QUICK else "module"
+
+
+@pytest.fixture(scope=_cluster_scope)
+def dask_cluster():
+    """The client of the steep-spectrum benchmark's cluster (default memory limit, not warmed up).
+
+    With ``LIAM_BENCH_QUICK=1`` the out-of-core benchmark uses it too: it then has
+    the out-of-core ``WORKER_LIMIT`` and is warmed up for every implementation.
+    Request it through ``request.getfixturevalue`` after ``peer("distributed")``,
+    so that a missing peer is reported as such.
+    """
+    import dask
+    import dask.array as da
+    import distributed
+
+    with _cluster(distributed, WORKER_LIMIT if QUICK else "auto") as client:
+        if QUICK:
+            for impl in IMPLS:
+                _warm_up(impl, da, dask)
+        yield client
+
+
 def _residual_block(a: np.ndarray, u: np.ndarray, s: np.ndarray, vt: np.ndarray) -> np.ndarray:
     """``[[||A_i - U_i diag(S) Vt||_F^2]]`` with one block-sized temporary."""
     r = np.matmul(u * s, vt)
@@ -129,25 +178,32 @@ def _residual_squares(da, x, u, s, vt):
     return parts.sum()
 
 
+def _timed_out_of_core(benchmark, client, impl: str, g, x, da, dask):
+    """The timed call on a warmed-up cluster: ``S``, the workers' peak and baseline memory, the error terms."""
+    before = client.run(_reset_peak)
+    u, s, vt = benchmark.pedantic(_run, args=(impl, x, da, dask), rounds=1, iterations=1)
+    after = client.run(_rss)
+    peak = max(hwm for _, hwm in after.values())
+    baseline = max(rss for rss, _ in before.values())
+    residual2, norm2 = dask.compute(_residual_squares(da, x, u, s, vt), (x**2).sum())
+    gtg = (g.T @ g).compute()
+    return s, peak, baseline, residual2, norm2, gtg
+
+
 @pytest.mark.parametrize("impl", IMPLS)
-def test_out_of_core_tall_svd(benchmark, describe, peer, impl):
+def test_out_of_core_tall_svd(benchmark, describe, peer, request, impl):
     dask = peer("dask")
     distributed = peer("distributed")
     import dask.array as da
 
     g, x = _generator(da, dask.delayed)
-    with distributed.LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
-                                  memory_limit=WORKER_LIMIT, dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as client:
-            # Imports and first-call costs on the workers stay out of the numbers.
-            _run(impl, da.random.default_rng(0).standard_normal((2 * COLS, COLS), chunks=(COLS, COLS)), da, dask)
-            before = client.run(_reset_peak)
-            u, s, vt = benchmark.pedantic(_run, args=(impl, x, da, dask), rounds=1, iterations=1)
-            after = client.run(_rss)
-            peak = max(hwm for _, hwm in after.values())
-            baseline = max(rss for rss, _ in before.values())
-            residual2, norm2 = dask.compute(_residual_squares(da, x, u, s, vt), (x**2).sum())
-            gtg = (g.T @ g).compute()
+    if QUICK:  # the shared cluster, already warmed up for every implementation
+        client = request.getfixturevalue("dask_cluster")
+        s, peak, baseline, residual2, norm2, gtg = _timed_out_of_core(benchmark, client, impl, g, x, da, dask)
+    else:
+        with _cluster(distributed, WORKER_LIMIT) as client:
+            _warm_up(impl, da, dask)  # imports and first-call costs on the workers stay out of the numbers
+            s, peak, baseline, residual2, norm2, gtg = _timed_out_of_core(benchmark, client, impl, g, x, da, dask)
 
     _, sigma = _mix()
     exact = np.sqrt(np.clip(np.linalg.eigvalsh(sigma[:, None] * gtg * sigma[None, :]), 0, None))[::-1]
@@ -172,24 +228,19 @@ def test_out_of_core_tall_svd(benchmark, describe, peer, impl):
 
 # --------------------------------------------------------------------------- accuracy on a steep spectrum
 
-#: A steep spectrum (sigma_j = exp(-j / 2)), where unnormalized power iterations lose the trailing directions.
-STEEP_ROWS, STEEP_COLS, STEEP_ITERS = (5_000, 300, 4) if QUICK else (20_000, 300, 4)
-
-
-@pytest.fixture(scope="module")
-def small_cluster():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as client:
-            yield client
+#: A steep spectrum (sigma_j = exp(-j / 2)), where unnormalized power iterations lose the trailing directions:
+#: rows, columns, power iterations, and the row blocks it is scattered in.
+STEEP_ROWS, STEEP_COLS, STEEP_ITERS, STEEP_PARTS = (2_000, 300, 4, 4) if QUICK else (20_000, 300, 4, 10)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_accuracy_on_a_steep_spectrum(benchmark, describe, peer, small_cluster, impl, dtype):
+def test_accuracy_on_a_steep_spectrum(benchmark, describe, peer, request, impl, dtype):
     dask = peer("dask")
+    peer("distributed")
     import dask.array as da
+
+    client = request.getfixturevalue("dask_cluster")
 
     rng = np.random.default_rng(SEED)
     u0, _ = np.linalg.qr(rng.standard_normal((STEEP_ROWS, STEEP_COLS)))
@@ -197,9 +248,9 @@ def test_accuracy_on_a_steep_spectrum(benchmark, describe, peer, small_cluster, 
     sigma = np.exp(-np.arange(STEEP_COLS) / 2)
     exact = (u0 * sigma) @ v0.T
     # Scattered to the workers' memory first: the timed calls read it there, as they would a persisted dataset.
-    parts = np.array_split(exact.astype(dtype), 10)
+    parts = np.array_split(exact.astype(dtype), STEEP_PARTS)
     x = da.concatenate([da.from_delayed(b, shape=part.shape, dtype=dtype)
-                        for b, part in zip(small_cluster.scatter(parts), parts)])
+                        for b, part in zip(client.scatter(parts), parts)])
 
     def run():
         if impl == "liam_gpu.dask":
@@ -211,7 +262,8 @@ def test_accuracy_on_a_steep_spectrum(benchmark, describe, peer, small_cluster, 
         return dask.compute(*da.linalg.svd_compressed(x, RANK, iterator=iterator, n_power_iter=STEEP_ITERS,
                                                       n_oversamples=OVERSAMPLES, seed=SEED, compute=True))
 
-    u, s, vt = benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=1)
+    # Quick: the shared cluster was warmed up for every implementation when it started.
+    u, s, vt = benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0 if QUICK else 1)
     error = float(np.linalg.norm(exact - (u.astype(np.float64) * s) @ vt) / np.linalg.norm(exact))
     optimal = math.sqrt(float(np.sum(sigma[RANK:] ** 2) / np.sum(sigma**2)))
     sv_error = float(np.max(np.abs(np.asarray(s, dtype=np.float64) - sigma[:RANK]) / sigma[:RANK]))

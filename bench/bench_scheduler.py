@@ -36,9 +36,9 @@ QUICK = os.environ.get("LIAM_BENCH_QUICK") == "1"
 CORES = os.cpu_count() or 1
 DEVICE_COUNTS = (1, 2, 4)
 
-ROWS, WIDTH = (20_000, 128) if QUICK else (200_000, 256)
+ROWS, WIDTH = (8_000, 128) if QUICK else (200_000, 256)
 STACK, M, N, RANK = (64, 64, 32, 8) if QUICK else (1024, 128, 64, 8)
-OVERHEAD_CHUNKS = 5_000 if QUICK else 20_000
+OVERHEAD_CHUNKS = 1_000 if QUICK else 20_000
 GPU_ROWS = 1_000_000
 
 #: Median seconds of the one-device run of each group, for the speed-ups.

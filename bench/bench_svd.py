@@ -28,7 +28,7 @@ import liam_gpu as lg
 
 QUICK = os.environ.get("LIAM_BENCH_QUICK") == "1"
 
-CPU_SHAPE, CPU_K = ((2000, 500), 16) if QUICK else ((8000, 2000), 32)
+CPU_SHAPE, CPU_K = ((1000, 250), 16) if QUICK else ((8000, 2000), 32)
 GPU_SHAPE, GPU_K = ((4096, 1024), 32) if QUICK else ((32768, 8192), 64)
 BATCH, BATCH_SHAPE, BATCH_K = (1000 if QUICK else 10000), (128, 64), 8
 P, Q = 10, 2

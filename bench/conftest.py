@@ -64,8 +64,12 @@ Quick mode
 With ``LIAM_BENCH_QUICK=1`` the files take turns (round robin), and once
 ``LIAM_BENCH_QUICK_BUDGET`` seconds (35) of benchmarking are spent the
 remaining benchmarks are skipped with that reason, so ``liam-gpu bench
---quick`` stays near a minute.  Keep each quick case well under a second per
-call, or every file but the first few loses its results.
+--quick`` stays near a minute.  That budget is a safety net: the quick sizes
+are chosen so that every quick benchmark runs, 25-30 s of benchmarking on a
+2-core machine (35-40 s for the whole command, ceilings included), and
+``tests/test_benchmarks.py`` fails when one was skipped for the budget.  Keep
+each quick case well under a second per call (the dask ones share one
+cluster for that reason), or the budget cuts off the files' last cases.
 
 File names
 ----------

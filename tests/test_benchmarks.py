@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -379,9 +380,10 @@ def test_bench_command_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):
     assert doc["meta"]["command"] == f"liam-gpu bench --quick --backend cpu --out {out}"
 
 
-#: The real quick suite runs in the default test run only when it fits the minute;
-#: LIAM_TEST_BENCH_QUICK=1 runs it anyway (and holds it to the minute).
-REAL_QUICK_IN_DEFAULT_RUN = False
+#: The real quick suite runs in the default test run: every quick benchmark fits the minute (about
+#: 35-40 s on a 2-core machine, ceilings included).  LIAM_TEST_BENCH_QUICK=0 leaves it out (e.g. on a
+#: machine too loaded to hold it to the minute), LIAM_TEST_BENCH_QUICK=1 runs it whatever this says.
+REAL_QUICK_IN_DEFAULT_RUN = True
 
 
 def test_quick_budget_spent_skips_the_rest_saying_why(tmp_path, monkeypatch):
@@ -404,9 +406,9 @@ def test_quick_budget_spent_skips_the_rest_saying_why(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_bench_quick_on_the_real_suite_finishes_within_a_minute(tmp_path):
-    if not (REAL_QUICK_IN_DEFAULT_RUN or os.environ.get("LIAM_TEST_BENCH_QUICK") == "1"):
-        pytest.skip("the real 'liam-gpu bench --quick' does not fit in a minute yet (some bench files' "
-                    "quick sizes take tens of seconds); LIAM_TEST_BENCH_QUICK=1 runs it")
+    if os.environ.get("LIAM_TEST_BENCH_QUICK", "1" if REAL_QUICK_IN_DEFAULT_RUN else "0") != "1":
+        pytest.skip("the real 'liam-gpu bench --quick' is left out of this run (LIAM_TEST_BENCH_QUICK=0 or "
+                    "REAL_QUICK_IN_DEFAULT_RUN = False); LIAM_TEST_BENCH_QUICK=1 runs it")
     if not list(BENCH.glob("bench_*.py")):
         pytest.skip("no bench/bench_*.py files in this checkout yet")
     out = tmp_path / "quick"
@@ -414,8 +416,15 @@ def test_bench_quick_on_the_real_suite_finishes_within_a_minute(tmp_path):
     rc = benchmarks.run_cli(argparse.Namespace(quick=True, backend="cpu", out=str(out)))
     elapsed = time.perf_counter() - start
     assert rc == 0, (out / "pytest.log").read_text()[-3000:]
-    assert elapsed < 60.0, f"liam-gpu bench --quick took {elapsed:.1f} s"
     doc = json.loads((out / "results.json").read_text())
+    # Nothing failed (skips only: a peer or module that is not installed, or the budget).
+    assert all(o["kind"] == "skipped" for o in doc["outcomes"]), doc["outcomes"]
+    assert elapsed < 60.0, f"liam-gpu bench --quick took {elapsed:.1f} s"
+    # On a quiet 2-core machine every quick benchmark runs (about 37 s in all); on a slower or busier
+    # one the budget (bench/conftest.py) skips the last ones to keep the minute.  Say so, don't fail.
+    budget = [o["test"] for o in doc["outcomes"] if "was spent" in o["message"]]
+    if budget:
+        warnings.warn(f"{len(budget)} quick benchmarks were skipped for the budget ({elapsed:.1f} s in all)")
     assert doc["rows"] and all(r["backend"] == "cpu" for r in doc["rows"])
     assert doc["ceilings"]["cpu"]["copy_gbps"] > 0 and doc["ceilings"]["cpu"]["gemm_gflops"]["float32"] > 0
 
