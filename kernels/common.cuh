@@ -133,8 +133,8 @@ __device__ __forceinline__ float lg_exp(float x) { return expf(x); }
 __device__ __forceinline__ double lg_exp(double x) { return exp(x); }
 __device__ __forceinline__ float lg_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ double lg_tanh(double x) { return tanh(x); }
-__device__ __forceinline__ float lg_erf(float x) { return erff(x); }
-__device__ __forceinline__ double lg_erf(double x) { return erf(x); }
+__device__ __forceinline__ float lg_erfc(float x) { return erfcf(x); }
+__device__ __forceinline__ double lg_erfc(double x) { return erfc(x); }
 
 // Storage <-> compute conversions, overloaded so that templates over the
 // storage type read one name.  The compute type of the 16-bit types is float.
@@ -166,7 +166,7 @@ template <> struct lg_storage<lg_bf16> {
 // Codes shared with liam_gpu/activations.py (ACTIVATIONS).
 #define LG_ACT_NONE 0
 #define LG_ACT_RELU 1
-#define LG_ACT_GELU 2       // exact: 0.5 x (1 + erf(x / sqrt 2))
+#define LG_ACT_GELU 2       // exact: 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2)
 #define LG_ACT_GELU_TANH 3  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 #define LG_ACT_SILU 4       // x * sigmoid(x)
 #define LG_ACT_SIGMOID 5    // 1 / (1 + exp(-x))
@@ -179,7 +179,8 @@ __device__ __forceinline__ F apply_activation(F x) {
     if (ACT == LG_ACT_RELU) {
         return x < F(0) ? F(0) : x;  // NaN passes through, as np.maximum(x, 0)
     } else if (ACT == LG_ACT_GELU) {
-        return F(0.5) * x * (F(1) + lg_erf(x * F(0.70710678118654752440)));
+        // erfc keeps relative accuracy where 1 + erf cancels (x << 0).
+        return F(0.5) * x * lg_erfc(x * F(-0.70710678118654752440));
     } else if (ACT == LG_ACT_GELU_TANH) {
         const F inner = F(0.79788456080286535588) * (x + F(0.044715) * x * x * x);
         return F(0.5) * x * (F(1) + lg_tanh(inner));
