@@ -49,8 +49,9 @@ class ArrayKind:
         ``"cpu"`` or ``"cuda:N"``.
     bfloat16
         The caller's floating-point tensors are all ``torch.bfloat16``.  Neither
-        numpy nor CuPy has that dtype, so such tensors are computed in float32
-        and floating-point results are given back as bfloat16.
+        numpy nor CuPy has that dtype: ``transform_matrix`` computes on their
+        bits (:mod:`liam_gpu.bfloat16`), other operations in float32, and
+        floating-point results are given back as bfloat16.
     """
 
     library: str
@@ -200,7 +201,9 @@ def to_compute(x: Any, kind: ArrayKind | None = None, *, name: str = "array", wr
         is a ``TypeError`` then (unless ``bfloat16_bits``).
     bfloat16_bits
         Give a bfloat16 tensor as a zero-copy ``uint16`` view of its bits
-        (:mod:`liam_gpu.bfloat16`), for code that computes on bfloat16 storage.
+        (:mod:`liam_gpu.bfloat16`), for code that computes on bfloat16 storage;
+        with ``kind.bfloat16``, a list or scalar passed among the tensors is
+        rounded to such bits too.
 
     Notes
     -----
@@ -211,8 +214,15 @@ def to_compute(x: Any, kind: ArrayKind | None = None, *, name: str = "array", wr
     16-bit inputs in.
     """
     kind = kind or kind_of(x)
-    if kind.library == "torch":
+    if kind.library == "torch" and isinstance(x, _torch().Tensor):
         return _tensor_to_compute(x, kind, name, writable, bfloat16_bits)
+    if kind.library == "torch":  # a list or scalar among tensors: host data, like numpy's
+        a = np.asarray(x)
+        if bfloat16_bits and kind.bfloat16:
+            from . import bfloat16
+
+            return bfloat16.from_float32(a.astype(np.float32))
+        return a
     if kind.library == "cupy":
         return x
     if isinstance(x, np.ndarray):
@@ -317,9 +327,19 @@ def _aliasable(y: Any) -> Any:
     """
     if any(s < 0 for s in y.strides):
         return array_module(y).ascontiguousarray(y)
-    if not is_cupy(y) and not y.flags.writeable:
+    if not is_writeable(y):
         return y.copy()
     return y
+
+
+def is_writeable(a: Any) -> bool:
+    """Whether ``a`` may be written: numpy's ``writeable`` flag; CuPy arrays always may.
+
+    CuPy's ``flags`` has only ``c_contiguous``, ``f_contiguous`` and ``owndata``
+    (device memory has no read-only mode), so code that may see either kind
+    asks here instead of reading ``a.flags.writeable``.
+    """
+    return bool(getattr(a.flags, "writeable", True))
 
 
 def array_module(x: Any):

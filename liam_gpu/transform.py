@@ -163,7 +163,7 @@ def _output_buffer(dest: Any | None, backend, shape: tuple, dtype: np.dtype):
         raise ValueError(f"out must have shape {shape}, got {tuple(dest.shape)}")
     if np.dtype(dest.dtype) != dtype:
         raise TypeError(f"out must have dtype {dtype}, got {dest.dtype}")
-    if not dest.flags.writeable:
+    if not arrays.is_writeable(dest):
         raise ValueError("out is read-only")
     same_memory = arrays.array_module(dest) is backend.xp
     if same_memory and dest.flags.c_contiguous:

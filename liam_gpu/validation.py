@@ -105,6 +105,8 @@ def as_float_array(
         from . import bfloat16
 
         target = bfloat16.CARRIER
+        if np.dtype(x.dtype) != target:  # a cast would turn values into bit patterns
+            raise TypeError(f"{name} has dtype {x.dtype}; bfloat16 storage is carried as {target} bits")
     elif storage is not None:
         raise ValueError(f"storage={storage!r} is unknown; expected None or 'bfloat16'")
     else:

@@ -211,12 +211,35 @@ def test_inputs_are_read_in_place_and_out_is_written_in_place(backend_name, monk
     check(out, x, w, b, "relu")
 
 
-def test_result_shares_the_computed_memory(backend_name):
+def test_result_is_the_buffer_the_backend_wrote(backend_name, monkeypatch):
+    if backend_name.startswith("cuda"):
+        pytest.skip("a CPU tensor's result computed on a GPU comes back as a copy")
+    backend_cls = type(lg.backends.resolve(backend_name, None))
+    made = []
+    real = backend_cls.empty
+
+    def spy(self, shape, dtype):
+        made.append(real(self, shape, dtype))
+        return made[-1]
+
+    monkeypatch.setattr(backend_cls, "empty", spy)
     x, w, _ = tensors((6, 8), 5)
     y = lg.transform_matrix(x, w, device=backend_name)
-    assert y.is_contiguous() and y.dtype == torch.bfloat16
-    # y is a view of the uint16 buffer the backend wrote: writing it is visible through the bits.
-    assert torch.equal(y.view(torch.int16).view(torch.bfloat16), y)
+    assert y.dtype == torch.bfloat16 and made[-1].dtype == np.uint16
+    assert y.data_ptr() == made[-1].ctypes.data  # no copy on the way back
+
+
+def test_lists_among_bfloat16_tensors_are_rounded_to_bfloat16(backend_name):
+    x, w, b = tensors((5, 4), 3)
+    y = lg.transform_matrix(x, values(w).tolist(), values(b).tolist(), "relu", device=backend_name)
+    check(y, x, w, b, "relu")  # w and b were bfloat16 already: rounding them again changes nothing
+
+
+def test_storage_refuses_values_that_are_not_bits():
+    from liam_gpu import validation
+
+    with pytest.raises(TypeError, match="w has dtype float64; bfloat16 storage is carried as uint16"):
+        validation.as_float_array("w", np.array([[1.5, 300.7]]), storage="bfloat16")
 
 
 def test_cpu_and_emulator_agree_within_the_bound():
@@ -282,3 +305,20 @@ def test_scheduler_refuses_a_bfloat16_out_rather_than_losing_the_result():
     check(y, x, w, None, None)
     with pytest.raises(TypeError, match="out is a bfloat16 tensor"):
         lg.transform_matrix(x, w, out=torch.empty(8, 3, dtype=torch.bfloat16), device=sched)
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_in_place_views_and_out():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA build of torch and a visible GPU")
+    x, w, b = (t.cuda() for t in tensors((64, 40), 24))
+    y = lg.transform_matrix(x, w, b, "gelu")
+    assert y.device == x.device and y.dtype == torch.bfloat16
+    check(y.cpu(), x.cpu(), w.cpu(), b.cpu(), "gelu")
+    # A view 2 bytes past 16-byte alignment: the scalar load path, read in place.
+    flat = torch.randn(64 * 40 + 1, device="cuda").bfloat16()
+    xm = flat[1:].view(64, 40)
+    check(lg.transform_matrix(xm, w, b, "gelu").cpu(), xm.cpu(), w.cpu(), b.cpu(), "gelu")
+    out = torch.full((64, 24), float("nan"), device="cuda", dtype=torch.bfloat16)
+    assert lg.transform_matrix(x, w, b, "silu", out=out) is out
+    check(out.cpu(), x.cpu(), w.cpu(), b.cpu(), "silu")

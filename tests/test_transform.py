@@ -56,7 +56,7 @@ def reference(x, w, b, activation):
     return activations.reference(y, activation)
 
 
-#: Unit roundoff and smallest subnormal of bfloat16, which numpy lacks.
+#: Machine epsilon and smallest subnormal of bfloat16, which numpy lacks.
 BFLOAT16_LIMITS = (2.0 ** -7, 2.0 ** -133)
 
 

@@ -266,13 +266,16 @@ def test_float16_rounding_is_bit_exact(rt, rng, d_out):
 
 @dataclass
 class _Flags:
+    """CuPy's flags, which the launch layer sees on a GPU: no ``writeable`` (device memory always is)."""
+
     c_contiguous: bool = True
-    writeable: bool = True
+    f_contiguous: bool = False
+    owndata: bool = True
 
 
 @dataclass
 class FakeArray:
-    """Shape/dtype/pointer of an array too large to allocate here."""
+    """Shape/dtype/pointer of an array too large to allocate here, with CuPy's ``flags``."""
 
     shape: tuple
     dtype: np.dtype
@@ -472,3 +475,27 @@ def test_the_emulator_builds_the_whole_family_once():
     for dtype in T.TILE_CONFIGS:
         rt.function(T.FAMILY, T.linear_entry(dtype, T.TILE_CONFIGS[dtype]["medium"], True))
     assert loads == [T.FAMILY.name_expressions]
+
+
+def test_the_fake_flags_are_cupys():
+    # The fakes stand for device arrays: they must offer no more flags than CuPy's do.
+    cupy = pytest.importorskip("cupy")
+    flags_class = getattr(getattr(getattr(cupy, "_core", None), "flags", None), "Flags", None)
+    if flags_class is None:
+        pytest.skip("this CuPy keeps its Flags class elsewhere")
+    real = {n for n in dir(flags_class) if not n.startswith("_")}
+    fake = set(vars(FakeArray((1,), np.float32, 0).flags))
+    assert fake <= real and "writeable" not in real
+
+
+def test_no_writeable_flag_is_read_outside_arrays_is_writeable():
+    # CuPy arrays have no flags.writeable: reading it directly crashes every GPU call that does.
+    import pathlib
+
+    import liam_gpu
+
+    root = pathlib.Path(liam_gpu.__file__).parent
+    offenders = [f"{path.relative_to(root)}:{n}" for path in root.rglob("*.py")
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if ".flags.writeable" in line and "def is_writeable" not in line and "``" not in line]
+    assert offenders == [], offenders

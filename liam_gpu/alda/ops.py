@@ -86,7 +86,7 @@ def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=No
             raise ValueError(f"out must have shape {out_shape}, got {tuple(dest.shape)}")
         if dest.dtype != dtype:
             raise TypeError(f"out must have dtype {dtype}, got {dest.dtype}")
-        if not dest.flags.writeable:
+        if not arrays.is_writeable(dest):
             raise ValueError("out is read-only")
 
     def run(*chunk: Any) -> Any:

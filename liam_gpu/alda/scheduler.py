@@ -488,7 +488,7 @@ class Run:
                 raise TypeError(f"out must be a {module} array for this batch, got {type(out).__name__}")
             if out.ndim == 0 or out.shape[0] != self.length:
                 raise ValueError(f"out must have {self.length} rows (one per batch item), got shape {out.shape}")
-            if not out.flags.writeable:
+            if not arrays.is_writeable(out):
                 raise ValueError("out is read-only")
             self.out_given = True
         self.out = out

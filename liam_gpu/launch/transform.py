@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..activations import ACTIVATIONS
+from ..arrays import is_writeable
 from .family import KernelBudget, KernelFamily, register
 from .runtime import Runtime, blocks_for, i64, is_aligned, require_contiguous
 
@@ -316,8 +317,11 @@ def last_launch() -> Launch | None:
 # --------------------------------------------------------------------------- argument checks
 
 
-def _dtype_name(name: str, dtype: Any, storage: str | None = None) -> str:
-    """The storage name of an array dtype (``storage`` names a carried type such as bfloat16)."""
+def _dtype_name(name: str, dtype: Any, storage: str | None = None, *, storage_hint: bool = True) -> str:
+    """The storage name of an array dtype (``storage`` names a carried type such as bfloat16).
+
+    ``storage_hint``: mention ``storage='bfloat16'`` in the error (callers that take it).
+    """
     dt = np.dtype(dtype)
     if storage is not None:
         if storage not in CARRIERS:
@@ -326,8 +330,8 @@ def _dtype_name(name: str, dtype: Any, storage: str | None = None) -> str:
             raise TypeError(f"{name} has dtype {dt}; {storage} storage is carried as {CARRIERS[storage]}")
         return storage
     if dt.name not in CTYPES or dt != CARRIERS[dt.name]:
-        raise TypeError(f"{name} has dtype {dt}; the transform kernels take float32, float64 or float16 "
-                        "(and bfloat16 as uint16 bits with storage='bfloat16')")
+        hint = " (and bfloat16 as uint16 bits with storage='bfloat16')" if storage_hint else ""
+        raise TypeError(f"{name} has dtype {dt}; the transform kernels take float32, float64 or float16{hint}")
     return dt.name
 
 
@@ -378,7 +382,7 @@ def _check(runtime: Runtime, x: Any, w: Any, bias: Any, activation: int, out: An
     for name, a in (("x", x), ("w", w), ("bias", bias), ("out", out)):
         if a is not None:
             require_contiguous(name, a)
-    if not out.flags.writeable:
+    if not is_writeable(out):
         raise ValueError("out is read-only")
     _check_no_overlap(runtime, out, x=x, w=w, bias=bias)
     return dtype
@@ -526,9 +530,9 @@ def epilogue(runtime: Runtime, y: Any, bias: Any | None, activation: int) -> Lau
     """
     if y.ndim not in (2, 3):
         raise ValueError(f"y must be 2-D or 3-D, got shape {tuple(y.shape)}")
-    dtype = _dtype_name("y", y.dtype)
+    dtype = _dtype_name("y", y.dtype, storage_hint=False)
     require_contiguous("y", y)
-    if not y.flags.writeable:
+    if not is_writeable(y):
         raise ValueError("y is read-only")
     if bias is not None:
         want = tuple(y.shape[:-2]) + (y.shape[-1],)
