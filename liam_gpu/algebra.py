@@ -100,7 +100,12 @@ class BinaryAlgebra:
             _square("a", a)
             if xp.allclose(a, a.T, rtol=1e-10, atol=0.0):
                 return xp.linalg.eigh(a)
-            return xp.linalg.eig(a)
+            w, v = xp.linalg.eig(a)
+            # numpy's rule on every backend: real arrays when every eigenvalue is real
+            # (cupy.linalg.eig always returns complex ones).
+            if xp.iscomplexobj(w) and not bool((w.imag != 0).any()):
+                w, v = xp.ascontiguousarray(w.real), xp.ascontiguousarray(v.real)
+            return w, v
 
         return self._run(op, a=a, ndim=2)
 
@@ -111,10 +116,15 @@ class BinaryAlgebra:
 
         def op(xp, a):
             _square("a", a)
+            singular = ValueError(f"a is singular, so matrix_power with n={n} < 0 is undefined")
             try:
-                return xp.linalg.matrix_power(a, int(n))
+                p = xp.linalg.matrix_power(a, int(n))
             except np.linalg.LinAlgError as err:
-                raise ValueError(f"a is singular, so matrix_power with n={n} < 0 is undefined") from err
+                raise singular from err
+            # cuSOLVER reports a singular inverse as NaN/Inf rather than raising.
+            if n < 0 and not bool(xp.isfinite(p).all()):
+                raise singular
+            return p
 
         return self._run(op, a=a, ndim=2)
 
@@ -216,7 +226,7 @@ class BinaryAlgebra:
     def _run(self, op: Callable[..., Any], *, ndim: Any = None, **named: Any) -> Any:
         """Convert ``named`` arrays, check them, run ``op(xp, *arrays)``, convert back."""
         kind, backend = self._placement(**named)
-        with arrays.caller_stream(kind):
+        with arrays.caller_stream(kind), backend.activate():
             values = []
             for name, value in named.items():
                 want = ndim.get(name) if isinstance(ndim, dict) else ndim

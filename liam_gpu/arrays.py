@@ -359,7 +359,9 @@ def caller_stream(kind: ArrayKind) -> Iterator[None]:
     a CuPy external stream and made CuPy's current stream, so that our
     launches are ordered after the caller's pending work and before whatever
     the caller queues next, with no synchronisation at all.  CuPy callers
-    already run on CuPy's current stream; host callers need nothing.
+    already run on CuPy's current stream; their arrays' device is made the
+    current one (CuPy refuses, or with peer access silently races on, arrays
+    of another device).  Host callers need nothing.
 
     Notes
     -----
@@ -379,10 +381,15 @@ def caller_stream(kind: ArrayKind) -> Iterator[None]:
     returned to it when the tensor dies; route CuPy through torch's caching
     allocator if one pool is wanted (see ``docs/torch.md``).
     """
-    if kind.library != "torch" or not kind.on_gpu:
+    if not kind.on_gpu:
         yield
         return
     import cupy
+
+    if kind.library == "cupy":
+        with cupy.cuda.Device(kind.device_index):
+            yield
+        return
 
     torch = _torch()
     index = kind.device_index

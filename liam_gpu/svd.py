@@ -132,7 +132,7 @@ def randomized_svd(
         raise TypeError(f"flip_sign must be a bool, got {type(flip_sign).__name__}")
     kind = arrays.common_kind(a=a)
     backend = backends.resolve(device, kind)
-    with arrays.caller_stream(kind):
+    with arrays.caller_stream(kind), backend.activate():
         mat = _Matrix.prepare(backend, a, kind)
         k = validation.check_rank("n_components", n_components, mat.min_dim)
         q = _n_iter(n_iter, k, mat.min_dim)
@@ -216,7 +216,7 @@ def svd_compress(
     p = _check_count("n_oversamples", n_oversamples, minimum=0)
     kind = arrays.common_kind(a=a)
     backend = backends.resolve(device, kind)
-    with arrays.caller_stream(kind):
+    with arrays.caller_stream(kind), backend.activate():
         mat = _Matrix.prepare(backend, a, kind)
         seed = seed_from_random_state(random_state)
         if tol is None:

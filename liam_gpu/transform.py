@@ -80,7 +80,7 @@ def transform_matrix(
     code = activation_code(activation)
     kind = arrays.common_kind(data=data, weights=weights, bias=bias, out=out)
     backend = backends.resolve(device, kind)
-    with arrays.caller_stream(kind):
+    with arrays.caller_stream(kind), backend.activate():
         return _transform(data, weights, bias, code, out, kind, backend, check_finite)
 
 

@@ -151,3 +151,25 @@ def test_inputs_are_never_modified(algebra, rng):
 def test_lists_become_numpy(algebra):
     y = algebra.transform_matrix([[1.0, 2.0]], [[3.0, 4.0]])
     assert isinstance(y, np.ndarray) and y.tolist() == [[11.0]]
+
+
+# --- library behaviours that differ on the GPU, held to numpy's contract -------------
+
+
+def test_eig_results_are_real_when_every_eigenvalue_is_real(monkeypatch):
+    # cupy.linalg.eig always returns complex arrays; numpy returns real ones when it can.
+    real_eig = np.linalg.eig
+    monkeypatch.setattr(np.linalg, "eig", lambda a: tuple(x.astype(complex) for x in real_eig(a)))
+    w, v = lg.BinaryAlgebra(device="cpu").spectral_decomposition(np.array([[2.0, 1.0], [0.0, 3.0]]))
+    assert w.dtype == np.float64 and v.dtype == np.float64
+    np.testing.assert_allclose(np.sort(w), [2.0, 3.0])
+    w, _ = lg.BinaryAlgebra(device="cpu").spectral_decomposition(np.array([[0.0, -1.0], [1.0, 0.0]]))
+    assert np.iscomplexobj(w)  # a rotation: complex eigenvalues stay complex
+
+
+def test_singular_inverse_reported_as_nan_is_still_an_error(monkeypatch):
+    # cuSOLVER does not raise for a singular matrix: the inverse comes back non-finite.
+    monkeypatch.setattr(np.linalg, "matrix_power", lambda a, n: np.full_like(a, np.inf if n < 0 else 1.0))
+    with pytest.raises(ValueError, match="a is singular, so matrix_power with n=-2"):
+        lg.BinaryAlgebra(device="cpu").matrix_power(np.eye(3), -2)
+    assert np.all(lg.BinaryAlgebra(device="cpu").matrix_power(np.eye(3), 2) == 1.0)

@@ -1,6 +1,7 @@
 """The primitives every backend supplies; the algorithms above are written once over them."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,15 @@ class Backend:
     def to_host(self, x: Any) -> np.ndarray:
         """A backend array as a numpy array."""
         raise NotImplementedError
+
+    def activate(self) -> contextlib.AbstractContextManager:
+        """A context in which this backend's device is the current one (a no-op on the host).
+
+        Every public operation runs inside it, so that allocations, library
+        calls and launches all happen on the device the call computes on,
+        whichever device the caller had current.
+        """
+        return contextlib.nullcontext()
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """Uninitialised backend memory."""

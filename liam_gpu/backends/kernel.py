@@ -15,6 +15,7 @@ from ..launch import gram as gram_launch
 from ..launch import sketch as sketch_launch
 from ..launch import transform as transform_launch
 from ..launch.runtime import Runtime, cuda_runtime, emulator_runtime
+from ..arrays import is_cupy as _is_cupy
 from .base import Backend, upper_inverse
 
 
@@ -28,7 +29,8 @@ class KernelBackend(Backend):
         self.xp = runtime.xp
 
     def asarray(self, x: Any) -> Any:
-        return self.xp.asarray(x)
+        # CuPy arrays refuse implicit conversion (np.asarray raises): copy them explicitly.
+        return self.xp.asarray(x.get() if _is_cupy(x) and self.xp is np else x)
 
     def to_host(self, x: Any) -> np.ndarray:
         return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
@@ -82,6 +84,9 @@ class CudaBackend(KernelBackend):
     def __init__(self, device_id: int) -> None:
         super().__init__(f"cuda:{device_id}", cuda_runtime(device_id))
         self.device_id = device_id
+
+    def activate(self):
+        return self.xp.cuda.Device(self.device_id)
 
     def asarray(self, x: Any) -> Any:
         with self.xp.cuda.Device(self.device_id):

@@ -90,6 +90,7 @@ class CudaRuntime(Runtime):
         self.sm_count = int(props["multiProcessorCount"])
         self.compute_capability = (int(props["major"]), int(props["minor"]))
         self.max_shared_per_block = int(props.get("sharedMemPerBlockOptin", props["sharedMemPerBlock"]))
+        self._kernels: dict[tuple[str, str], Any] = {}
 
     def module_group(self, family: KernelFamily, name_expression: str) -> str | None:
         # One NVRTC compile per module group (the transform family: per dtype),
@@ -110,7 +111,16 @@ class CudaRuntime(Runtime):
         return module
 
     def function(self, family: KernelFamily, name_expression: str) -> LaunchFn:
-        kernel = super().function(family, name_expression)
+        # One RawKernel per entry point, looked up on this runtime's device:
+        # RawModule.get_function builds a new one (and loads the module on the
+        # *current* device) at every call.
+        key = (family.name, name_expression)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            import cupy
+
+            with cupy.cuda.Device(self.device_id):
+                kernel = self._kernels.setdefault(key, super().function(family, name_expression))
         device_id = self.device_id
 
         def launch(grid, block, args, shared_mem: int = 0) -> None:
