@@ -287,7 +287,12 @@ def from_compute(y: Any, kind: ArrayKind) -> Any:
         return y.get() if on_gpu else y
     if kind.library == "cupy":
         if on_gpu:
-            return y
+            if y.device.id == kind.device_index:
+                return y
+            import cupy
+
+            with cupy.cuda.Device(kind.device_index):  # computed on another GPU at the caller's request
+                return y.copy()  # CuPy's copy reads any device and writes the current one
         import cupy
 
         with cupy.cuda.Device(kind.device_index):
@@ -330,6 +335,21 @@ def _aliasable(y: Any) -> Any:
     if not is_writeable(y):
         return y.copy()
     return y
+
+
+def copy_into(dest: Any, src: Any) -> None:
+    """``dest[...] = src`` for numpy and CuPy arrays on any devices (host, or another GPU)."""
+    if not is_cupy(dest):
+        dest[...] = src.get() if is_cupy(src) else src
+        return
+    import cupy
+
+    with cupy.cuda.Device(dest.device.id):
+        if not is_cupy(src):
+            src = cupy.asarray(src)
+        elif src.device.id != dest.device.id:
+            src = src.copy()
+        dest[...] = src
 
 
 def is_writeable(a: Any) -> bool:

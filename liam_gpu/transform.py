@@ -120,7 +120,7 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite):
         backend.linear(x.reshape(-1, d_in), w, b, code, target.reshape(-1, d_out), storage=storage)
     if out is not None:
         if not direct:
-            dest[...] = target if arrays.array_module(dest) is arrays.array_module(target) else _move(target, dest)
+            arrays.copy_into(dest, target)
         return out
     return arrays.from_bfloat16_bits(target, kind) if storage else arrays.from_compute(target, kind)
 
@@ -165,14 +165,6 @@ def _output_buffer(dest: Any | None, backend, shape: tuple, dtype: np.dtype):
         raise TypeError(f"out must have dtype {dtype}, got {dest.dtype}")
     if not arrays.is_writeable(dest):
         raise ValueError("out is read-only")
-    same_memory = arrays.array_module(dest) is backend.xp
-    if same_memory and dest.flags.c_contiguous:
+    if backend.holds(dest) and dest.flags.c_contiguous:
         return dest, True
     return backend.empty(shape, dtype), False
-
-
-def _move(src: Any, like: Any) -> Any:
-    """Copy between host and device so that ``like[...] = result`` works."""
-    if arrays.is_cupy(src):
-        return src.get()
-    return arrays.array_module(like).asarray(src)

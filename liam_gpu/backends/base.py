@@ -42,6 +42,12 @@ class Backend:
         """
         return contextlib.nullcontext()
 
+    def holds(self, a: Any) -> bool:
+        """Whether ``a`` is memory this backend computes on (kernels may write it directly)."""
+        from ..arrays import array_module
+
+        return array_module(a) is self.xp
+
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """Uninitialised backend memory."""
         return self.xp.empty(shape, dtype=dtype)

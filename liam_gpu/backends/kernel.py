@@ -88,6 +88,9 @@ class CudaBackend(KernelBackend):
     def activate(self):
         return self.xp.cuda.Device(self.device_id)
 
+    def holds(self, a: Any) -> bool:
+        return super().holds(a) and a.device.id == self.device_id
+
     def asarray(self, x: Any) -> Any:
         with self.xp.cuda.Device(self.device_id):
             return self.xp.asarray(x)

@@ -1,0 +1,646 @@
+"""A stand-in for CuPy that runs on numpy and refuses what only numpy allows.
+
+``make()`` builds a module object to install as ``sys.modules["cupy"]`` (see
+``tests/test_cuda_path_simulated.py``), so that liam_gpu's CUDA backend code
+runs on a machine without a GPU.  It is a test double, not a CuPy emulation:
+arithmetic is numpy's, and "device memory" is host memory.  What it imitates
+is CuPy's *surface*, strictly, so that code which works only because numpy is
+lenient fails here as it would on a GPU:
+
+* :class:`ndarray` wraps a numpy array and has exactly the attributes
+  ``cupy.ndarray`` has (the names of the installed CuPy when there is one,
+  else the snapshot below, taken from CuPy 14.2).  ``flags`` has only
+  ``c_contiguous``, ``f_contiguous`` and ``owndata`` (no ``writeable``), there
+  is no ``ctypes`` and no ``__index__``, ``data.ptr`` is the address of the
+  first element, and ``device.id`` the device the array was allocated on.
+* ``__array__`` raises ``TypeError`` like CuPy's refusal of implicit
+  conversion (so ``np.asarray(cupy_array)`` fails); ``.get()`` copies to the
+  host.
+* numpy ufuncs and ``__array_function__`` functions called on these arrays
+  run only when CuPy has a function of the same name (CuPy dispatches them to
+  its own); numpy arrays among the arguments of a CuPy function, method,
+  ufunc or operator are refused (``TypeError``), except by the creation
+  functions ``array``/``asarray``/``asanyarray`` that copy host data to the
+  device.  Reductions return 0-d arrays, never numpy scalars.
+* ``cuda.Device(i)`` is a context manager that makes device ``i`` current
+  (``i`` must be below ``device_count``); arrays are allocated on the current
+  device, and an operation on an array of another device raises
+  ``ValueError`` (CuPy needs peer access for that, and then races with the
+  other device's streams), as does a kernel launch with such an argument.
+  Views, ``get()``, ``copy()`` and ``asarray`` (which copies another
+  device's array to the current one, as CuPy's does) work across devices.
+* ``cupy.linalg`` follows cuSOLVER where it differs from LAPACK: ``eig``
+  always returns complex arrays, and a singular matrix gives NaN from
+  ``inv``/``solve``/``matrix_power(n < 0)`` instead of ``LinAlgError``.
+* :func:`kernel_args` converts a ``RawKernel`` argument tuple the way CuPy's
+  launcher does (arrays by pointer, Python scalars as 64-bit numpy scalars,
+  anything else -- numpy arrays included -- is ``TypeError``), for a runtime
+  that executes the launch on the emulator.
+"""
+from __future__ import annotations
+
+import operator
+import threading
+import types
+from typing import Any
+
+import numpy as np
+
+# --------------------------------------------------------------------------- CuPy's names
+
+#: Public attributes of ``cupy.ndarray`` (CuPy 14.2).
+SNAPSHOT_NDARRAY = frozenset("""
+T all any argmax argmin argpartition argsort astype base byteswap choose clip compress conj conjugate
+copy cstruct cumprod cumsum data device diagonal dot dtype dump dumps fill flags flat flatten get imag
+item itemsize mT max mdspan mean min nbytes ndim nonzero partition prod ptp put ravel real reduced_view
+repeat reshape round scatter_add scatter_max scatter_min searchsorted set shape size sort squeeze std
+strides sum swapaxes take toDlpack tobytes tofile tolist trace transpose var view
+""".split())
+
+#: Public names that ``cupy`` and ``numpy`` share (CuPy 14.2).
+SNAPSHOT_MODULE = frozenset("""
+abs absolute acos acosh add all allclose amax amin angle any append apply_along_axis apply_over_axes
+arange arccos arccosh arcsin arcsinh arctan arctan2 arctanh argmax argmin argpartition argsort
+argwhere around array array2string array_equal array_equiv array_repr array_split array_str
+asanyarray asarray asarray_chkfinite ascontiguousarray asfortranarray asin asinh astype atan atan2
+atanh atleast_1d atleast_2d atleast_3d average bartlett base_repr binary_repr bincount bitwise_and
+bitwise_count bitwise_invert bitwise_left_shift bitwise_not bitwise_or bitwise_right_shift
+bitwise_xor blackman bool bool_ broadcast broadcast_arrays broadcast_shapes broadcast_to byte c_
+can_cast cbrt cdouble ceil choose clip column_stack common_type complex128 complex64 complexfloating
+compress concat concatenate conj conjugate convolve copy copysign copyto corrcoef correlate cos cosh
+count_nonzero cov cross csingle cumprod cumsum cumulative_prod cumulative_sum deg2rad degrees delete
+diag diag_indices diag_indices_from diagflat diagonal diff digitize divide divmod dot double dsplit
+dstack dtype e ediff1d einsum empty empty_like equal euler_gamma exceptions exp exp2 expand_dims
+expm1 extract eye fabs fft fill_diagonal finfo fix flatiter flatnonzero flip fliplr flipud float16
+float32 float64 float_power floating floor floor_divide fmax fmin fmod format_float_positional
+format_float_scientific frexp from_dlpack frombuffer fromfile fromfunction fromiter fromstring full
+full_like gcd generic genfromtxt get_printoptions gradient greater greater_equal half hamming
+hanning heaviside histogram histogram2d histogramdd hsplit hstack hypot i0 identity iinfo imag
+index_exp indices inexact inf inner int16 int32 int64 int8 int_ intc integer interp intersect1d intp
+invert isclose iscomplex iscomplexobj isdtype isfinite isfortran isin isinf isnan isneginf isposinf
+isreal isrealobj isscalar issubdtype iterable ix_ kaiser kron lcm ldexp left_shift less less_equal
+lexsort lib linalg linspace load loadtxt log log10 log1p log2 logaddexp logaddexp2 logical_and
+logical_not logical_or logical_xor logspace long longlong mask_indices matmul matrix_transpose max
+maximum may_share_memory mean median meshgrid mgrid min min_scalar_type minimum mintypecode mod modf
+moveaxis multiply nan nan_to_num nanargmax nanargmin nancumprod nancumsum nanmax nanmean nanmedian
+nanmin nanprod nanstd nansum nanvar ndarray ndim ndindex negative newaxis nextafter nonzero
+not_equal number ogrid ones ones_like outer packbits pad partition percentile permute_dims pi
+piecewise place poly poly1d polyadd polyfit polymul polynomial polysub polyval positive pow power
+printoptions prod promote_types ptp put put_along_axis putmask quantile r_ rad2deg radians random
+ravel ravel_multi_index real real_if_close reciprocal remainder repeat require reshape resize
+result_type right_shift rint roll rollaxis roots rot90 round row_stack s_ save savetxt savez
+savez_compressed searchsorted select set_printoptions setdiff1d setxor1d shape shares_memory short
+show_config sign signbit signedinteger sin sinc single sinh size sort sort_complex split sqrt square
+squeeze stack std subtract sum swapaxes take take_along_axis tan tanh tensordot testing tile trace
+transpose trapezoid tri tril tril_indices tril_indices_from trim_zeros triu triu_indices
+triu_indices_from true_divide trunc typename typing ubyte ufunc uint uint16 uint32 uint64 uint8
+uintc uintp ulong ulonglong union1d unique unique_all unique_counts unique_inverse unique_values
+unpackbits unravel_index unsignedinteger unwrap ushort vander var vdot vectorize vsplit vstack where
+zeros zeros_like
+""".split())
+
+#: Public names that ``cupy.linalg`` and ``numpy.linalg`` share (CuPy 14.2).
+SNAPSHOT_LINALG = frozenset("""
+LinAlgError cholesky cond cross det eig eigh eigvals eigvalsh inv lstsq matmul matrix_power
+matrix_rank matrix_transpose norm pinv qr slogdet solve svd tensorinv tensorsolve
+""".split())
+
+
+def installed_cupy_names() -> tuple[frozenset, frozenset, frozenset] | None:
+    """(ndarray, module, linalg) public names of the installed CuPy, or None without one.
+
+    Importing CuPy needs no GPU.  Only names numpy also has count for the two
+    namespaces (the others are never reached through numpy-like code).
+    """
+    try:
+        import cupy
+    except Exception:  # not installed, or its CUDA libraries are missing
+        return None
+    if isinstance(cupy, types.ModuleType) and getattr(cupy, "_FAKE", False):
+        return None
+
+    def public(names):
+        return frozenset(n for n in names if not n.startswith("_"))
+
+    return (public(dir(cupy.ndarray)), public(set(dir(cupy)) & set(dir(np))),
+            public(set(dir(cupy.linalg)) & set(dir(np.linalg))))
+
+
+def _names() -> tuple[frozenset, frozenset, frozenset]:
+    snap = (SNAPSHOT_NDARRAY, SNAPSHOT_MODULE, SNAPSHOT_LINALG)
+    real = installed_cupy_names()
+    return snap if real is None else tuple(s & r for s, r in zip(snap, real))
+
+
+NDARRAY_NAMES, MODULE_NAMES, LINALG_NAMES = _names()
+
+#: Functions that copy host data to the device, so they take numpy arrays.
+_HOST_INPUT = frozenset({"array", "asarray", "asanyarray"})
+#: Methods that make a view or a host copy: no kernel, so the array may be on any device.
+_NO_KERNEL = frozenset({"reshape", "view", "transpose", "swapaxes", "squeeze", "diagonal", "item", "tolist",
+                        "tobytes"})
+
+# --------------------------------------------------------------------------- devices and streams
+
+_state = threading.local()
+_device_count = 1
+
+
+def _current() -> int:
+    return getattr(_state, "device", 0)
+
+
+class CUDARuntimeError(RuntimeError):
+    """What CuPy raises for an invalid device ordinal."""
+
+
+class Device:
+    """``cupy.cuda.Device``: a device ordinal; ``with Device(i):`` makes it current."""
+
+    def __init__(self, device: Any = None) -> None:
+        if device is None:
+            device = _current()
+        if isinstance(device, (bool, np.bool_)) or not isinstance(device, (int, np.integer)):
+            raise TypeError(f"[fake cupy] Device() takes an int ordinal, got {device!r}")
+        if not 0 <= int(device) < _device_count:
+            raise CUDARuntimeError(f"cudaErrorInvalidDevice: invalid device ordinal {device} "
+                                   f"([fake cupy] {_device_count} device(s))")
+        self.id = int(device)
+        self._saved: list[int] = []
+
+    def __enter__(self) -> "Device":
+        self._saved.append(_current())
+        _state.device = self.id
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _state.device = self._saved.pop()
+
+    def use(self) -> None:
+        _state.device = self.id
+
+    def synchronize(self) -> None:
+        pass
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, Device) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"<CUDA Device {self.id}>"
+
+
+class Stream:
+    """The current stream: work is synchronous here, so there is nothing to wait for."""
+
+    ptr = 0
+
+    def synchronize(self) -> None:
+        pass
+
+
+class MemoryPointer:
+    """``ndarray.data``: the address of the first element and its device."""
+
+    def __init__(self, a: np.ndarray, device_id: int) -> None:
+        self.ptr = int(a.__array_interface__["data"][0])
+        self.device_id = device_id
+        self.device = Device(device_id)
+
+
+class Flags:
+    """``ndarray.flags``: CuPy has these three and nothing else (no ``writeable``)."""
+
+    __slots__ = ("c_contiguous", "f_contiguous", "owndata")
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.c_contiguous = bool(a.flags.c_contiguous)
+        self.f_contiguous = bool(a.flags.f_contiguous)
+        self.owndata = bool(a.flags.owndata)
+
+    def __getitem__(self, name: str) -> bool:
+        key = {"C_CONTIGUOUS": "c_contiguous", "F_CONTIGUOUS": "f_contiguous", "OWNDATA": "owndata"}
+        return getattr(self, key[name])
+
+    def __repr__(self) -> str:
+        return "\n".join(f"  {n.upper()} : {getattr(self, n)}" for n in self.__slots__)
+
+
+# --------------------------------------------------------------------------- wrapping
+
+
+def _refuse_host(what: str, values: Any) -> None:
+    """CuPy functions take CuPy arrays and scalars, never numpy arrays."""
+    for v in values:
+        if isinstance(v, np.ndarray):
+            raise TypeError(f"[fake cupy] {what}: Unsupported type {type(v)} (a host numpy array; "
+                            "copy it with cupy.asarray first)")
+        if isinstance(v, (list, tuple)):
+            _refuse_host(what, v)
+
+
+def _check_devices(what: str, values: Any) -> None:
+    """Arrays of another device than the current one need peer access (and race): refuse."""
+    for v in values:
+        if isinstance(v, ndarray) and v._dev != _current():
+            raise ValueError(f"[fake cupy] {what}: array on device {v._dev} used while device "
+                             f"{_current()} is current")
+        if isinstance(v, (list, tuple)):
+            _check_devices(what, v)
+
+
+def _unwrap(x: Any) -> Any:
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(_unwrap(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _unwrap(v) for k, v in x.items()}
+    return x
+
+
+def _originals(values: Any, found: dict[int, ndarray]) -> dict[int, ndarray]:
+    for v in values:
+        if isinstance(v, ndarray):
+            found[id(v._a)] = v
+        elif isinstance(v, (list, tuple)):
+            _originals(v, found)
+    return found
+
+
+def _wrap(x: Any, inputs: dict[int, ndarray] | None = None, device: int | None = None) -> Any:
+    """numpy results as fake CuPy arrays (on ``device``, default the current one).
+
+    An input array returned as it is (``asarray`` of a CuPy array) stays itself.
+    """
+    if isinstance(x, np.ndarray):
+        if inputs and id(x) in inputs and inputs[id(x)]._a is x:
+            return inputs[id(x)]
+        return ndarray(x, device)
+    if isinstance(x, np.generic):  # CuPy reductions give 0-d arrays
+        return ndarray(np.asarray(x), device)
+    if isinstance(x, tuple):  # including numpy's named results (CuPy gives plain tuples)
+        return tuple(_wrap(v, inputs, device) for v in x)
+    if isinstance(x, list):
+        return [_wrap(v, inputs, device) for v in x]
+    return x
+
+
+def _call(what: str, fn: Any, args: tuple, kwargs: dict, *, host_input: bool = False) -> Any:
+    """Run a numpy function as CuPy would run its namesake on these arguments.
+
+    ``host_input``: numpy arrays are data to copy to the current device (the
+    creation functions); otherwise they are refused, and CuPy arrays must be
+    on the current device.
+    """
+    if not host_input:
+        _refuse_host(what, args)
+        _refuse_host(what, kwargs.values())
+        _check_devices(what, args)
+        _check_devices(what, kwargs.values())
+    out = kwargs.get("out")
+    result = fn(*_unwrap(args), **_unwrap(kwargs))
+    if out is not None:
+        return out[0] if isinstance(out, tuple) and len(out) == 1 else out
+    if host_input and args and isinstance(result, np.ndarray):
+        source = args[0]
+        if not isinstance(source, ndarray) or source._dev != _current():
+            # Host data, or another device's array: copied to the current device, never aliased.
+            return ndarray(result.copy(order="K") if np.may_share_memory(result, _unwrap(source)) else result)
+    return _wrap(result, _originals((*args, *kwargs.values()), {}))
+
+
+def _is_basic_index(key: Any) -> bool:
+    basic = (int, np.integer, slice, type(Ellipsis), type(None))
+    if isinstance(key, tuple):
+        return all(isinstance(k, basic) and not isinstance(k, (bool, np.bool_)) for k in key)
+    return isinstance(key, basic) and not isinstance(key, (bool, np.bool_))
+
+
+class ndarray:  # CuPy's name
+    """A numpy array presented as a ``cupy.ndarray`` of the device current at its creation."""
+
+    __slots__ = ("_a", "_dev")
+    __array_priority__ = 100
+
+    def __init__(self, a: np.ndarray, device_id: int | None = None) -> None:
+        if not isinstance(a, np.ndarray):
+            raise TypeError("[fake cupy] the fake ndarray wraps a numpy array; use cupy.empty/asarray")
+        object.__setattr__(self, "_a", a)
+        object.__setattr__(self, "_dev", _current() if device_id is None else device_id)
+
+    # -- what differs from numpy ----------------------------------------------------
+    @property
+    def flags(self) -> Flags:
+        return Flags(self._a)
+
+    @property
+    def data(self) -> MemoryPointer:
+        return MemoryPointer(self._a, self._dev)
+
+    @property
+    def device(self) -> Device:
+        return Device(self._dev)
+
+    @property
+    def base(self) -> Any:
+        b = self._a.base
+        return ndarray(b, self._dev) if isinstance(b, np.ndarray) else None
+
+    @property
+    def __cuda_array_interface__(self) -> Any:
+        raise NotImplementedError("[fake cupy] __cuda_array_interface__ is not simulated")
+
+    def get(self, stream: Any = None, order: str = "C", out: Any = None, blocking: bool = True) -> np.ndarray:
+        """Copy to the host (a new numpy array, or into ``out``)."""
+        if out is not None:
+            out[...] = self._a
+            return out
+        return np.array(self._a, order=order)
+
+    def set(self, arr: np.ndarray, stream: Any = None) -> None:
+        """Copy host data of the same shape and dtype in."""
+        if not isinstance(arr, np.ndarray) or arr.shape != self.shape or arr.dtype != self.dtype:
+            raise ValueError("[fake cupy] set() needs a numpy array of the same shape and dtype")
+        self._a[...] = arr
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. "
+                        "Please use `.get()` to construct a NumPy array explicitly.")
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, self._dev)  # kDLCUDA
+
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("[fake cupy] DLPack export of simulated device memory is not simulated")
+
+    # -- numpy's protocols: only for what CuPy also has -----------------------------------
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        if ufunc.__name__ not in MODULE_NAMES:
+            return NotImplemented
+        return _call(f"numpy.{ufunc.__name__}.{method}", getattr(ufunc, method), inputs, kwargs)
+
+    def __array_function__(self, func: Any, types_: Any, args: tuple, kwargs: dict) -> Any:
+        module = func.__module__ or "numpy"
+        names = LINALG_NAMES if module.endswith("linalg") else MODULE_NAMES if module == "numpy" else ()
+        if func.__name__ not in names:
+            return NotImplemented  # numpy then raises TypeError, as with CuPy
+        if module.endswith("linalg"):
+            return getattr(_LINALG, func.__name__)(*args, **kwargs)
+        return _call(f"numpy.{func.__name__}", func, args, kwargs)
+
+    # -- everything else that cupy.ndarray has, delegated to numpy ----------------------
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name not in NDARRAY_NAMES:
+            raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r}")
+        try:
+            attr = getattr(self._a, name)
+        except AttributeError:
+            raise NotImplementedError(f"[fake cupy] cupy.ndarray.{name} is not simulated") from None
+        if not callable(attr):
+            return _wrap(attr, device=self._dev)  # T, real, ...: views
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            view = name in _NO_KERNEL
+            what = f"cupy.ndarray.{name}"
+            _refuse_host(what, args)
+            _refuse_host(what, kwargs.values())
+            if not view and name != "copy":  # copy() reads any device, writes the current one
+                _check_devices(what, (self,) + args)
+                _check_devices(what, kwargs.values())
+            result = attr(*_unwrap(args), **_unwrap(kwargs))
+            return _wrap(result, _originals((self, *args, *kwargs.values()), {}), self._dev if view else None)
+
+        return method
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"[fake cupy] setting cupy.ndarray.{name} is not simulated")
+
+    def __getitem__(self, key: Any) -> Any:
+        if _is_basic_index(key):  # a view: no kernel
+            return _wrap(self._a[key], device=self._dev)
+        _check_devices("cupy.ndarray.__getitem__", [self, key])
+        return _wrap(self._a[_unwrap(key)])
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        _check_devices("cupy.ndarray.__setitem__", [self, value])
+        if isinstance(value, np.ndarray) and value.ndim and _is_basic_index(key):
+            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+        self._a[_unwrap(key)] = _unwrap(value)
+
+    def __len__(self) -> int:
+        return len(self._a)
+
+    def __iter__(self) -> Any:
+        if self._a.ndim == 0:
+            raise TypeError("iteration over a 0-d array")
+        return (ndarray(row, self._dev) for row in self._a)
+
+    def __bool__(self) -> bool:
+        return bool(self._a)
+
+    def __int__(self) -> int:
+        return int(self._a)
+
+    def __float__(self) -> float:
+        return float(self._a)
+
+    def __complex__(self) -> complex:
+        return complex(self._a)
+
+    def __repr__(self) -> str:
+        return repr(self._a)
+
+    def __str__(self) -> str:
+        return str(self._a)
+
+    def __format__(self, spec: str) -> str:
+        return format(self._a, spec)
+
+    def __copy__(self) -> "ndarray":
+        return ndarray(self._a.copy(), self._dev)
+
+    def __deepcopy__(self, memo: Any) -> "ndarray":
+        return ndarray(self._a.copy(), self._dev)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __neg__(self) -> Any:
+        return _call("negative", np.negative, (self,), {})
+
+    def __pos__(self) -> Any:
+        return _call("positive", np.positive, (self,), {})
+
+    def __abs__(self) -> Any:
+        return _call("absolute", np.absolute, (self,), {})
+
+    def __invert__(self) -> Any:
+        return _call("invert", np.invert, (self,), {})
+
+
+def _binary(name: str, op: Any, reflected: bool = False, inplace: bool = False) -> Any:
+    def method(self: ndarray, other: Any) -> Any:
+        what = f"cupy.ndarray.{name}"
+        if inplace:
+            _refuse_host(what, [other])
+            _check_devices(what, [self, other])
+            op(self._a, _unwrap(other))
+            return self
+        args = (other, self) if reflected else (self, other)
+        return _call(what, op, args, {})
+
+    method.__name__ = name
+    return method
+
+
+for _name, _op in [("add", operator.add), ("sub", operator.sub), ("mul", operator.mul),
+                   ("truediv", operator.truediv), ("floordiv", operator.floordiv), ("mod", operator.mod),
+                   ("pow", operator.pow), ("and", operator.and_), ("or", operator.or_),
+                   ("xor", operator.xor), ("lshift", operator.lshift), ("rshift", operator.rshift)]:
+    setattr(ndarray, f"__{_name}__", _binary(f"__{_name}__", _op))
+    setattr(ndarray, f"__r{_name}__", _binary(f"__r{_name}__", _op, reflected=True))
+    setattr(ndarray, f"__i{_name}__", _binary(f"__i{_name}__", getattr(operator, f"i{_name}"), inplace=True))
+ndarray.__matmul__ = _binary("__matmul__", operator.matmul)  # no __imatmul__: CuPy has none
+ndarray.__rmatmul__ = _binary("__rmatmul__", operator.matmul, reflected=True)
+ndarray.__divmod__ = _binary("__divmod__", divmod)
+ndarray.__rdivmod__ = _binary("__rdivmod__", divmod, reflected=True)
+for _name, _op in [("lt", operator.lt), ("le", operator.le), ("gt", operator.gt), ("ge", operator.ge),
+                   ("eq", operator.eq), ("ne", operator.ne)]:
+    setattr(ndarray, f"__{_name}__", _binary(f"__{_name}__", _op))
+
+# --------------------------------------------------------------------------- namespaces
+
+
+def _function(name: str, fn: Any) -> Any:
+    if not callable(fn) or isinstance(fn, type):
+        return fn  # dtypes, constants, finfo: CuPy re-exports numpy's
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return _call(f"cupy.{name}", fn, args, kwargs, host_input=name in _HOST_INPUT)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+class _LinalgModule(types.ModuleType):
+    """``cupy.linalg``, with cuSOLVER's answers where they differ from LAPACK's."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name not in LINALG_NAMES:
+            raise AttributeError(f"module 'cupy.linalg' has no attribute {name!r}")
+        if name == "LinAlgError":
+            return np.linalg.LinAlgError
+        fn = _CUSOLVER.get(name, getattr(np.linalg, name))
+        return _function(f"linalg.{name}", fn)
+
+
+def _nan_if_singular(fn: Any) -> Any:
+    def call(a: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(a, *args, **kwargs)
+        except np.linalg.LinAlgError:  # cuSOLVER reports it in devInfo, which CuPy ignores by default
+            eye = np.broadcast_to(np.eye(a.shape[-1], dtype=a.dtype), a.shape)
+            return np.full_like(fn(eye, *args, **kwargs), np.nan)
+
+    return call
+
+
+def _matrix_power(a: Any, n: int) -> Any:
+    if n < 0:
+        return np.linalg.matrix_power(_nan_if_singular(np.linalg.inv)(a), -n)
+    return np.linalg.matrix_power(a, n)
+
+
+def _eig(a: Any) -> Any:
+    w, v = np.linalg.eig(a)
+    complex_dtype = np.result_type(w.dtype, np.complex64)
+    return w.astype(complex_dtype), v.astype(complex_dtype)
+
+
+_CUSOLVER = {"eig": _eig, "inv": _nan_if_singular(np.linalg.inv), "solve": _nan_if_singular(np.linalg.solve),
+             "matrix_power": _matrix_power}
+_LINALG = _LinalgModule("cupy.linalg")
+
+
+class _CudaModule(types.ModuleType):
+    """``cupy.cuda``: devices and the current stream."""
+
+    Device = Device
+    CUDARuntimeError = CUDARuntimeError
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"[fake cupy] cupy.cuda.{name} is not simulated")
+
+    @staticmethod
+    def get_current_stream(device: Any = None) -> Stream:
+        return Stream()
+
+
+class _FakeCupy(types.ModuleType):
+    """The module installed as ``cupy``."""
+
+    _FAKE = True
+    ndarray = ndarray
+    linalg = _LINALG
+    cuda = _CudaModule("cupy.cuda")
+    __version__ = "14.2.0+fake"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name not in MODULE_NAMES:
+            raise AttributeError(f"module 'cupy' has no attribute {name!r}")
+        if name in ("fft", "random", "testing", "lib", "typing", "exceptions", "polynomial"):
+            raise NotImplementedError(f"[fake cupy] cupy.{name} is not simulated")
+        return _function(name, getattr(np, name))
+
+    @staticmethod
+    def get_array_module(*args: Any) -> Any:
+        return _MODULE if any(isinstance(a, ndarray) for a in args) else np
+
+    @staticmethod
+    def asnumpy(a: Any, stream: Any = None, order: str = "C", out: Any = None) -> np.ndarray:
+        return a.get(order=order, out=out) if isinstance(a, ndarray) else np.asarray(a, order=order)
+
+
+_MODULE = _FakeCupy("cupy")
+
+
+def make(device_count: int = 1) -> types.ModuleType:
+    """The fake ``cupy`` module, with ``device_count`` devices and device 0 current."""
+    global _device_count
+    _device_count = int(device_count)
+    _state.device = 0
+    return _MODULE
+
+
+def kernel_args(args: tuple, device_id: int) -> tuple:
+    """A ``RawKernel`` argument tuple as the emulator takes it, checked as CuPy's launcher would.
+
+    CuPy passes its arrays by device pointer (they must be on the launching
+    device), numpy scalars of the C types as they are, and Python
+    ``int``/``float``/``bool``/``complex`` as 64-bit numpy scalars; anything
+    else, a numpy array above all, is ``TypeError('Unsupported type ...')``.
+    """
+    converted = []
+    for a in args:
+        if isinstance(a, ndarray):
+            if a._dev != device_id:
+                raise ValueError(f"[fake cupy] kernel argument on device {a._dev}, launched on {device_id}")
+            converted.append(a._a)
+        elif type(a) in _KERNEL_SCALARS:
+            converted.append(a)
+        elif isinstance(a, bool):
+            converted.append(np.bool_(a))
+        elif isinstance(a, int):
+            converted.append(np.int64(a))
+        elif isinstance(a, float):
+            converted.append(np.float64(a))
+        elif isinstance(a, complex):
+            converted.append(np.complex128(a))
+        else:
+            raise TypeError(f"Unsupported type {type(a)} ([fake cupy] kernel argument)")
+    return tuple(converted)
+
+
+_KERNEL_SCALARS = frozenset(np.dtype(c).type for c in "?bhilqBHILQefdFD")
