@@ -36,6 +36,26 @@ lenient fails here as it would on a GPU:
   launcher does (arrays by pointer, Python scalars as 64-bit numpy scalars,
   anything else -- numpy arrays included -- is ``TypeError``), for a runtime
   that executes the launch on the emulator.
+* ``cuda.runtime.getDeviceProperties(i)`` gives H200-like properties
+  (:data:`DEVICE_PROPERTIES`: 132 SMs, compute capability 9.0, 48 KiB of
+  shared memory per block, 227 KiB opt-in).
+* :class:`RawModule` (keyword-only ``code``, ``options`` a tuple,
+  ``name_expressions``) compiles through the CUDA emulator, once per
+  (code, name expressions, options) per process, when ``compile()`` or the
+  first ``get_function`` is called.  ``get_function(name)`` takes exactly one
+  of the name expressions (else ``CUDADriverError``, CUDA_ERROR_NOT_FOUND) and
+  gives a :class:`RawKernel` bound to the device current at the lookup: a
+  launch, or a ``max_dynamic_shared_size_bytes`` change, while another device
+  is current is refused (``ValueError``; CuPy itself would load the module
+  again there, silently, with the attribute unset -- the fake treats that as
+  the bug it usually is).  ``RawKernel.__call__(grid, block, args,
+  shared_mem=0)`` takes tuples for ``grid`` and ``block`` (CuPy's ``Function``
+  is typed so), converts ``args`` with :func:`kernel_args`, refuses more than
+  48 KiB of dynamic shared memory unless ``max_dynamic_shared_size_bytes``
+  was raised to cover it on that device (CUDA_ERROR_INVALID_VALUE, as the
+  driver does), and runs the emulator kernel.  :data:`RAW_CALLS` records
+  module constructions, compiles, lookups, attribute changes and launches
+  (cleared by :func:`make`).
 """
 from __future__ import annotations
 
@@ -564,11 +584,273 @@ _CUSOLVER = {"eig": _eig, "inv": _nan_if_singular(np.linalg.inv), "solve": _nan_
 _LINALG = _LinalgModule("cupy.linalg")
 
 
+# --------------------------------------------------------------------------- device properties, RawModule
+
+#: What ``cuda.runtime.getDeviceProperties`` answers for every simulated device (an H200's values).
+DEVICE_PROPERTIES: dict[str, Any] = {
+    "name": b"NVIDIA H200 (fake cupy)",
+    "totalGlobalMem": 150_754_820_096,
+    "sharedMemPerBlock": 48 * 1024,
+    "sharedMemPerBlockOptin": 227 * 1024,
+    "sharedMemPerMultiprocessor": 228 * 1024,
+    "regsPerBlock": 65536,
+    "regsPerMultiprocessor": 65536,
+    "warpSize": 32,
+    "maxThreadsPerBlock": 1024,
+    "maxThreadsPerMultiProcessor": 2048,
+    "maxThreadsDim": (1024, 1024, 64),
+    "maxGridSize": (2**31 - 1, 65535, 65535),
+    "multiProcessorCount": 132,
+    "major": 9,
+    "minor": 0,
+}
+
+#: Dynamic shared memory a kernel may use without raising ``max_dynamic_shared_size_bytes``.
+DEFAULT_DYNAMIC_SHARED = 48 * 1024
+
+
+class CUDADriverError(RuntimeError):
+    """What CuPy raises for a failed driver call (``cupy.cuda.driver.CUDADriverError``)."""
+
+
+def _ordinal(device: Any, what: str) -> int:
+    if isinstance(device, (bool, np.bool_)) or not isinstance(device, (int, np.integer)):
+        raise TypeError(f"[fake cupy] {what} takes an int device ordinal, got {device!r}")
+    if not 0 <= int(device) < _device_count:
+        raise CUDARuntimeError(f"cudaErrorInvalidDevice: invalid device ordinal {device} "
+                               f"([fake cupy] {_device_count} device(s))")
+    return int(device)
+
+
+class _RuntimeModule(types.ModuleType):
+    """``cupy.cuda.runtime``: device count, current device and properties."""
+
+    CUDARuntimeError = CUDARuntimeError
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"[fake cupy] cupy.cuda.runtime.{name} is not simulated")
+
+    @staticmethod
+    def getDeviceCount() -> int:
+        return _device_count
+
+    @staticmethod
+    def getDevice() -> int:
+        return _current()
+
+    @staticmethod
+    def getDeviceProperties(device: int) -> dict[str, Any]:
+        _ordinal(device, "getDeviceProperties")
+        return dict(DEVICE_PROPERTIES)
+
+
+class _DriverModule(types.ModuleType):
+    """``cupy.cuda.driver``: only its error type."""
+
+    CUDADriverError = CUDADriverError
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"[fake cupy] cupy.cuda.driver.{name} is not simulated")
+
+
+class RawCalls:
+    """What the fake's ``RawModule``/``RawKernel`` were asked, in order (cleared by :func:`make`).
+
+    Attributes
+    ----------
+    modules
+        ``(name_expressions, options, current device)`` per ``RawModule(...)``.
+    compiles
+        ``(name_expressions, device)`` per load of a module on a device
+        (``compile()`` or a first ``get_function`` there).
+    lookups
+        ``(name, device)`` per ``get_function``.
+    attributes
+        ``(name, device, attribute, value)`` per attribute set.
+    launches
+        ``(name, device, grid, block, shared_mem)`` per kernel launch.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.modules: list[tuple[tuple[str, ...], tuple[str, ...], int]] = []
+        self.compiles: list[tuple[tuple[str, ...], int]] = []
+        self.lookups: list[tuple[str, int]] = []
+        self.attributes: list[tuple[str, int, str, int]] = []
+        self.launches: list[tuple[str, int, tuple, tuple, int]] = []
+
+
+RAW_CALLS = RawCalls()
+
+#: Emulator builds by (code, name expressions, options), shared by every RawModule of the process.
+_EMULATOR_MODULES: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
+_EMULATOR_LOCK = threading.Lock()
+
+
+def _emulator_module(code: str, name_expressions: tuple[str, ...], options: tuple[str, ...]) -> Any:
+    key = (code, name_expressions, options)
+    with _EMULATOR_LOCK:
+        module = _EMULATOR_MODULES.get(key)
+        if module is None:
+            from liam_gpu.emulator import EmulatorModule
+
+            module = _EMULATOR_MODULES[key] = EmulatorModule(code, name_expressions=name_expressions,
+                                                             options=options)
+        return module
+
+
+class RawModule:
+    """``cupy.RawModule`` from source and name expressions, compiled by the CUDA emulator.
+
+    Like CuPy's: the arguments are keyword-only, ``options`` must be a tuple
+    (CuPy's parameter is typed ``tuple``), ``name_expressions`` needs
+    ``code`` and the NVRTC backend, and compiling happens at ``compile()`` or
+    at the first ``get_function``, once per device.  Loading from a cubin/PTX
+    ``path`` is not simulated.
+    """
+
+    def __init__(self, *, code: str | None = None, path: str | None = None, options: tuple = (),
+                 backend: str = "nvrtc", translate_cucomplex: bool = False,
+                 enable_cooperative_groups: bool = False, name_expressions: Any = None,
+                 jitify: bool = False) -> None:
+        if (code is None) == (path is None):
+            raise TypeError("Exactly one of `code` and `path` keyword arguments must be given.")
+        if path is not None:
+            raise NotImplementedError("[fake cupy] RawModule(path=...) is not simulated")
+        if not isinstance(code, str):
+            raise TypeError(f"Argument 'code' has incorrect type (expected str, got {type(code).__name__})")
+        if not isinstance(options, tuple):
+            raise TypeError(f"Argument 'options' has incorrect type (expected tuple, got {type(options).__name__})")
+        if not all(isinstance(o, str) for o in options):
+            raise TypeError(f"[fake cupy] compile options must be str, got {options!r}")
+        if backend != "nvrtc":
+            raise ValueError("only nvrtc supports retrieving the mangled names for the given name expressions")
+        if name_expressions is None:
+            raise NotImplementedError("[fake cupy] a RawModule without name_expressions is not simulated "
+                                      "(the emulator exports only listed kernels)")
+        if isinstance(name_expressions, str):
+            raise TypeError("[fake cupy] name_expressions must be a sequence of str, not one str")
+        names = tuple(name_expressions)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"[fake cupy] name_expressions must be a non-empty sequence of str, got {names!r}")
+        if translate_cucomplex or enable_cooperative_groups or jitify:
+            raise NotImplementedError("[fake cupy] translate_cucomplex, enable_cooperative_groups and jitify "
+                                      "are not simulated")
+        self.code = code
+        self.options = options
+        self.backend = backend
+        self.name_expressions = names
+        self._devices: set[int] = set()  # devices where the module is loaded
+        RAW_CALLS.modules.append((names, options, _current()))
+
+    def _module(self) -> Any:
+        """The emulator module, loaded on the current device (compiling once per process)."""
+        module = _emulator_module(self.code, self.name_expressions, self.options)
+        device = _current()
+        if device not in self._devices:
+            self._devices.add(device)
+            RAW_CALLS.compiles.append((self.name_expressions, device))
+        return module
+
+    def compile(self, log_stream: Any = None) -> None:
+        """Compile (and load on the current device), as CuPy does on first use."""
+        self._module()
+
+    def get_function(self, name: str) -> RawKernel:
+        """The kernel of one name expression, bound to the current device."""
+        if not isinstance(name, str):
+            raise TypeError(f"Argument 'name' has incorrect type (expected str, got {type(name).__name__})")
+        module = self._module()
+        device = _current()
+        RAW_CALLS.lookups.append((name, device))
+        if name not in self.name_expressions:  # CuPy's mapping is exact; the driver then finds nothing
+            raise CUDADriverError(f"CUDA_ERROR_NOT_FOUND: named symbol not found ([fake cupy] {name!r} is not "
+                                  f"among the module's name_expressions {list(self.name_expressions)})")
+        return RawKernel._bound(name, module.get_function(name), device)
+
+
+class RawKernel:
+    """``cupy.RawKernel`` as :meth:`RawModule.get_function` gives it, on the emulator.
+
+    Bound to the device current at the lookup: launching it, or setting its
+    ``max_dynamic_shared_size_bytes``, while another device is current is
+    refused.  Only kernels from a :class:`RawModule` are simulated.
+    """
+
+    __slots__ = ("_device", "_kernel", "_max_dynamic_shared", "name")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("[fake cupy] only RawKernels from RawModule.get_function are simulated")
+
+    @classmethod
+    def _bound(cls, name: str, kernel: Any, device: int) -> RawKernel:
+        self = object.__new__(cls)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "_kernel", kernel)
+        object.__setattr__(self, "_device", device)
+        object.__setattr__(self, "_max_dynamic_shared", DEFAULT_DYNAMIC_SHARED)
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "max_dynamic_shared_size_bytes":
+            raise AttributeError(f"[fake cupy] setting cupy.RawKernel.{name} is not simulated")
+        object.__setattr__(self, name, value)  # the property below
+
+    def _check_device(self, what: str) -> None:
+        if _current() != self._device:
+            raise ValueError(f"[fake cupy] {what} of kernel {self.name!r} while device {_current()} is current; "
+                             f"it was looked up on device {self._device} (CuPy would load the module again "
+                             "there, without this kernel's attributes)")
+
+    @property
+    def max_dynamic_shared_size_bytes(self) -> int:
+        self._check_device("reading max_dynamic_shared_size_bytes")
+        return self._max_dynamic_shared
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value: int) -> None:
+        self._check_device("setting max_dynamic_shared_size_bytes")
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"[fake cupy] max_dynamic_shared_size_bytes takes an int, got {value!r}")
+        if not 0 <= int(value) <= DEVICE_PROPERTIES["sharedMemPerBlockOptin"]:
+            raise CUDADriverError(f"CUDA_ERROR_INVALID_VALUE: invalid argument ([fake cupy] "
+                                  f"max_dynamic_shared_size_bytes={value} is outside "
+                                  f"[0, {DEVICE_PROPERTIES['sharedMemPerBlockOptin']}])")
+        RAW_CALLS.attributes.append((self.name, self._device, "max_dynamic_shared_size_bytes", int(value)))
+        object.__setattr__(self, "_max_dynamic_shared", int(value))
+
+    def __call__(self, grid: tuple, block: tuple, args: Any, *, shared_mem: int = 0, stream: Any = None) -> None:
+        """Launch on the emulator, checked as CuPy's launcher and the driver would check it."""
+        if not isinstance(grid, tuple) or not isinstance(block, tuple):
+            raise TypeError(f"[fake cupy] grid and block must be tuples (CuPy's Function is typed so), "
+                            f"got {type(grid).__name__} and {type(block).__name__}")
+        if isinstance(shared_mem, (bool, np.bool_)) or not isinstance(shared_mem, (int, np.integer)) \
+                or shared_mem < 0:
+            raise TypeError(f"[fake cupy] shared_mem must be a non-negative int, got {shared_mem!r}")
+        if not isinstance(args, (tuple, list)):
+            raise TypeError(f"[fake cupy] kernel args must be a tuple or list, got {type(args).__name__}")
+        self._check_device("a launch")
+        if int(shared_mem) > self._max_dynamic_shared:
+            raise CUDADriverError(f"CUDA_ERROR_INVALID_VALUE: invalid argument ([fake cupy] kernel {self.name!r} "
+                                  f"launched with {shared_mem} bytes of dynamic shared memory; "
+                                  f"max_dynamic_shared_size_bytes is {self._max_dynamic_shared})")
+        converted = kernel_args(tuple(args), self._device)
+        RAW_CALLS.launches.append((self.name, self._device, grid, block, int(shared_mem)))
+        self._kernel(grid, block, converted, shared_mem=int(shared_mem))
+
+    def __repr__(self) -> str:
+        return f"<fake cupy RawKernel {self.name!r} on device {self._device}>"
+
+
 class _CudaModule(types.ModuleType):
     """``cupy.cuda``: devices and the current stream."""
 
     Device = Device
     CUDARuntimeError = CUDARuntimeError
+    runtime = _RuntimeModule("cupy.cuda.runtime")
+    driver = _DriverModule("cupy.cuda.driver")
 
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(f"[fake cupy] cupy.cuda.{name} is not simulated")
@@ -585,6 +867,8 @@ class _FakeCupy(types.ModuleType):
     ndarray = ndarray
     linalg = _LINALG
     cuda = _CudaModule("cupy.cuda")
+    RawModule = RawModule
+    RawKernel = RawKernel
     __version__ = "14.2.0+fake"
 
     def __getattr__(self, name: str) -> Any:
@@ -611,6 +895,7 @@ def make(device_count: int = 1) -> types.ModuleType:
     global _device_count
     _device_count = int(device_count)
     _state.device = 0
+    RAW_CALLS.clear()
     return _MODULE
 
 
