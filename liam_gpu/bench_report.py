@@ -341,17 +341,28 @@ def _file_stem(text: str) -> str:
 
 
 def _bar_plot(plt: Any, op: str, op_rows: Sequence[Row], out_dir: Path) -> str:
-    """One size only: median time per implementation as bars, min–max as error bars."""
-    ordered = sorted(op_rows, key=lambda r: r.median)
+    """Median time per implementation as bars, min–max as error bars; per shape, fastest first.
+
+    For an operation measured at one size, or at shapes that a size cannot
+    tell apart (4096×1024×1024 and 65536×256×256 are both 2³²).
+    """
+    shapes = sorted({r.shape for r in op_rows}, key=lambda s: min(r.size or 0 for r in op_rows if r.shape == s))
+    ordered = sorted(op_rows, key=lambda r: (shapes.index(r.shape), r.median))
     fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.4 * len(ordered)))
     medians = [r.median for r in ordered]
     err = [[r.median - r.min for r in ordered], [r.max - r.median for r in ordered]]
-    ax.barh(range(len(ordered)), medians, xerr=err, capsize=3, color="tab:blue", alpha=0.8)
-    ax.set_yticks(range(len(ordered)), [f"{r.label} {r.dtype}" for r in ordered], fontsize="small")
-    ax.invert_yaxis()  # fastest on top
+    colors = [f"C{shapes.index(r.shape) % 10}" for r in ordered]
+    ax.barh(range(len(ordered)), medians, xerr=err, capsize=3, color=colors, alpha=0.8)
+    several = len(shapes) > 1
+    labels = [(f"{r.shape}  " if several else "") + f"{r.label} {r.dtype}" for r in ordered]
+    ax.set_yticks(range(len(ordered)), labels, fontsize="small")
+    ax.invert_yaxis()  # first shape, fastest, on top
     ax.set_xscale("log")
+    from matplotlib.ticker import LogLocator
+
+    ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))  # 2 and 5 only: all eight labels overlap
     ax.set_xlabel("median time (s)")
-    ax.set_title(f"{op}  {ordered[0].shape}")
+    ax.set_title(op if several else f"{op}  {ordered[0].shape}")
     ax.grid(True, axis="x", which="both", alpha=0.3)
     name = f"time_{_file_stem(op)}.png"
     fig.tight_layout()
@@ -365,8 +376,8 @@ def write_plots(rows: Sequence[Row], out_dir: Path) -> list[str]:
 
     One ``time_<op>.png`` per operation (median time against size, log-log,
     one line per implementation, backend and dtype, the min–max range as error
-    bars; bars per implementation when the operation was measured at one size
-    only) and ``speedup_gpu_over_cpu.png`` when some operation ran on both.
+    bars; bars per shape and implementation when the operation was measured at
+    one size only, or at shapes of equal size) and ``speedup_gpu_over_cpu.png`` when some operation ran on both.
     Without matplotlib nothing is written and a note is printed.
     """
     try:
@@ -386,7 +397,8 @@ def write_plots(rows: Sequence[Row], out_dir: Path) -> list[str]:
         if r.size is not None:
             ops.setdefault(r.op, []).append(r)
     for op, op_rows in sorted(ops.items()):
-        if len({r.size for r in op_rows}) == 1:
+        # A line over sizes only when each size is one shape; else bars per shape.
+        if len({r.size for r in op_rows}) != len({r.shape for r in op_rows}) or len({r.size for r in op_rows}) == 1:
             written.append(_bar_plot(plt, op, op_rows, out_dir))
             continue
         fig, ax = plt.subplots(figsize=(6.4, 4.2))

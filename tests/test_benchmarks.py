@@ -307,6 +307,19 @@ def test_plots_are_written_as_png(synthetic, tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_shapes_of_equal_size_are_drawn_as_bars_per_shape(synthetic, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    # 4096x1024x1024 and 65536x256x256 are both 2**32: a line over size would stack them.
+    for name, shape, t in (("a", (4096, 1024, 1024), 0.05), ("b", (65536, 256, 256), 0.07)):
+        synthetic["benchmarks"].append(_bench(name, t, op="transform", shape=shape))
+    drawn = []
+    real = bench_report._bar_plot
+    monkeypatch.setattr(bench_report, "_bar_plot", lambda plt, op, rows, out: drawn.append(op) or real(plt, op, rows, out))
+    names = bench_report.write_plots(list(_rows(synthetic).values()), tmp_path)
+    assert drawn == ["transform"] and "time_transform.png" in names
+    assert (tmp_path / "time_svd.png").exists()  # sizes that tell shapes apart keep their line plot
+
+
 def test_without_matplotlib_plots_are_skipped_with_a_note(synthetic, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes 'import matplotlib' raise ImportError
     assert bench_report.write_plots(list(_rows(synthetic).values()), tmp_path) == []
