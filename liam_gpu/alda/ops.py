@@ -71,55 +71,57 @@ def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=No
 
     activation_code(activation)
     kind = arrays.common_kind(data=data, weights=weights, bias=bias, out=out)
-    x = arrays.to_compute(data, kind)
-    w = arrays.to_compute(weights, kind)
-    b = None if bias is None else arrays.to_compute(bias, kind)
-    dtype = transform._result_dtype(x, w, b)
-    batched = transform.check_shapes(x, w, b)
-    d_out, d_in = w.shape[-2:]
-    out_shape = tuple(x.shape[:-1]) + (d_out,)
-    dest = None
-    if out is not None:
-        # writable: a bfloat16 out would otherwise be a float32 copy, written and lost.
-        dest = arrays.to_compute(out, kind, name="out", writable=True)
-        if tuple(dest.shape) != out_shape:
-            raise ValueError(f"out must have shape {out_shape}, got {tuple(dest.shape)}")
-        if dest.dtype != dtype:
-            raise TypeError(f"out must have dtype {dtype}, got {dest.dtype}")
-        if not arrays.is_writeable(dest):
-            raise ValueError("out is read-only")
+    # Every conversion, in and out, on the caller's stream and device (torch refuses
+    # to export a tensor of another device than its current one).
+    with arrays.caller_stream(kind):
+        x = arrays.to_compute(data, kind)
+        w = arrays.to_compute(weights, kind)
+        b = None if bias is None else arrays.to_compute(bias, kind)
+        dtype = transform._result_dtype(x, w, b)
+        batched = transform.check_shapes(x, w, b)
+        d_out, d_in = w.shape[-2:]
+        out_shape = tuple(x.shape[:-1]) + (d_out,)
+        dest = None
+        if out is not None:
+            # writable: a bfloat16 out would otherwise be a float32 copy, written and lost.
+            dest = arrays.to_compute(out, kind, name="out", writable=True)
+            if tuple(dest.shape) != out_shape:
+                raise ValueError(f"out must have shape {out_shape}, got {tuple(dest.shape)}")
+            if dest.dtype != dtype:
+                raise TypeError(f"out must have dtype {dtype}, got {dest.dtype}")
+            if not arrays.is_writeable(dest):
+                raise ValueError("out is read-only")
 
-    def run(*chunk: Any) -> Any:
-        device = backend_name(current_device())
-        return transform.transform_matrix(
-            *chunk, activation=activation, device=device, check_finite=check_finite
-        )
+        def run(*chunk: Any) -> Any:
+            device = backend_name(current_device())
+            return transform.transform_matrix(
+                *chunk, activation=activation, device=device, check_finite=check_finite
+            )
 
-    if batched:
-        batch = (x, w) if b is None else (x, w, b)
-        fn = run
-    else:
-        params = _per_device((w, b))
-        batch = x.reshape(-1, d_in)
+        if batched:
+            batch = (x, w) if b is None else (x, w, b)
+            fn = run
+        else:
+            params = _per_device((w, b))
+            batch = x.reshape(-1, d_in)
 
-        def fn(rows: Any) -> Any:
-            w_here, b_here = params()
-            return run(rows, w_here, b_here)
+            def fn(rows: Any) -> Any:
+                w_here, b_here = params()
+                return run(rows, w_here, b_here)
 
-    target = None
-    if dest is not None and dest.flags.c_contiguous:
-        # A contiguous out receives the rows directly (each worker writes its own).
-        target = dest if batched else dest.reshape(-1, d_out)
-    try:
-        with arrays.caller_stream(kind):
+        target = None
+        if dest is not None and dest.flags.c_contiguous:
+            # A contiguous out receives the rows directly (each worker writes its own).
+            target = dest if batched else dest.reshape(-1, d_out)
+        try:
             y = sched.map(fn, batch, out=target)
-    except ChunkError as err:
-        raise _unwrap_bad_input(err) from None
-    if dest is None:
-        return arrays.from_compute(y.reshape(out_shape), kind)
-    if target is None:
-        dest[...] = y.reshape(out_shape)
-    return out
+        except ChunkError as err:
+            raise _unwrap_bad_input(err) from None
+        if dest is None:
+            return arrays.from_compute(y.reshape(out_shape), kind)
+        if target is None:
+            dest[...] = y.reshape(out_shape)
+        return out
 
 
 def _one_seed(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -150,19 +152,21 @@ def randomized_svd(sched, a, n_components, **kwargs):
 
     kwargs = _one_seed(kwargs)
     kind = arrays.kind_of(a)
-    x = arrays.to_compute(a, kind)
+    # Every conversion, in and out, on the caller's stream and device (torch refuses
+    # to export a tensor of another device than its current one).
+    with arrays.caller_stream(kind):
+        x = arrays.to_compute(a, kind)
 
-    def factor(m: Any) -> Any:
-        return svd.randomized_svd(m, n_components, device=backend_name(current_device()), **kwargs)
+        def factor(m: Any) -> Any:
+            return svd.randomized_svd(m, n_components, device=backend_name(current_device()), **kwargs)
 
-    try:
-        if getattr(x, "ndim", 0) != 3:
-            return _single(sched, factor, a)
-        with arrays.caller_stream(kind):
+        try:
+            if getattr(x, "ndim", 0) != 3:
+                return _single(sched, factor, a)
             u, s, vt = sched.map(factor, x)
-    except ChunkError as err:
-        raise _unwrap_bad_input(err) from None
-    return tuple(arrays.from_compute(f, kind) for f in (u, s, vt))
+        except ChunkError as err:
+            raise _unwrap_bad_input(err) from None
+        return tuple(arrays.from_compute(f, kind) for f in (u, s, vt))
 
 
 def svd_compress(sched, a, k=None, *, tol=None, **kwargs):
@@ -184,32 +188,34 @@ def svd_compress(sched, a, k=None, *, tol=None, **kwargs):
 
     kwargs = _one_seed(kwargs)
     kind = arrays.kind_of(a)
-    x = arrays.to_compute(a, kind)
+    # Every conversion, in and out, on the caller's stream and device (torch refuses
+    # to export a tensor of another device than its current one).
+    with arrays.caller_stream(kind):
+        x = arrays.to_compute(a, kind)
 
-    def compress(m: Any, rank: Any = k, target: Any = tol, **extra: Any) -> Any:
-        device = backend_name(current_device())
-        return svd.svd_compress(m, rank, tol=target, device=device, **{**kwargs, **extra})
+        def compress(m: Any, rank: Any = k, target: Any = tol, **extra: Any) -> Any:
+            device = backend_name(current_device())
+            return svd.svd_compress(m, rank, tol=target, device=device, **{**kwargs, **extra})
 
-    def factors(m: Any) -> tuple[Any, ...]:
-        low = compress(m)
-        return (low.U, low.S, low.Vt, low.relative_error)
+        def factors(m: Any) -> tuple[Any, ...]:
+            low = compress(m)
+            return (low.U, low.S, low.Vt, low.relative_error)
 
-    try:
-        if getattr(x, "ndim", 0) != 3:
-            return _single(sched, compress, a)
-        with arrays.caller_stream(kind):
+        try:
+            if getattr(x, "ndim", 0) != 3:
+                return _single(sched, compress, a)
             parts = sched.map(factors, x, combine=list)
             if tol is not None:
                 parts = _one_rank(sched, x, parts, compress)
             joined = LowRank.concatenate([LowRank(u, s, vt, relative_error=e) for u, s, vt, e in parts])
-    except ChunkError as err:
-        raise _unwrap_bad_input(err) from None
-    if kind.library != "torch":
-        return joined
-    return LowRank(
-        *(arrays.from_compute(f, kind) for f in (joined.U, joined.S, joined.Vt)),
-        relative_error=joined.relative_error,
-    )
+        except ChunkError as err:
+            raise _unwrap_bad_input(err) from None
+        if kind.library != "torch":
+            return joined
+        return LowRank(
+            *(arrays.from_compute(f, kind) for f in (joined.U, joined.S, joined.Vt)),
+            relative_error=joined.relative_error,
+        )
 
 
 def _one_rank(sched, x: Any, parts: list[tuple[Any, ...]], compress: Callable[..., Any]) -> list[tuple[Any, ...]]:
