@@ -273,3 +273,46 @@ def test_missing_cuobjdump_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
 def test_cli_rejects_unknown_family(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--family", "no-such-family"]) == 2
     assert "unknown kernel family: no-such-family" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- (c) the transform's inner loop
+
+
+@needs_cuobjdump
+@pytest.mark.parametrize("arch", CUBIN_ARCHS)
+def test_transform_k_loop_is_one_dense_k_tile(arch: str) -> None:
+    # The speed of the fused GEMM is its k-loop: one k-tile per trip (exactly
+    # BK*TM*TN multiply-adds: none duplicated, none missing), shared memory read
+    # 16 bytes at a time, and multiply-adds the bulk of the instructions.
+    # Measured on NVRTC 13.0 (sm_80, sm_90): 0.84-0.88 for the vectorised
+    # "large" tiles, 0.42-0.78 for the others (small double tiles carry the
+    # most loads per multiply-add).  A planted fault -- shared rows padded by
+    # one float, so no longer 16-byte aligned -- kept "large" at 0.84 but put
+    # 16 32-bit and 16 64-bit shared loads in its loop: the LDS check is what
+    # catches that.
+    from liam_gpu.launch import transform as T
+
+    result = _compiled("transform", arch)
+    code = sass.function_sass(result)
+    for dtype, configs in T.TILE_CONFIGS.items():
+        for config in configs.values():
+            for vec in (True, False):
+                name = T.linear_entry(dtype, config, vec)
+                macs = config.bk * config.tm * config.tn
+                body = sass.fma_loop(code[name], macs)
+                assert body is not None, f"{name} ({arch}): no loop holds a k-tile's {macs} multiply-adds"
+                counts = sass.mnemonic_histogram(body)
+                fma = counts["FFMA"] + counts["DFMA"]
+                assert fma == macs, f"{name} ({arch}): {fma} multiply-adds in the k-loop, expected {macs}"
+                narrow = [m for m in counts if m.startswith("LDS") and ".128" not in m]
+                assert not narrow, f"{name} ({arch}): shared loads narrower than 16 bytes in the k-loop: {narrow}"
+                floor = 0.8 if (config.name == "large" and dtype != "float64" and vec) else 0.4
+                density = fma / len(body)
+                assert density >= floor, f"{name} ({arch}): k-loop FMA density {density:.2f} < {floor}"
+
+
+def test_loops_are_backward_branches() -> None:
+    code = ["MOV R1, R2", "FFMA R3, R1, R1, R3", "FFMA R4, R1, R1, R4", "@P0 BRA 0x10", "EXIT", "BRA 0x50"]
+    assert sass.loops(code) == [(1, 3), (5, 5)]
+    assert sass.fma_loop(code, 2) == code[1:4]
+    assert sass.fma_loop(code, 3) is None

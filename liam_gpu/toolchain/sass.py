@@ -138,6 +138,38 @@ def matches(pattern: str, mnem: str) -> bool:
     return p_op == m_op and set(p_mods) <= set(m_mods)
 
 
+#: Bytes per SASS instruction from Volta on (sm_70+), so instruction i sits at 16 * i.
+INSTRUCTION_BYTES = 16
+_BRANCH_TARGET = re.compile(r"\bBRA\b.*?\b0x([0-9a-f]+)\b")
+_FMA = ("FFMA", "DFMA")
+
+
+def loops(instructions: list[str]) -> list[tuple[int, int]]:
+    """``(first, last)`` instruction indices of every loop: a branch back to an earlier address."""
+    found = []
+    for last, instruction in enumerate(instructions):
+        if (m := _BRANCH_TARGET.search(instruction)) is not None:
+            first = int(m.group(1), 16) // INSTRUCTION_BYTES
+            if first <= last:
+                found.append((first, last))
+    return found
+
+
+def fma_loop(instructions: list[str], min_fma: int) -> list[str] | None:
+    """The shortest loop body with at least ``min_fma`` FFMA/DFMA: a GEMM's k-loop (None if none).
+
+    A tiled GEMM's innermost loop over k-tiles holds one k-tile's
+    multiply-adds; its density (FMAs over all instructions) is what the
+    arithmetic units see between shared-memory loads and bookkeeping.
+    """
+    best: list[str] | None = None
+    for first, last in loops(instructions):
+        body = instructions[first:last + 1]
+        if sum(mnemonic(i) in _FMA for i in body) >= min_fma and (best is None or len(body) < len(best)):
+            best = body
+    return best
+
+
 def function_sass(result: CompileResult) -> dict[str, list[str]]:
     """SASS instructions per *name expression* of a successful cubin compile."""
     if not result.success or result.output != "cubin":
