@@ -271,7 +271,43 @@ def _as_tensors(*values: Any) -> list[Any]:
 
 # --- layers ------------------------------------------------------------------------
 
-class Linear(nn.Module):
+class _FusedLayer(nn.Module):
+    """What :class:`Linear` and :class:`LowRankLinear` share: sizes, activation, backend and bias."""
+
+    in_features: int
+    out_features: int
+
+    def _set_sizes(self, in_features: int, out_features: int, activation: str | None, backend: Any,
+                   check_finite: bool) -> None:
+        _check_features("in_features", in_features)
+        _check_features("out_features", out_features)
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.activation = _NAMES[activation_code(activation)]
+        self.backend = backend
+        self.check_finite = bool(check_finite)
+
+    def _add_bias(self, bias: bool, factory: dict[str, Any]) -> None:
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+
+    def _reset_bias(self) -> None:
+        """``nn.Linear``'s bias initialisation: uniform in ``±1 / sqrt(in_features)``."""
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _sizes_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+    def extra_repr(self) -> str:
+        text = f"{self._sizes_repr()}, bias={self.bias is not None}"
+        return text + (f", activation={self.activation!r}" if self.activation else "")
+
+
+class Linear(_FusedLayer):
     """``nn.Linear`` computed by liam-gpu, with an optional fused activation.
 
     ``y = activation(x @ weight.T + bias)`` in one kernel.  Parameters are
@@ -313,27 +349,16 @@ class Linear(nn.Module):
         check_finite: bool = False,
     ) -> None:
         super().__init__()
-        _check_features("in_features", in_features)
-        _check_features("out_features", out_features)
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
-        self.activation = _NAMES[activation_code(activation)]
-        self.backend = backend
-        self.check_finite = bool(check_finite)
+        self._set_sizes(in_features, out_features, activation, backend, check_finite)
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, **factory))
-        else:
-            self.register_parameter("bias", None)
+        self._add_bias(bias, factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """The initialisation of ``nn.Linear`` (Kaiming-uniform weight, uniform bias)."""
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
-            nn.init.uniform_(self.bias, -bound, bound)
+        self._reset_bias()
 
     @classmethod
     def from_linear(cls, module: nn.Module, activation: str | None = None, *, backend: Any = None) -> "Linear":
@@ -365,10 +390,6 @@ class Linear(nn.Module):
             input, self.weight, self.bias, self.activation, device=self.backend, check_finite=self.check_finite
         )
 
-    def extra_repr(self) -> str:
-        text = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-        return text + (f", activation={self.activation!r}" if self.activation else "")
-
 
 @dataclass(frozen=True)
 class CompressionReport:
@@ -398,7 +419,7 @@ class CompressionReport:
     output_error: float | None = None
 
 
-class LowRankLinear(nn.Module):
+class LowRankLinear(_FusedLayer):
     """A linear layer factored as two thin transforms: ``act((x @ A.T) @ B.T + bias)``.
 
     ``A`` (``weight_in``, ``(rank, in_features)``) and ``B`` (``weight_out``,
@@ -435,22 +456,13 @@ class LowRankLinear(nn.Module):
         check_finite: bool = False,
     ) -> None:
         super().__init__()
-        _check_features("in_features", in_features)
-        _check_features("out_features", out_features)
+        self._set_sizes(in_features, out_features, activation, backend, check_finite)
         _check_features("rank", rank)
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
         self.rank = int(rank)
-        self.activation = _NAMES[activation_code(activation)]
-        self.backend = backend
-        self.check_finite = bool(check_finite)
         factory = {"device": device, "dtype": dtype}
         self.weight_in = nn.Parameter(torch.empty(rank, in_features, **factory))
         self.weight_out = nn.Parameter(torch.empty(out_features, rank, **factory))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, **factory))
-        else:
-            self.register_parameter("bias", None)
+        self._add_bias(bias, factory)
         self.compression: CompressionReport | None = None
         self.reset_parameters()
 
@@ -464,9 +476,7 @@ class LowRankLinear(nn.Module):
         nn.init.kaiming_uniform_(self.weight_in, a=math.sqrt(5))
         bound = math.sqrt(3.0 / self.rank)  # U(-b, b) has variance b**2 / 3
         nn.init.uniform_(self.weight_out, -bound, bound)
-        if self.bias is not None:
-            bound = 1.0 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.bias, -bound, bound)
+        self._reset_bias()
 
     @property
     def parameter_count(self) -> int:
@@ -518,7 +528,7 @@ class LowRankLinear(nn.Module):
             The liam-gpu ``device=`` for the SVD and for the layer's transforms.
         **svd_options
             Further keyword arguments of :func:`liam_gpu.svd_compress`
-            (``oversample``, ``power_iters``, ``seed``, ...).
+            (``n_oversamples``, ``n_iter``, ``random_state``, ``max_rank``, ...).
 
         Returns
         -------
@@ -617,12 +627,8 @@ class LowRankLinear(nn.Module):
             hidden, self.weight_out, self.bias, self.activation, device=self.backend, check_finite=False
         )
 
-    def extra_repr(self) -> str:
-        text = (
-            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
-            f"bias={self.bias is not None}"
-        )
-        return text + (f", activation={self.activation!r}" if self.activation else "")
+    def _sizes_repr(self) -> str:
+        return f"{super()._sizes_repr()}, rank={self.rank}"
 
 
 def _check_features(name: str, value: Any) -> None:
