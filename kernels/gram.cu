@@ -37,6 +37,23 @@ __device__ __forceinline__ void tile_update(Acc (&acc)[4][4], Acc (*A)[LDA], Acc
     }
 }
 
+// out[r0 + 16a, c0 + 16b] = acc[a][b] for the entries inside a rows x cols
+// row-major matrix: a thread's 4 x 4 block, stored once, converted to Out.
+template <typename Out, typename Acc>
+__device__ __forceinline__ void store_block(Out* out, long long rows, long long cols, long long r0, long long c0,
+                                            const Acc (&acc)[4][4]) {
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+        const long long r = r0 + 16 * a;
+        if (r >= rows) continue;
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+            const long long c = c0 + 16 * b;
+            if (c < cols) out[r * cols + c] = (Out)acc[a][b];
+        }
+    }
+}
+
 
 // ------------------------------------------------------------------ Gram, pass 1
 
@@ -89,17 +106,7 @@ __device__ __forceinline__ void gram_partial_body(const T* __restrict__ y, Acc* 
         __syncthreads();
     }
 
-    Acc* out = partial + s * l * l;
-#pragma unroll
-    for (int a = 0; a < 4; ++a) {
-        const long long gi = i0 + ty + 16 * a;
-        if (gi >= l) continue;
-#pragma unroll
-        for (int b = 0; b < 4; ++b) {
-            const long long gj = j0 + tx + 16 * b;
-            if (gj < l) out[gi * l + gj] = acc[a][b];
-        }
-    }
+    store_block(partial + s * l * l, l, l, i0 + ty, j0 + tx, acc);
 }
 
 template <typename T, typename Acc>
@@ -185,16 +192,7 @@ __device__ __forceinline__ void tri_apply_body(const T* __restrict__ y, const Ac
         __syncthreads();
     }
 
-#pragma unroll
-    for (int a = 0; a < 4; ++a) {
-        const long long r = row0 + ty + 16 * a;
-        if (r >= m) continue;
-#pragma unroll
-        for (int b = 0; b < 4; ++b) {
-            const long long c = j0 + tx + 16 * b;
-            if (c < l) q[r * l + c] = (T)acc[a][b];
-        }
-    }
+    store_block(q, m, l, row0 + ty, j0 + tx, acc);
 }
 
 template <typename T, typename Acc>
