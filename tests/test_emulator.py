@@ -504,3 +504,17 @@ def test_thread_sanitizer_catches_a_race_and_passes_the_fixed_kernel():
         k(4, 64, (x, out, np.int32(256), True))
     msg = str(info.value)
     assert "block_sum<64>" in msg and "SUMMARY: ThreadSanitizer: data race" in msg
+
+
+def test_options_keep_includes_and_macros_in_order(tmp_path):
+    from liam_gpu.emulator.build import parse_options
+
+    parsed = parse_options([
+        "-std=c++17", f"--include-path={tmp_path}", "-I", "rel", "-Iother", "--gpu-architecture=sm_90",
+        "-DA=1", "-U", "A", "--define-macro=B", "--undefine-macro=C", "-D", "E", "-UF", "-lineinfo",
+    ])
+    assert parsed.include_dirs == (str(tmp_path), str((tmp_path.cwd() / "rel").resolve()),
+                                   str((tmp_path.cwd() / "other").resolve()))
+    assert parsed.macro_flags == ("-DA=1", "-UA", "-DB", "-UC", "-DE", "-UF")  # -D/-U order is meaning
+    with pytest.raises(TypeError, match="not a string"):
+        parse_options(["-DA", 3])

@@ -136,8 +136,8 @@ def parse_options(options: Sequence[str]) -> ParsedOptions:
     """
     if isinstance(options, str):
         raise TypeError("options must be a sequence of strings, not a string")
-    includes: list[str] = []
-    macros: list[str] = []
+    long_forms = {"-I": "--include-path", "-D": "--define-macro", "-U": "--undefine-macro"}
+    found: list[tuple[str, str]] = []  # (flag, value) in command-line order: -D/-U order matters
     opts = list(options)
     i = 0
     while i < len(opts):
@@ -145,29 +145,20 @@ def parse_options(options: Sequence[str]) -> ParsedOptions:
         if not isinstance(opt, str):
             raise TypeError(f"option {opt!r} is not a string")
         nxt = opts[i + 1] if i + 1 < len(opts) else None
-        if opt.startswith("--include-path="):
-            includes.append(opt.split("=", 1)[1])
-        elif opt in ("-I", "--include-path") and nxt is not None:
-            includes.append(nxt)
-            i += 1
-        elif opt.startswith("-I"):
-            includes.append(opt[2:])
-        elif opt.startswith("--define-macro="):
-            macros.append("-D" + opt.split("=", 1)[1])
-        elif opt in ("-D", "--define-macro") and nxt is not None:
-            macros.append("-D" + nxt)
-            i += 1
-        elif opt.startswith("-D") and len(opt) > 2:
-            macros.append(opt)
-        elif opt.startswith("--undefine-macro="):
-            macros.append("-U" + opt.split("=", 1)[1])
-        elif opt in ("-U", "--undefine-macro") and nxt is not None:
-            macros.append("-U" + nxt)
-            i += 1
-        elif opt.startswith("-U") and len(opt) > 2:
-            macros.append(opt)
+        for flag, long_form in long_forms.items():
+            if opt.startswith(long_form + "="):  # --define-macro=X
+                found.append((flag, opt.split("=", 1)[1]))
+            elif opt in (flag, long_form) and nxt is not None:  # -D X, --define-macro X
+                found.append((flag, nxt))
+                i += 1
+            elif opt.startswith(flag) and len(opt) > 2:  # -DX
+                found.append((flag, opt[2:]))
+            else:
+                continue
+            break
         i += 1
-    return ParsedOptions(tuple(str(Path(d).resolve()) for d in includes), tuple(macros))
+    includes = tuple(str(Path(value).resolve()) for flag, value in found if flag == "-I")
+    return ParsedOptions(includes, tuple(flag + value for flag, value in found if flag != "-I"))
 
 
 # `extern __shared__ [attributes] T name[];` -- the type may carry __align__(n).
