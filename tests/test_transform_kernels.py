@@ -421,7 +421,7 @@ def test_every_choice_is_a_registered_entry_point():
         for vec in (True, False):
             # Only dtypes with a vendor-GEMM path need the epilogue-only kernel.
             registered = T.epilogue_entry(dtype, vec) in T.FAMILY.name_expressions
-            assert registered is (dtype in T.VENDOR_GEMM_DTYPES)
+            assert registered is (dtype in T.BLAS_RULES)
 
 
 def test_shared_memory_formula_matches_the_budget():

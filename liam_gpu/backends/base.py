@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays import array_module
+
 
 class Backend:
     """Where a computation runs, and the primitive operations it offers.
@@ -44,8 +46,6 @@ class Backend:
 
     def holds(self, a: Any) -> bool:
         """Whether ``a`` is memory this backend computes on (kernels may write it directly)."""
-        from ..arrays import array_module
-
         return array_module(a) is self.xp
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:

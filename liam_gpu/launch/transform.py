@@ -100,10 +100,6 @@ VECTOR_WIDTH: dict[str, int] = {"float32": 4, "float64": 2, "float16": 8, "bfloa
 #: Elements per 16-byte group of the compute type (output vector stores).
 GROUP_WIDTH: dict[str, int] = {"float32": 4, "float64": 2, "float16": 4, "bfloat16": 4}
 
-#: Storage dtypes the array module's matmul (cuBLAS) computes: the only ones
-#: with a "blas+epilogue" path, hence an epilogue-only kernel.
-VENDOR_GEMM_DTYPES: tuple[str, ...] = ("float32", "float64", "float16")
-
 #: The array dtype that carries each storage dtype.
 CARRIERS: dict[str, np.dtype] = {name: np.dtype(np.uint16 if name == "bfloat16" else name) for name in CTYPES}
 
@@ -160,8 +156,8 @@ def _family() -> KernelFamily:
                     # 16-byte loads are the point of the vector path.
                     sass_require=("LDG.E.128",) if vec else (),
                 )
-        if dtype not in VENDOR_GEMM_DTYPES:
-            continue  # no vendor-GEMM path, so no epilogue-only kernel
+        if dtype not in BLAS_RULES:
+            continue  # no vendor-GEMM path (bfloat16), so no epilogue-only kernel
         for vec in (True, False):
             name = epilogue_entry(dtype, vec)
             groups[name] = dtype
@@ -169,8 +165,6 @@ def _family() -> KernelFamily:
     return KernelFamily("transform", "transform.cu", name_expressions=tuple(groups), budgets=budgets,
                         module_groups=groups)
 
-
-FAMILY = register(_family())
 
 #: Hardware grid limits (x, y, z).  The kernels use 1-D grids and loop over
 #: their work with the grid size as stride, so a launch clamps grid.x to this
@@ -218,6 +212,8 @@ BLAS_RULES: dict[str, BlasRule] = {
     "float64": BlasRule(min_rows=512, min_d_in=256, min_d_out=512),
     "float16": BlasRule(min_rows=256, min_d_in=256, min_d_out=256),
 }
+
+FAMILY = register(_family())
 
 #: A tile configuration is taken only while at least this fraction of its
 #: padded tiles holds real outputs (ragged edges waste the rest).
@@ -447,7 +443,7 @@ def _linear(runtime, x, w, bias, activation, out, batched, config, path, storage
     path = path or chosen.path
     if path not in (PATH_KERNEL, PATH_BLAS):
         raise ValueError(f"path={path!r} is unknown; expected {PATH_KERNEL!r} or {PATH_BLAS!r}")
-    if path == PATH_BLAS and dtype not in VENDOR_GEMM_DTYPES:
+    if path == PATH_BLAS and dtype not in BLAS_RULES:
         raise ValueError(f"path={PATH_BLAS!r} cannot compute {dtype}: the array module's matmul has no such dtype")
     if config is not None and config not in TILE_CONFIGS[dtype]:
         names = ", ".join(repr(c) for c in TILE_CONFIGS[dtype])
