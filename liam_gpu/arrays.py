@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-_CUPY_MODULE = "cupy"
+from .xp import array_module, is_cupy  # noqa: F401  (re-exported: callers ask arrays.is_cupy)
 
 
 @dataclass(frozen=True)
@@ -91,12 +91,6 @@ def is_tensor(x: Any) -> bool:
     """Whether ``x`` is a ``torch.Tensor``."""
     torch = _torch()
     return torch is not None and isinstance(x, torch.Tensor)
-
-
-def is_cupy(x: Any) -> bool:
-    """Whether ``x`` is a ``cupy.ndarray``."""
-    cupy = sys.modules.get(_CUPY_MODULE)
-    return cupy is not None and isinstance(x, cupy.ndarray)
 
 
 def kind_of(x: Any) -> ArrayKind:
@@ -360,15 +354,6 @@ def is_writeable(a: Any) -> bool:
     asks here instead of reading ``a.flags.writeable``.
     """
     return bool(getattr(a.flags, "writeable", True))
-
-
-def array_module(x: Any):
-    """``numpy`` or ``cupy``, whichever owns ``x`` (a compute array)."""
-    if is_cupy(x):
-        import cupy
-
-        return cupy
-    return np
 
 
 @contextlib.contextmanager

@@ -457,11 +457,23 @@ def run_cli(args: argparse.Namespace) -> int:
     return rc
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m liam_gpu.benchmarks``: the same options as ``liam-gpu bench``."""
-    from .cli import main as cli_main
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``liam-gpu bench`` (and of ``python -m liam_gpu.benchmarks``)."""
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute on a CPU")
+    parser.add_argument("--backend", choices=("cpu", "cuda", "all"), default="all")
+    parser.add_argument("--out", default="bench/results/latest")
 
-    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m liam_gpu.benchmarks``: the same options and exit codes as ``liam-gpu bench``."""
+    parser = argparse.ArgumentParser(prog="python -m liam_gpu.benchmarks", description="liam-gpu bench")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_cli(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"liam-gpu bench: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

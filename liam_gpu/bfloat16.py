@@ -16,16 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from .xp import array_module
+
 #: The dtype that carries bfloat16 bits.
 CARRIER = np.dtype(np.uint16)
 
 _EXPONENT = 0x7F80  # all ones: inf or NaN
-
-
-def _xp(a: Any):
-    from .arrays import array_module
-
-    return array_module(a)
 
 
 def to_float32(bits: Any) -> Any:
@@ -50,7 +46,7 @@ def from_float32(values: Any, out: Any | None = None) -> Any:
     array
         ``uint16`` bits (``out`` when given).
     """
-    xp = _xp(values)
+    xp = array_module(values)
     u = xp.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
     # Adding 0x7fff plus the lowest kept bit carries into the kept bits exactly
     # when the dropped half is above one half, or equal to it with the kept part odd.

@@ -158,14 +158,10 @@ def _load_npy(path: str) -> np.ndarray:
         raise ValueError(f"{path} is not a readable .npy array file ({err})") from err
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from liam_gpu.benchmarks import run_cli
-
-    return run_cli(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and tests)."""
+    from liam_gpu import benchmarks  # the bench options are the benchmark module's own
+
     parser = argparse.ArgumentParser(prog="liam-gpu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -195,10 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_decompress)
 
     p = sub.add_parser("bench", help="run the benchmark suite and write tables and plots")
-    p.add_argument("--quick", action="store_true", help="small sizes, under a minute on a CPU")
-    p.add_argument("--backend", choices=("cpu", "cuda", "all"), default="all")
-    p.add_argument("--out", default="bench/results/latest")
-    p.set_defaults(run=_bench)
+    benchmarks.add_arguments(p)
+    p.set_defaults(run=benchmarks.run_cli)
     return parser
 
 

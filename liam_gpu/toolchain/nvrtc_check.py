@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from liam_gpu.launch.family import BASE_OPTIONS, KernelBudget
+from liam_gpu.toolchain.results import CompileResult, EntryInfo, Output, Problem, is_warning_line
 
 if TYPE_CHECKING:
     from liam_gpu.launch.family import KernelFamily
@@ -32,66 +32,6 @@ PTXAS_OPTIONS: tuple[str, ...] = (
     "--ptxas-options=--warn-on-spills",
     "--ptxas-options=--warn-on-local-memory-usage",
 )
-
-Output = Literal["cubin", "ptx"]
-
-
-@dataclass(frozen=True)
-class EntryInfo:
-    """What ptxas reported for one ``__global__`` entry point.
-
-    The numeric fields are ``None`` for PTX output (ptxas did not run).
-    """
-
-    name_expression: str
-    lowered_name: str | None
-    registers: int | None = None
-    shared_bytes: int | None = None
-    stack_frame_bytes: int | None = None
-    spill_store_bytes: int | None = None
-    spill_load_bytes: int | None = None
-
-    @property
-    def spills(self) -> bool:
-        """Whether ptxas spilled registers to local memory."""
-        return bool(self.spill_store_bytes or self.spill_load_bytes)
-
-
-@dataclass
-class CompileResult:
-    """The outcome of one NVRTC compile of one source for one architecture."""
-
-    arch: str
-    output: Output
-    options: tuple[str, ...]
-    success: bool
-    log: str
-    entries: dict[str, EntryInfo] = field(default_factory=dict)
-    binary: bytes = b""
-
-    @property
-    def warnings(self) -> list[str]:
-        """Log lines that are warnings (NVRTC front end or ptxas)."""
-        return [line for line in self.log.splitlines() if _is_warning_line(line)]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One reason a kernel must not ship.
-
-    ``entry`` is ``None`` when the problem concerns the whole compile (an
-    error or a warning NVRTC does not tie to one entry point).
-    """
-
-    family: str
-    entry: str | None
-    arch: str
-    kind: str  # error | warning | spill | stack | registers | smem | sass
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
-
 
 class NvrtcUnavailable(RuntimeError):
     """``cuda-bindings`` / ``nvidia-cuda-nvrtc`` cannot be imported or loaded."""
@@ -213,20 +153,11 @@ def compile_entry_points(
 
 # --------------------------------------------------------------------------- ptxas report
 
-_WARNING = re.compile(r"\bwarning\b", re.IGNORECASE)
 _ENTRY = re.compile(r"Compiling entry function '([^']+)'")
 _PROPS = re.compile(r"Function properties for (\S+)")
 _FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _REGS = re.compile(r"Used (\d+) registers")
 _SMEM = re.compile(r"(\d+) bytes smem")
-
-
-def _is_warning_line(line: str) -> bool:
-    # "ptxas info" lines carry kernel names, which must not trip the rule.
-    stripped = line.lstrip()
-    if stripped.startswith("ptxas info") or stripped.startswith("ptxas         ."):
-        return False
-    return bool(_WARNING.search(line))
 
 
 def parse_ptxas_report(log: str) -> dict[str, dict[str, int]]:
@@ -352,7 +283,7 @@ def check_source(
         result = compile_entry_points(source, names, arch=arch, options=options)
     problems = check_result(family, result, names, budget)
     if sass and result.success and result.output == "cubin":
-        from liam_gpu.toolchain.sass import check_sass  # sass imports this module
+        from liam_gpu.toolchain.sass import check_sass  # only cubin checks need it
 
         problems += check_sass(family, result, budget)
     return problems

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from liam_gpu.launch.family import KernelBudget
-from liam_gpu.toolchain.nvrtc_check import CompileResult, Problem
+from liam_gpu.toolchain.results import CompileResult, Problem
 
 #: Local memory loads/stores: always forbidden (spills or local arrays).
 LOCAL_MEMORY: tuple[str, ...] = ("LDL", "STL")
