@@ -1,4 +1,5 @@
-// Shared device helpers for every liam-gpu kernel family.
+// Shared device helpers for every liam-gpu kernel family (transform, sketch,
+// gram, batched_svd all include this file).
 //
 // Self-contained CUDA C++: NVRTC here has no cuda_fp16.h and no standard
 // headers, and the CPU emulator (which defines LIAM_EMULATOR) compiles this
@@ -7,13 +8,16 @@
 // `#ifndef LIAM_EMULATOR` next to a plain path that computes the same bits.
 //
 // Contents:
-//   * 64-bit index helpers (grid sizes and element counts can pass 2^31);
+//   * 64-bit index helpers and the grid-stride loops (grid sizes and element
+//     counts can pass 2^31);
 //   * lg_half: IEEE binary16 storage with bit-exact round-to-nearest-even
 //     conversion from float (the same rule as numpy's float16 cast);
 //   * lg_bf16: bfloat16 storage (the top half of a float), round-to-nearest-even
 //     from float (the same rule as torch's bfloat16 cast);
-//   * lg_math: float/double overloads of the math functions the epilogues use;
-//   * apply_activation<ACT>(x): the activation codes of liam_gpu/activations.py.
+//   * lg_math: float/double overloads of the math functions and limits that
+//     templated code needs (one name for both precisions);
+//   * lg_act: the activations as functor types, and the one dispatch from a
+//     launch's activation index to its functor.
 #pragma once
 
 // ------------------------------------------------------------------ 64-bit indexing
@@ -31,6 +35,39 @@ __device__ __forceinline__ long long lg_grid_threads_1d() {
 // Ceiling division for non-negative 64-bit sizes.
 __device__ __forceinline__ long long lg_ceil_div(long long a, long long b) {
     return (a + b - 1) / b;
+}
+
+// Threads of a warp (a hardware constant; `warpSize` is a variable in CUDA).
+constexpr int LG_WARP = 32;
+
+// A strided range of 64-bit indices, for grid-stride loops that run over any
+// amount of work with whatever grid the launcher chose:
+//   for (const long long i : lg_grid_stride(n))   this thread's elements
+//   for (const long long b : lg_block_stride(n))  this block's work items
+struct lg_stride_range {
+    long long first, limit, step;
+    struct iterator {
+        long long i, limit, step;
+        __device__ __forceinline__ long long operator*() const { return i; }
+        __device__ __forceinline__ iterator& operator++() {
+            i += step;
+            return *this;
+        }
+        // Every iterator compares against the end by the limit alone.
+        __device__ __forceinline__ bool operator!=(const iterator&) const { return i < limit; }
+    };
+    __device__ __forceinline__ iterator begin() const { return iterator{first, limit, step}; }
+    __device__ __forceinline__ iterator end() const { return iterator{limit, limit, step}; }
+};
+
+// Indices i = this thread, + all threads of the grid, ... below n.
+__device__ __forceinline__ lg_stride_range lg_grid_stride(long long n) {
+    return lg_stride_range{lg_global_thread_1d(), n, lg_grid_threads_1d()};
+}
+
+// Indices b = this block, + all blocks of the grid, ... below n.
+__device__ __forceinline__ lg_stride_range lg_block_stride(long long n) {
+    return lg_stride_range{(long long)blockIdx.x, n, (long long)gridDim.x};
 }
 
 // ------------------------------------------------------------------ 16-bit storage
@@ -135,6 +172,28 @@ __device__ __forceinline__ float lg_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ double lg_tanh(double x) { return tanh(x); }
 __device__ __forceinline__ float lg_erfc(float x) { return erfcf(x); }
 __device__ __forceinline__ double lg_erfc(double x) { return erfc(x); }
+__device__ __forceinline__ float lg_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double lg_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float lg_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ double lg_abs(double x) { return fabs(x); }
+__device__ __forceinline__ float lg_frexp(float x, int* e) { return frexpf(x, e); }
+__device__ __forceinline__ double lg_frexp(double x, int* e) { return frexp(x, e); }
+__device__ __forceinline__ float lg_ldexp(float x, int e) { return ldexpf(x, e); }
+__device__ __forceinline__ double lg_ldexp(double x, int e) { return ldexp(x, e); }
+
+// Floating-point limits by precision (no <limits> under NVRTC here).
+template <typename F> struct lg_limits;
+template <> struct lg_limits<float> {
+    // Machine epsilon (2^-23), the smallest normal number (2^-126), the largest finite.
+    static __device__ __forceinline__ float eps() { return 1.1920928955078125e-7f; }
+    static __device__ __forceinline__ float tiny() { return 1.1754943508222875e-38f; }
+    static __device__ __forceinline__ float huge() { return 3.4028234663852886e+38f; }
+};
+template <> struct lg_limits<double> {
+    static __device__ __forceinline__ double eps() { return 2.220446049250313080847e-16; }
+    static __device__ __forceinline__ double tiny() { return 2.2250738585072013830903e-308; }
+    static __device__ __forceinline__ double huge() { return 1.7976931348623157081452e+308; }
+};
 
 // Storage <-> compute conversions, overloaded so that templates over the
 // storage type read one name.  The compute type of the 16-bit types is float.
@@ -163,33 +222,78 @@ template <> struct lg_storage<lg_bf16> {
 
 // ------------------------------------------------------------------ activations
 
-// Codes shared with liam_gpu/activations.py (ACTIVATIONS).
-#define LG_ACT_NONE 0
-#define LG_ACT_RELU 1
-#define LG_ACT_GELU 2       // exact: 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2)
-#define LG_ACT_GELU_TANH 3  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-#define LG_ACT_SILU 4       // x * sigmoid(x)
-#define LG_ACT_SIGMOID 5    // 1 / (1 + exp(-x))
-#define LG_ACT_TANH 6
-#define LG_ACT_COUNT 7
+// Each activation is a functor type, the epilogue of a kernel: operator()
+// maps one value in F = float or double.  The list of activations and their
+// order live once, in liam_gpu/activations.py: the launch layer passes them
+// to a kernel as the template argument lg_act::List<...> (in that order) and
+// a launch selects one by its index in the list.
+namespace lg_act {
 
-// The activation ACT applied to one value, in F = float or double.
-template <int ACT, typename F>
-__device__ __forceinline__ F apply_activation(F x) {
-    if (ACT == LG_ACT_RELU) {
-        return x < F(0) ? F(0) : x;  // NaN passes through, as np.maximum(x, 0)
-    } else if (ACT == LG_ACT_GELU) {
-        // erfc keeps relative accuracy where 1 + erf cancels (x << 0).
+struct Identity {
+    template <typename F> __device__ __forceinline__ F operator()(F x) const { return x; }
+};
+
+struct Relu {
+    // NaN passes through, as np.maximum(x, 0).
+    template <typename F> __device__ __forceinline__ F operator()(F x) const { return x < F(0) ? F(0) : x; }
+};
+
+// Exact gelu: 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2); erfc keeps
+// relative accuracy where 1 + erf cancels (x << 0).
+struct Gelu {
+    template <typename F> __device__ __forceinline__ F operator()(F x) const {
         return F(0.5) * x * lg_erfc(x * F(-0.70710678118654752440));
-    } else if (ACT == LG_ACT_GELU_TANH) {
+    }
+};
+
+// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), torch's approximate="tanh".
+struct GeluTanh {
+    template <typename F> __device__ __forceinline__ F operator()(F x) const {
         const F inner = F(0.79788456080286535588) * (x + F(0.044715) * x * x * x);
         return F(0.5) * x * (F(1) + lg_tanh(inner));
-    } else if (ACT == LG_ACT_SILU) {
-        return x / (F(1) + lg_exp(-x));
-    } else if (ACT == LG_ACT_SIGMOID) {
-        return F(1) / (F(1) + lg_exp(-x));
-    } else if (ACT == LG_ACT_TANH) {
-        return lg_tanh(x);
     }
-    return x;
+};
+
+// x * sigmoid(x).
+struct Silu {
+    template <typename F> __device__ __forceinline__ F operator()(F x) const { return x / (F(1) + lg_exp(-x)); }
+};
+
+// 1 / (1 + exp(-x)).
+struct Sigmoid {
+    template <typename F> __device__ __forceinline__ F operator()(F x) const { return F(1) / (F(1) + lg_exp(-x)); }
+};
+
+struct Tanh {
+    template <typename F> __device__ __forceinline__ F operator()(F x) const { return lg_tanh(x); }
+};
+
+// The activations a kernel is instantiated with, in the launch layer's order.
+template <typename... Acts> struct List {};
+
+// The one dispatch: body(Act()) for the Act at position `index` of the list;
+// any index outside 1 .. size - 1 takes the first functor (the launch layer
+// puts Identity first), so each functor is instantiated exactly once.
+// `index` is uniform over the grid, so every thread takes the same branch.
+template <int I, typename First, typename Body>
+__device__ __forceinline__ void dispatch_from(List<>, int, const Body& body) {
+    body(First());
 }
+template <int I, typename First, typename Body, typename Act, typename... Rest>
+__device__ __forceinline__ void dispatch_from(List<Act, Rest...>, int index, const Body& body) {
+    if (index == I) {
+        body(Act());
+    } else {
+        dispatch_from<I + 1, First>(List<Rest...>(), index, body);
+    }
+}
+template <typename Body, typename First, typename... Rest>
+__device__ __forceinline__ void dispatch_list(List<First, Rest...>, int index, const Body& body) {
+    dispatch_from<1, First>(List<Rest...>(), index, body);
+}
+template <typename Acts, typename Body>
+__device__ __forceinline__ void dispatch(int index, const Body& body) {
+    dispatch_list(Acts(), index, body);
+}
+
+}  // namespace lg_act

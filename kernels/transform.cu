@@ -16,6 +16,12 @@
 // once per register.  All sums accumulate in the compute type (float for
 // float/half/bfloat16 storage, double for double).
 //
+// Template parameters, all passed by liam_gpu/launch/transform.py in the name
+// expressions (it holds the one table of tile shapes): the storage type T, the
+// block tile BM x BN, the k-tile depth BK, the per-thread register block
+// TM x TN, the load path VEC, and Acts, the lg_act::List of activations (the
+// epilogue functors) whose index a launch passes as `act`.
+//
 // Tiles are double-buffered: while the block computes on one shared-memory
 // buffer, each thread's global loads for the next k-tile are in flight into
 // registers, then written to the other buffer; one barrier per k-tile.
@@ -142,7 +148,7 @@ __device__ __forceinline__ void lg_smem_store_group(double* p, const double* v) 
 
 // ------------------------------------------------------------------ the GEMM tile
 
-template <typename T, int BM, int BN, int BK, int TM, int TN, bool VEC>
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool VEC, typename Acts>
 struct LinearTile {
     typedef typename lg_storage<T>::compute Acc;
     // The global-load path: 16-byte vectors or single elements.
@@ -254,15 +260,17 @@ struct LinearTile {
         }
     }
 
-    // Bias + activation over the staged rows [row0, row0 + ROW_STRIDE) of the
-    // tile, then the single store of each element.  Consecutive threads take
-    // consecutive 16-byte groups of a row, so the stores coalesce; the loop is
-    // not unrolled, so each activation is emitted once per G elements.
-    template <int ACT>
+    // Bias + the activation functor Act over the staged rows [row0, row0 +
+    // ROW_STRIDE) of the tile, then the single store of each element.
+    // Consecutive threads take consecutive 16-byte groups of a row, so the
+    // stores coalesce; the loop is not unrolled, so each activation is
+    // emitted once per G elements.
+    template <typename Act>
     static __device__ __forceinline__ void finish_rows(
         const Shared& sh, const T* bias, T* out, long long row0, long long col0, long long n,
         long long d_out, int has_bias, bool vec_out, int tid) {
         constexpr int GROUPS_PER_ROW = BN / G;
+        const Act act;
 #pragma unroll 1
         for (int idx = tid; idx < ROW_STRIDE * GROUPS_PER_ROW; idx += THREADS) {
             const int r = idx / GROUPS_PER_ROW;
@@ -276,7 +284,7 @@ struct LinearTile {
             for (int e = 0; e < G; ++e) {
                 Acc t = v[e];
                 if (has_bias && col + e < d_out) t += lg_to_compute(bias[col + e]);
-                v[e] = apply_activation<ACT>(t);
+                v[e] = act(t);
             }
             T* dst = out + row * d_out + col;
             if (vec_out && col + G <= d_out) {
@@ -290,27 +298,21 @@ struct LinearTile {
         }
     }
 
-    static __device__ __forceinline__ void finish_rows_dispatch(
-        const Shared& sh, const T* bias, T* out, long long row0, long long col0, long long n,
-        long long d_out, int has_bias, int act, bool vec_out, int tid) {
-        // `act` is uniform over the grid: one branch per pass.
-        switch (act) {
-            case LG_ACT_RELU:
-                finish_rows<LG_ACT_RELU>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
-            case LG_ACT_GELU:
-                finish_rows<LG_ACT_GELU>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
-            case LG_ACT_GELU_TANH:
-                finish_rows<LG_ACT_GELU_TANH>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
-            case LG_ACT_SILU:
-                finish_rows<LG_ACT_SILU>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
-            case LG_ACT_SIGMOID:
-                finish_rows<LG_ACT_SIGMOID>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
-            case LG_ACT_TANH:
-                finish_rows<LG_ACT_TANH>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
-            default:
-                finish_rows<LG_ACT_NONE>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid); break;
+    // finish_rows with its arguments bound: the body that lg_act::dispatch
+    // calls with the launch's activation functor.
+    struct FinishRows {
+        const Shared& sh;
+        const T* bias;
+        T* out;
+        long long row0, col0, n, d_out;
+        int has_bias;
+        bool vec_out;
+        int tid;
+        template <typename Act>
+        __device__ __forceinline__ void operator()(Act) const {
+            finish_rows<Act>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid);
         }
-    }
+    };
 
     // One BM x BN output tile: number `tile` in (batch item, column tile, row
     // tile) order, row tiles fastest so that consecutive blocks share w's tile.
@@ -378,7 +380,8 @@ struct LinearTile {
                 }
             }
             __syncthreads();
-            finish_rows_dispatch(sh, bias, out, row0 + p * ROW_STRIDE, col0, n, d_out, has_bias, act, vec_out, tid);
+            const FinishRows finish{sh, bias, out, row0 + p * ROW_STRIDE, col0, n, d_out, has_bias, vec_out, tid};
+            lg_act::dispatch<Acts>(act, finish);
             __syncthreads();  // the staging area is rewritten by the next pass or tile
         }
     }
@@ -386,18 +389,18 @@ struct LinearTile {
 
 // Entry point: a 1-D grid over every tile of every batch item, a strided loop
 // when there are more tiles than blocks.
+//   act: index of the activation in Acts.
 //   vec_out: out starts on a GROUP * sizeof(T) boundary and d_out % GROUP == 0.
-template <typename T, int BM, int BN, int BK, int TM, int TN, bool VEC>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), (LinearTile<T, BM, BN, BK, TM, TN, VEC>::MIN_BLOCKS))
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool VEC, typename Acts>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), (LinearTile<T, BM, BN, BK, TM, TN, VEC, Acts>::MIN_BLOCKS))
 linear_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
               T* __restrict__ out, long long batch, long long n, long long d_in, long long d_out,
               long long has_bias, long long act, long long vec_out) {
-    typedef LinearTile<T, BM, BN, BK, TM, TN, VEC> Tile;
+    typedef LinearTile<T, BM, BN, BK, TM, TN, VEC, Acts> Tile;
     __shared__ typename Tile::Shared sh;
     const long long row_tiles = lg_ceil_div(n, BM);
     const long long col_tiles = lg_ceil_div(d_out, BN);
-    const long long tiles = batch * row_tiles * col_tiles;
-    for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    for (const long long tile : lg_block_stride(batch * row_tiles * col_tiles)) {
         Tile::run(sh, x, w, bias, out, n, d_in, d_out, tile, row_tiles, col_tiles, has_bias != 0, (int)act,
                   vec_out != 0);
     }
@@ -406,12 +409,12 @@ linear_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restr
 // ------------------------------------------------------------------ epilogue only
 
 // y[r, c] = act(y[r, c] + bias[r / rows_per_item, c]) in place, W elements per step.
-template <typename T, int W, int ACT>
+template <typename T, int W, typename Act>
 __device__ __forceinline__ void epilogue_loop(T* y, const T* bias, long long rows, long long d_out,
                                               long long rows_per_item, bool has_bias) {
     typedef typename lg_storage<T>::compute Acc;
-    const long long steps = rows * d_out / W;  // W divides d_out
-    for (long long q = lg_global_thread_1d(); q < steps; q += lg_grid_threads_1d()) {
+    const Act act;
+    for (const long long q : lg_grid_stride(rows * d_out / W)) {  // W divides d_out
         const long long e0 = q * W;
         const long long row = e0 / d_out;
         const long long col = e0 - row * d_out;
@@ -425,7 +428,7 @@ __device__ __forceinline__ void epilogue_loop(T* y, const T* bias, long long row
 #pragma unroll
         for (int j = 0; j < W; ++j) {
             const Acc t = has_bias ? v[j] + lg_to_compute(b[j]) : v[j];
-            v[j] = apply_activation<ACT>(t);
+            v[j] = act(t);
         }
         if constexpr (W == 1) {
             y[e0] = lg_storage<T>::from(v[0]);
@@ -435,21 +438,25 @@ __device__ __forceinline__ void epilogue_loop(T* y, const T* bias, long long row
     }
 }
 
+// epilogue_loop with its arguments bound, for lg_act::dispatch.
+template <typename T, int W>
+struct EpilogueLoop {
+    T* y;
+    const T* bias;
+    long long rows, d_out, rows_per_item;
+    bool has_bias;
+    template <typename Act>
+    __device__ __forceinline__ void operator()(Act) const {
+        epilogue_loop<T, W, Act>(y, bias, rows, d_out, rows_per_item, has_bias);
+    }
+};
+
 // VEC: y starts on a 16-byte boundary and d_out is a multiple of the 16-byte width.
-template <typename T, bool VEC>
-__global__ void __launch_bounds__(256)
+// THREADS: the block size the launcher uses.  act: index of the activation in Acts.
+template <typename T, bool VEC, int THREADS, typename Acts>
+__global__ void __launch_bounds__(THREADS)
 epilogue_kernel(T* __restrict__ y, const T* __restrict__ bias, long long rows, long long d_out,
                 long long rows_per_item, long long has_bias, long long act) {
-    constexpr int W = VEC ? (int)lg_vec<T>::WIDTH : 1;
-    switch (act) {
-        case LG_ACT_RELU: epilogue_loop<T, W, LG_ACT_RELU>(y, bias, rows, d_out, rows_per_item, has_bias); break;
-        case LG_ACT_GELU: epilogue_loop<T, W, LG_ACT_GELU>(y, bias, rows, d_out, rows_per_item, has_bias); break;
-        case LG_ACT_GELU_TANH:
-            epilogue_loop<T, W, LG_ACT_GELU_TANH>(y, bias, rows, d_out, rows_per_item, has_bias); break;
-        case LG_ACT_SILU: epilogue_loop<T, W, LG_ACT_SILU>(y, bias, rows, d_out, rows_per_item, has_bias); break;
-        case LG_ACT_SIGMOID:
-            epilogue_loop<T, W, LG_ACT_SIGMOID>(y, bias, rows, d_out, rows_per_item, has_bias); break;
-        case LG_ACT_TANH: epilogue_loop<T, W, LG_ACT_TANH>(y, bias, rows, d_out, rows_per_item, has_bias); break;
-        default: epilogue_loop<T, W, LG_ACT_NONE>(y, bias, rows, d_out, rows_per_item, has_bias); break;
-    }
+    const EpilogueLoop<T, VEC ? (int)lg_vec<T>::WIDTH : 1> loop{y, bias, rows, d_out, rows_per_item, has_bias != 0};
+    lg_act::dispatch<Acts>((int)act, loop);
 }

@@ -1,27 +1,102 @@
 """Elementwise activations applied after a transform (the fused epilogue).
 
-The CUDA kernels apply these in registers (``kernels/common.cuh`` mirrors the
-codes below); this module holds their names, their numbered codes shared with
-the kernels, and the numpy implementation used by the CPU backend.
+:data:`TABLE` is the one list of activations: their names, their order (an
+activation's code is its position), the functor type that computes each in
+the CUDA kernels (``kernels/common.cuh``, namespace ``lg_act``) and the numpy
+implementation used by the CPU backend.  The launch layer passes the functors
+to the kernels, in this order, as a template argument (:func:`kernel_list`),
+so the kernels hold no copy of the codes.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import special
 
-#: Activation name -> the integer code that the kernels take as a template argument.
-ACTIVATIONS: dict[str | None, int] = {
-    None: 0,
-    "relu": 1,
-    "gelu": 2,  # exact (erf) form, as torch.nn.functional.gelu
-    "gelu_tanh": 3,  # torch's approximate="tanh"
-    "silu": 4,
-    "sigmoid": 5,
-    "tanh": 6,
-}
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_SQRT_HALF = math.sqrt(0.5)
+
+
+def _identity(y: np.ndarray) -> None:
+    pass
+
+
+def _relu(y: np.ndarray) -> None:
+    np.maximum(y, 0, out=y)
+
+
+def _gelu(y: np.ndarray) -> None:
+    # 0.5 x erfc(-x / sqrt 2): keeps relative accuracy where 1 + erf cancels
+    # (x << 0), like the kernels; scipy's ndtr was 15-200 ulps off there in float64.
+    t = special.erfc(y * -_SQRT_HALF)
+    t *= 0.5
+    y *= t
+
+
+def _gelu_tanh(y: np.ndarray) -> None:
+    t = y * y
+    t *= 0.044715 * y
+    t += y
+    t *= _SQRT_2_OVER_PI
+    np.tanh(t, out=t)
+    t += 1.0
+    t *= 0.5
+    y *= t
+
+
+def _silu(y: np.ndarray) -> None:
+    y *= special.expit(y)
+
+
+def _sigmoid(y: np.ndarray) -> None:
+    special.expit(y, out=y)
+
+
+def _tanh(y: np.ndarray) -> None:
+    np.tanh(y, out=y)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation of the fused epilogue.
+
+    Attributes
+    ----------
+    name
+        The public name (None for no activation).
+    functor
+        Its functor type in ``kernels/common.cuh`` (namespace ``lg_act``).
+    numpy
+        Applies it in place to a float32/float64 numpy array.
+    """
+
+    name: str | None
+    functor: str
+    numpy: Callable[[np.ndarray], None]
+
+
+#: Every activation, in the order of their codes.
+TABLE: tuple[Activation, ...] = (
+    Activation(None, "Identity", _identity),
+    Activation("relu", "Relu", _relu),
+    Activation("gelu", "Gelu", _gelu),  # exact (erf) form, as torch.nn.functional.gelu
+    Activation("gelu_tanh", "GeluTanh", _gelu_tanh),  # torch's approximate="tanh"
+    Activation("silu", "Silu", _silu),
+    Activation("sigmoid", "Sigmoid", _sigmoid),
+    Activation("tanh", "Tanh", _tanh),
+)
+
+#: Activation name -> its code, the index that a kernel launch passes.
+ACTIVATIONS: dict[str | None, int] = {a.name: code for code, a in enumerate(TABLE)}
+
+
+def kernel_list() -> str:
+    """The C++ type ``lg_act::List<...>`` of every functor, in code order (a template argument)."""
+    return "lg_act::List<" + ", ".join(f"lg_act::{a.functor}" for a in TABLE) + ">"
 
 
 def activation_code(activation: str | None) -> int:
@@ -37,39 +112,11 @@ def activation_code(activation: str | None) -> int:
     return ACTIVATIONS[key]
 
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_SQRT_HALF = math.sqrt(0.5)
-
-
 def apply_inplace(y: np.ndarray, code: int) -> np.ndarray:
     """Apply activation ``code`` to the float32/float64 numpy array ``y`` in place."""
-    if code == 0:
-        return y
-    if code == 1:
-        np.maximum(y, 0, out=y)
-    elif code == 2:
-        # 0.5 x erfc(-x / sqrt 2): keeps relative accuracy where 1 + erf cancels
-        # (x << 0), like the kernels; scipy's ndtr was 15-200 ulps off there in float64.
-        t = special.erfc(y * -_SQRT_HALF)
-        t *= 0.5
-        y *= t
-    elif code == 3:
-        t = y * y
-        t *= 0.044715 * y
-        t += y
-        t *= _SQRT_2_OVER_PI
-        np.tanh(t, out=t)
-        t += 1.0
-        t *= 0.5
-        y *= t
-    elif code == 4:
-        y *= special.expit(y)
-    elif code == 5:
-        special.expit(y, out=y)
-    elif code == 6:
-        np.tanh(y, out=y)
-    else:
+    if not 0 <= int(code) < len(TABLE):
         raise ValueError(f"unknown activation code {code}")
+    TABLE[int(code)].numpy(y)
     return y
 
 

@@ -1,0 +1,196 @@
+"""Planning of the transform: which path and which tile configuration a shape gets.
+
+The rules live here, beside the launch wrapper (:mod:`liam_gpu.launch.transform`)
+that carries them out: the tile shapes (the one table of them: the wrapper
+passes them to ``kernels/transform.cu`` as template arguments), the
+:data:`BLAS_RULES` that send large shapes to the vendor GEMM plus our epilogue,
+and :func:`choose_config`'s thresholds.  They are written from reasoning about
+an H200 until they are measured there (see ``docs/benchmarks.md``).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from .runtime import blocks_for
+
+# --------------------------------------------------------------------------- tile configurations
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One instantiation of ``linear_kernel``: a block computes ``bm x bn`` outputs.
+
+    Attributes
+    ----------
+    name
+        ``"large"``, ``"medium"``, ``"skinny"`` or ``"short"``.
+    bm, bn
+        Output rows and columns per block.
+    bk
+        Depth of one shared-memory k-tile.
+    tm, tn
+        Output rows and columns per thread (the register block).
+    """
+
+    name: str
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    @property
+    def threads(self) -> int:
+        """Threads per block."""
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    def min_blocks(self, itemsize: int) -> int:
+        """Blocks per SM asked of ptxas (``LinearTile::MIN_BLOCKS`` in transform.cu).
+
+        A thread with 64 float accumulators gets the whole register file
+        (capped at 128 registers it spills); smaller tiles ask for 512
+        resident threads, i.e. at most 128 registers per thread.
+        """
+        return 1 if self.tm * self.tn * itemsize >= 256 else 512 // self.threads
+
+    def max_registers(self, itemsize: int) -> int:
+        """Registers per thread that the launch bounds leave (the budget ptxas must fit)."""
+        return min(255, 65536 // (self.threads * self.min_blocks(itemsize)))
+
+    def shared_bytes(self, itemsize: int) -> int:
+        """Static shared memory: the double-buffered tiles, or the output staging rows.
+
+        Mirrors ``LinearTile::Shared`` in transform.cu (a union of the two);
+        ``itemsize`` is that of the *compute* type (float for float16).
+        """
+        group = 16 // itemsize
+        tiles = 2 * self.bk * (self.bm + group) + 2 * self.bk * (self.bn + group)
+        staging = (self.bm // self.tm) * group * (self.bn + group)
+        return max(tiles, staging) * itemsize
+
+
+# Tile shapes per storage dtype.  The 16-bit types compute in float32, so they
+# share the float32 shapes; float64 takes smaller per-thread blocks, so that its
+# accumulators (two registers per double) fit the same register target.
+_SINGLE = (
+    TileConfig("large", 128, 128, 8, 8, 8),   # 256 threads, 64 outputs each: highest FLOP per byte of smem
+    TileConfig("medium", 64, 64, 16, 4, 4),   # 256 threads: 4x the blocks of "large" for mid-size outputs
+    TileConfig("skinny", 128, 32, 8, 8, 4),   # 128 threads: small d_out, many rows
+    TileConfig("short", 16, 64, 16, 4, 4),    # 64 threads: few rows (GEMV-like), long d_in
+)
+_DOUBLE = (
+    TileConfig("large", 64, 64, 8, 4, 4),
+    TileConfig("medium", 32, 32, 16, 2, 2),
+    TileConfig("skinny", 64, 16, 8, 4, 2),
+    TileConfig("short", 16, 32, 16, 2, 2),
+)
+TILE_CONFIGS: dict[str, dict[str, TileConfig]] = {
+    "float32": {c.name: c for c in _SINGLE},
+    "float16": {c.name: c for c in _SINGLE},
+    "bfloat16": {c.name: c for c in _SINGLE},
+    "float64": {c.name: c for c in _DOUBLE},
+}
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class BlasRule:
+    """Shapes (all three sizes at least these) that go to the vendor GEMM + our epilogue."""
+
+    min_rows: int
+    min_d_in: int
+    min_d_out: int
+
+    def applies(self, n: int, d_in: int, d_out: int) -> bool:
+        """Whether a shape is large enough for this rule."""
+        return n >= self.min_rows and d_in >= self.min_d_in and d_out >= self.min_d_out
+
+
+#: Per dtype, when the CUDA runtime prefers cuBLAS + ``epilogue_kernel`` for an
+#: unbatched call.  Reasoned defaults, to be replaced by H200 measurements:
+#:
+#: * float32: cuBLAS SGEMM (no TF32: results must stay float32-accurate)
+#:   reaches most of the FP32 peak on large near-square shapes; our SIMT
+#:   kernel is expected at 70-80% of it, more than the epilogue's extra pass
+#:   (one read + write of the output) costs once the GEMM has >= 512 depth
+#:   and a >= 1024 x 1024 output.  Skinny and short shapes stay fused.
+#: * float64: cuBLAS DGEMM uses the FP64 tensor cores (2x the FP64 SIMT rate).
+#: * float16: cuBLAS HGEMM runs on tensor cores with float32 accumulation,
+#:   far beyond any SIMT kernel once the GEMM is non-trivial.
+#: * bfloat16 has no entry: CuPy's matmul has no bfloat16 dtype, so it always
+#:   takes our fused kernel.
+BLAS_RULES: dict[str, BlasRule] = {
+    "float32": BlasRule(min_rows=1024, min_d_in=512, min_d_out=1024),
+    "float64": BlasRule(min_rows=512, min_d_in=256, min_d_out=512),
+    "float16": BlasRule(min_rows=256, min_d_in=256, min_d_out=256),
+}
+
+#: A tile configuration is taken only while at least this fraction of its
+#: padded tiles holds real outputs (ragged edges waste the rest).
+MIN_TILE_FILL = 0.75
+
+PATH_KERNEL = "kernel"
+PATH_BLAS = "blas+epilogue"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which path computes a shape, and with which tile configuration.
+
+    Attributes
+    ----------
+    path
+        ``"kernel"`` (fused) or ``"blas+epilogue"``.
+    config
+        The tile configuration name on the kernel path, else ``None``.
+    """
+
+    path: str
+    config: str | None
+
+
+def _tile_fill(n: int, d_out: int, c: TileConfig) -> float:
+    """Fraction of the padded tile grid that holds real outputs."""
+    return (n * d_out) / (blocks_for(n, c.bm) * c.bm * blocks_for(d_out, c.bn) * c.bn)
+
+
+def choose_config(n: int, d_out: int, dtype: str, batch: int, sm_count: int) -> str:
+    """The tile configuration for a shape (the default table).
+
+    In order:
+
+    1. ``"large"``, then ``"medium"``: the first whose tiles are at least
+       :data:`MIN_TILE_FILL` full and that yields at least one block per SM
+       (big tiles reuse each loaded value most, but only pay when every SM is
+       busy and little of the tile is padding);
+    2. ``"short"`` for few rows (``n`` within one "short" tile);
+    3. ``"skinny"`` for a narrow output (``d_out`` within one "skinny" tile);
+    4. else ``"medium"`` (the most blocks of the general shapes).
+    """
+    configs = TILE_CONFIGS[dtype]
+    for name in ("large", "medium"):
+        c = configs[name]
+        blocks = batch * blocks_for(n, c.bm) * blocks_for(d_out, c.bn)
+        if blocks >= sm_count and _tile_fill(n, d_out, c) >= MIN_TILE_FILL:
+            return name
+    if n <= configs["short"].bm:
+        return "short"
+    if d_out <= configs["skinny"].bn:
+        return "skinny"
+    return "medium"
+
+
+@functools.lru_cache(maxsize=4096)
+def plan_shape(kind: str, sm_count: int, n: int, d_in: int, d_out: int, dtype: str, batch: int) -> Plan:
+    """The :class:`Plan` of one shape on a runtime of ``kind`` with ``sm_count`` SMs (cached).
+
+    ``dtype`` is a storage name (a key of :data:`TILE_CONFIGS`).  Only the
+    CUDA runtime has a vendor GEMM; the emulator always plans the fused
+    kernel, with the same tile choice a GPU of the same SM count would make.
+    """
+    rule = BLAS_RULES.get(dtype)
+    if kind == "cuda" and batch == 1 and rule is not None and rule.applies(n, d_in, d_out):
+        return Plan(PATH_BLAS, None)
+    return Plan(PATH_KERNEL, choose_config(n, d_out, dtype, batch, sm_count))
