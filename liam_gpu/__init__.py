@@ -16,19 +16,19 @@ from typing import Any
 
 from ._version import __version__
 
-#: Public name -> the submodule that defines it.
+#: Public name -> the submodule that holds it (the operations: the front door, :mod:`~liam_gpu.api`).
 _EXPORTS = {
     "AllDevicesFailed": "alda",
     "ChunkError": "alda",
     "BinaryAlgebra": "algebra",
     "DeviceFault": "alda",
     "Scheduler": "alda",
-    "current_device": "alda",
+    "current_device": "backends",
     "devices": "backends",
     "LowRank": "lowrank",
-    "randomized_svd": "svd",
-    "svd_compress": "svd",
-    "transform_matrix": "transform",
+    "randomized_svd": "api",
+    "svd_compress": "api",
+    "transform_matrix": "api",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

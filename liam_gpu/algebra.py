@@ -3,9 +3,10 @@
 Every method keeps the meaning it had in LIAM (``transform_matrix`` is
 ``np.dot(data, weights.T)``, ``svd_compress`` gives the rank-k reconstruction
 through ``np.asarray``), accepts numpy, CuPy and torch arrays, and returns the
-caller's array type.  The heavy operations delegate to
-:func:`liam_gpu.transform_matrix` and :func:`liam_gpu.svd_compress`; the light
-ones run with the backend's array module (numpy or CuPy).
+caller's array type.  The heavy operations go through the front door
+(:mod:`liam_gpu.api`: :func:`liam_gpu.transform_matrix`,
+:func:`liam_gpu.svd_compress`); the light ones run with the backend's array
+module (numpy or CuPy).
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import arrays, backends, validation
-from .transform import transform_matrix as _transform_matrix
+from . import api, arrays, backends, validation
+from .dispatch import scheduler_of
 
 #: Bits per value of :meth:`BinaryAlgebra.binary_encode` (two's complement int64).
 BITS = 64
@@ -41,7 +42,7 @@ class BinaryAlgebra:
     """
 
     def __init__(self, device: Any = None, *, check_finite: bool = True) -> None:
-        if not _is_scheduler(device):
+        if scheduler_of(device) is None:
             backends.canonical_device(device)  # fail early on a misspelt device
         self.device = device
         self.check_finite = check_finite
@@ -52,7 +53,7 @@ class BinaryAlgebra:
     # -- the heavy operations ---------------------------------------------------
     def transform_matrix(self, data: Any, weights: Any, bias: Any = None, activation: str | None = None) -> Any:
         """``activation(data @ weights.T + bias)``; see :func:`liam_gpu.transform_matrix`."""
-        return _transform_matrix(
+        return api.transform_matrix(
             data, weights, bias, activation, device=self.device, check_finite=self.check_finite
         )
 
@@ -63,10 +64,8 @@ class BinaryAlgebra:
         original LIAM ``svd_compress`` returned.  Keyword arguments go to
         :func:`liam_gpu.svd_compress`.
         """
-        from .svd import svd_compress
-
         kwargs.setdefault("check_finite", self.check_finite)
-        return svd_compress(x, k=k, device=self.device, **kwargs)
+        return api.svd_compress(x, k=k, device=self.device, **kwargs)
 
     # -- the light operations ---------------------------------------------------
     def hadamard_product(self, a: Any, b: Any) -> Any:
@@ -220,7 +219,7 @@ class BinaryAlgebra:
         not batched and run on the CPU (or the input's own GPU).
         """
         kind = arrays.common_kind(**named)
-        device = None if _is_scheduler(self.device) else self.device
+        device = None if scheduler_of(self.device) is not None else self.device
         return kind, backends.resolve(device, kind)
 
     def _run(self, op: Callable[..., Any], *, ndim: Any = None, **named: Any) -> Any:
@@ -238,12 +237,6 @@ class BinaryAlgebra:
         if isinstance(result, tuple):
             return tuple(arrays.from_compute(r, kind) for r in result)
         return arrays.from_compute(result, kind)
-
-
-def _is_scheduler(device: Any) -> bool:
-    from .alda import Scheduler
-
-    return isinstance(device, Scheduler)
 
 
 def _same_shape(na: str, a: Any, nb: str, b: Any) -> None:

@@ -65,18 +65,7 @@ def transform_matrix(
     TypeError
         Complex, object or string arrays; mixed array libraries.
     """
-    if arrays.route_to_torch(data, weights, bias):
-        # Tensors that require grad, or torch.compile tracing: liam_gpu.torch records
-        # the call with autograd / as the custom operator.
-        from .torch import transform_matrix as torch_transform
-
-        return torch_transform(data, weights, bias, activation, out=out, device=device, check_finite=check_finite)
-    from .alda import Scheduler
-
-    if isinstance(device, Scheduler):
-        return device.transform_matrix(
-            data, weights, bias, activation, out=out, check_finite=check_finite
-        )
+    # The front door (liam_gpu.api) has sent autograd and Scheduler calls elsewhere.
     code = activation_code(activation)
     kind = arrays.common_kind(data=data, weights=weights, bias=bias, out=out)
     backend = backends.resolve(device, kind)

@@ -26,10 +26,10 @@ from liam_gpu.alda import (
 from liam_gpu.alda import chunking
 from liam_gpu.alda.chunking import Batch
 from liam_gpu.alda.errors import classify
-from liam_gpu.alda.scheduler import Run
+from liam_gpu.alda.run import Run
 from liam_gpu.alda.transport import HostTransport
 from liam_gpu.alda.worker import THREAD_PREFIX
-from liam_gpu.transform import transform_matrix
+from liam_gpu.api import transform_matrix
 
 CPUS = {n: [f"cpu:{i}" for i in range(n)] for n in (1, 2, 3, 4)}
 
@@ -240,7 +240,7 @@ def test_transform_on_virtual_emulator_devices_runs_the_kernel_path(rng):
 
 
 def test_batched_svd_is_bitwise_identical_on_1_2_3_devices(rng):
-    from liam_gpu.svd import svd_compress
+    from liam_gpu.api import svd_compress
 
     stack = rng.standard_normal((9, 30, 12))
     lows = [svd_compress(stack, k=4, device=Scheduler(CPUS[n], chunk_size=2)) for n in (1, 2, 3)]
@@ -254,7 +254,7 @@ def test_batched_svd_is_bitwise_identical_on_1_2_3_devices(rng):
 
 
 def test_randomized_svd_of_a_stack_and_a_single_matrix_through_the_scheduler(rng):
-    from liam_gpu.svd import randomized_svd, svd_compress
+    from liam_gpu.api import randomized_svd, svd_compress
 
     stack = rng.standard_normal((5, 40, 20))
     got = randomized_svd(stack, 3, random_state=7, device=Scheduler(CPUS[2], chunk_size=2))
@@ -265,7 +265,7 @@ def test_randomized_svd_of_a_stack_and_a_single_matrix_through_the_scheduler(rng
 
 
 def test_svd_compress_tol_gives_a_stack_one_rank_on_any_device_count(rng):
-    from liam_gpu.svd import svd_compress
+    from liam_gpu.api import svd_compress
 
     def low_rank(r):
         return rng.standard_normal((60, r)) @ rng.standard_normal((r, 30)) + 1e-6 * rng.standard_normal((60, 30))

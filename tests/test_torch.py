@@ -14,7 +14,7 @@ F = torch.nn.functional
 import liam_gpu.torch as lt  # noqa: E402  (after the importorskip)
 from liam_gpu import arrays  # noqa: E402
 from liam_gpu.backends.cpu import CpuBackend  # noqa: E402
-from liam_gpu.transform import transform_matrix as core_transform  # noqa: E402
+from liam_gpu.api import transform_matrix as public_transform  # noqa: E402  (the front door)
 
 ACTIVATIONS = [None, "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"]
 
@@ -72,7 +72,7 @@ def test_cpu_tensors_in_tensors_out_same_dtype_and_device(dtype, activation):
     x = torch.randn(7, 33, generator=g).to(dtype)
     w = torch.randn(5, 33, generator=g).to(dtype)
     b = torch.randn(5, generator=g).to(dtype)
-    y = core_transform(x, w, b, activation, device="cpu")
+    y = public_transform(x, w, b, activation, device="cpu")
     assert isinstance(y, torch.Tensor) and y.dtype == dtype and y.device.type == "cpu"
     assert y.shape == (7, 5)
     ref = reference(x, w, b, activation)
@@ -93,7 +93,7 @@ def test_input_memory_is_shared_and_output_aliases_the_computed_array(monkeypatc
     x = torch.randn(6, 4)
     w = torch.randn(3, 4)
     b = torch.randn(3)
-    y = core_transform(x, w, b, device="cpu")
+    y = public_transform(x, w, b, device="cpu")
     assert seen["x"] == x.data_ptr() and seen["w"] == w.data_ptr() and seen["b"] == b.data_ptr()
     assert seen["out"] == y.data_ptr()
 
@@ -111,17 +111,17 @@ def test_to_compute_and_from_compute_share_memory_with_tensors():
 def test_requires_grad_inputs_compute_without_buffer_error():
     x = torch.randn(4, 3, requires_grad=True)
     w = torch.randn(2, 3, requires_grad=True)
-    y = core_transform(x, w, device="cpu")
+    y = public_transform(x, w, device="cpu")
     torch.testing.assert_close(y.detach(), (x @ w.T).detach())
     with torch.no_grad():
-        z = core_transform(x, w, device="cpu")
+        z = public_transform(x, w, device="cpu")
     assert not z.requires_grad
 
 
 def test_liam_gpu_transform_matrix_records_autograd_on_tensors_that_require_grad():
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 3, dtype=torch.float64)
-    y = core_transform(x, w, None, "tanh", device="cpu")
+    y = public_transform(x, w, None, "tanh", device="cpu")
     assert y.requires_grad and y.grad_fn is not None
     y.sum().backward()
     expected = ((1 - torch.tanh(x.detach() @ w.T) ** 2) @ w)
@@ -143,7 +143,7 @@ def test_non_contiguous_tensors(make):
     x = make(base)
     assert not x.is_contiguous()
     w = torch.randn(5, x.shape[-1], generator=g, dtype=torch.float64)
-    y = core_transform(x, w, device="cpu")
+    y = public_transform(x, w, device="cpu")
     ref = reference(x, w, None, None)
     assert bool(((y - ref).abs() <= transform_bound(x, w, None, ref, torch.float64, torch.float64)).all())
 
@@ -152,7 +152,7 @@ def test_out_tensor_is_written_in_place():
     x = torch.randn(4, 3)
     w = torch.randn(2, 3)
     out = torch.empty(4, 2)
-    result = core_transform(x, w, out=out, device="cpu")
+    result = public_transform(x, w, out=out, device="cpu")
     assert result is out
     ref = reference(x, w, None, None)
     assert bool(((out.double() - ref).abs() <= transform_bound(x, w, None, ref, torch.float32)).all())
@@ -163,7 +163,7 @@ def test_bfloat16_out_is_written_in_place():
     x = torch.randn(4, 3, dtype=torch.bfloat16)
     w = torch.randn(2, 3, dtype=torch.bfloat16)
     out = torch.zeros(4, 2, dtype=torch.bfloat16)
-    assert core_transform(x, w, out=out, device="cpu") is out
+    assert public_transform(x, w, out=out, device="cpu") is out
     ref = reference(x, w, None, None)
     assert bool(((out.double() - ref).abs() <= transform_bound(x, w, None, ref, torch.bfloat16)).all())
 
@@ -171,7 +171,7 @@ def test_bfloat16_out_is_written_in_place():
 def test_mixed_bfloat16_and_float32_computes_and_returns_float32():
     x = torch.randn(4, 3, dtype=torch.bfloat16)
     w = torch.randn(2, 3, dtype=torch.float32)
-    y = core_transform(x, w, device="cpu")
+    y = public_transform(x, w, device="cpu")
     assert y.dtype == torch.float32 == lt.result_dtype(x, w)
     ref = reference(x, w, None, None)
     assert bool(((y.double() - ref).abs() <= transform_bound(x, w, None, ref, torch.float32)).all())
@@ -193,12 +193,12 @@ def test_negatively_strided_result_is_copied_not_aliased():
 def test_sparse_tensor_is_a_type_error_naming_the_argument():
     x = torch.eye(3).to_sparse()
     with pytest.raises(TypeError, match="data is a torch.sparse_coo tensor"):
-        core_transform(x, torch.ones(2, 3), device="cpu")
+        public_transform(x, torch.ones(2, 3), device="cpu")
 
 
 def test_mixed_torch_and_numpy_is_a_type_error():
     with pytest.raises(TypeError, match="mixed array types"):
-        core_transform(torch.ones(2, 3), np.ones((4, 3)), device="cpu")
+        public_transform(torch.ones(2, 3), np.ones((4, 3)), device="cpu")
     with pytest.raises(TypeError, match="mixed array types"):
         lt.transform_matrix(torch.ones(2, 3, requires_grad=True), np.ones((4, 3)), device="cpu")
 
@@ -217,7 +217,7 @@ def test_every_backend_returns_tensors(backend_name):
     x = torch.randn(9, 16, generator=g).to(dev)
     w = torch.randn(6, 16, generator=g).to(dev)
     b = torch.randn(6, generator=g).to(dev)
-    y = core_transform(x, w, b, "silu", device=backend_name)
+    y = public_transform(x, w, b, "silu", device=backend_name)
     assert isinstance(y, torch.Tensor) and y.device == x.device and y.dtype == torch.float32
     ref = reference(x, w, b, "silu")
     assert bool(((y.double() - ref).abs() <= transform_bound(x, w, b, ref, torch.float32)).all())
@@ -494,7 +494,7 @@ def test_torch_compile_of_the_public_function_on_plain_tensors():
     b = torch.randn(4)
 
     def f(x):
-        return core_transform(x, w, b, "relu").sum(dim=-1)
+        return public_transform(x, w, b, "relu").sum(dim=-1)
 
     x = torch.randn(5, 3)
     torch.testing.assert_close(torch.compile(f, backend="aot_eager", fullgraph=True)(x), f(x), rtol=0, atol=0)
@@ -527,7 +527,7 @@ def test_cuda_tensors_are_zero_copy_both_ways(monkeypatch):
     monkeypatch.setattr(CudaBackend, "linear", spy)
     x = torch.randn(64, 32, device="cuda")
     w = torch.randn(16, 32, device="cuda")
-    y = core_transform(x, w)
+    y = public_transform(x, w)
     assert y.device == x.device and y.dtype == x.dtype
     assert (seen["x"], seen["w"], seen["out"]) == (x.data_ptr(), w.data_ptr(), y.data_ptr())
 
@@ -564,7 +564,7 @@ def test_cuda_work_is_ordered_on_the_callers_side_stream_without_synchronize(mon
         torch.cuda._sleep(20_000_000)
         x.copy_(fresh)
         # check_finite=False: the NaN/Inf check reads its answer back to the host.
-        y = core_transform(x, w, None, "relu", check_finite=False)
+        y = public_transform(x, w, None, "relu", check_finite=False)
         expected = F.relu(F.linear(x, w))
     monkeypatch.undo()
     side.synchronize()
@@ -581,7 +581,7 @@ def test_cuda_half_tensors(dtype):
     x = torch.randn(33, 40, generator=g).to("cuda", dtype)
     w = torch.randn(24, 40, generator=g).to("cuda", dtype)
     b = torch.randn(24, generator=g).to("cuda", dtype)
-    y = core_transform(x, w, b, "gelu")
+    y = public_transform(x, w, b, "gelu")
     assert y.dtype == dtype and y.device == x.device
     ref = reference(x, w, b, "gelu")
     assert bool(((y.double() - ref).abs() <= transform_bound(x, w, b, ref, dtype)).all())
@@ -611,7 +611,7 @@ def test_use_torch_allocator_puts_results_in_torchs_pool():
     try:
         lt.use_torch_allocator()
         before = torch.cuda.memory_allocated()
-        y = core_transform(x, w)
+        y = public_transform(x, w)
         assert torch.cuda.memory_allocated() - before >= y.numel() * y.element_size()
     finally:
         cupy.cuda.set_allocator(cupy.get_default_memory_pool().malloc)

@@ -7,16 +7,19 @@ splits, retries on other devices, unhealthy-device exclusion and a CPU
 fallback when something goes wrong.  See ``docs/scheduler.md``.
 
 Modules: :mod:`~.scheduler` (the rules and the :class:`Scheduler`),
+:mod:`~.run` (one map in flight: the :class:`Run` state machine),
 :mod:`~.chunking` (batch, plan, joining), :mod:`~.worker` (the per-device
 pipeline), :mod:`~.transport` (moving chunks: host and CUDA),
-:mod:`~.devices` (names, :func:`current_device`), :mod:`~.errors` (the fault
+:mod:`~.devices` (device names; :func:`current_device` is
+:mod:`liam_gpu.backends.current`'s), :mod:`~.errors` (the fault
 model), :mod:`~.ops` (``transform_matrix`` and ``svd_compress`` over a
 scheduler).
 """
+from ..backends.current import current_device
 from .chunking import Chunk
-from .devices import current_device
 from .errors import AllDevicesFailed, ChunkError, DeviceFault
-from .scheduler import DeviceStats, Scheduler
+from .run import DeviceStats
+from .scheduler import Scheduler
 
 __all__ = [
     "AllDevicesFailed",

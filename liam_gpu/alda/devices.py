@@ -1,4 +1,4 @@
-"""Scheduler device names, and the device the calling chunk runs on.
+"""Scheduler device names (the device the calling chunk runs on lives in :mod:`liam_gpu.backends.current`).
 
 A scheduler device is ``"<kind>:<i>"``:
 
@@ -16,7 +16,6 @@ has failed and ``cpu_fallback`` is on.
 """
 from __future__ import annotations
 
-import contextvars
 import re
 from typing import Any
 
@@ -24,26 +23,6 @@ from typing import Any
 FALLBACK = "cpu:fallback"
 
 _NAME = re.compile(r"^(cuda|cpu|emulator)(?::(\d+))?$")
-
-_current: contextvars.ContextVar[str | None] = contextvars.ContextVar("liam_gpu_alda_device", default=None)
-
-
-def current_device() -> str | None:
-    """The scheduler device running the calling chunk, e.g. ``"cuda:1"`` or ``"cpu:2"``.
-
-    Returns
-    -------
-    str or None
-        The device name inside a function mapped by
-        :meth:`~liam_gpu.Scheduler.map` (and inside its ``fault_injector``);
-        ``None`` anywhere else, including threads the function starts itself.
-    """
-    return _current.get()
-
-
-def set_current(name: str) -> None:
-    """Mark the calling (worker) thread as running on ``name``."""
-    _current.set(name)
 
 
 def backend_name(device: str) -> str:

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .. import arrays
-from .devices import backend_name, current_device, cuda_index, is_cuda
+from ..backends.current import current_device
+from .devices import backend_name, cuda_index, is_cuda
 from .errors import ChunkError
 
 

@@ -15,7 +15,7 @@ computes.  A :class:`~liam_gpu.alda.transport.HostTransport` (no prefetch,
 ``lag = 0``) degenerates to take → compute → report.
 
 Every exception is blamed on the chunk whose stage raised it and handed to the
-run (:class:`~liam_gpu.alda.scheduler.Run`), which decides: split, retry
+run (:class:`~liam_gpu.alda.run.Run`), which decides: split, retry
 elsewhere, stop the map.  A chunk is reported complete only from ``finish``,
 exactly once; chunks still in flight when a device faults are handed back
 unreported, so nothing is computed twice into the output.
@@ -27,12 +27,12 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ..backends.current import set_current
 from .chunking import Chunk
-from .devices import set_current
 from .errors import classify
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .scheduler import Run
+    from .run import Run
     from .transport import Slot
 
 #: Prefix of every worker thread's name (tests look for leftovers by it).

@@ -15,6 +15,7 @@ from typing import Any
 from ..arrays import ArrayKind
 from .base import Backend
 from .cpu import CpuBackend
+from .current import current_device
 
 ENV_VAR = "LIAM_GPU_BACKEND"
 
@@ -75,7 +76,7 @@ def canonical_device(device: Any, kind: ArrayKind | None = None) -> str:
     ``"emulator:i"`` name means its backend.
     """
     if device is None or device == "auto":
-        device = _scheduler_device() or os.environ.get(ENV_VAR) or "auto"
+        device = current_device() or os.environ.get(ENV_VAR) or "auto"
     if device == "auto":
         if kind is not None and kind.on_gpu:
             return kind.device
@@ -97,13 +98,6 @@ def canonical_device(device: Any, kind: ArrayKind | None = None) -> str:
     raise ValueError(
         f"device={device!r} is not understood; expected None, 'auto', 'cpu', 'cuda', 'cuda:N' or 'emulator'"
     )
-
-
-def _scheduler_device() -> str | None:
-    """Inside a chunk mapped by a Scheduler, the device that chunk runs on."""
-    from ..alda.devices import current_device
-
-    return current_device()
 
 
 def resolve(device: Any, kind: ArrayKind | None = None) -> Backend:
