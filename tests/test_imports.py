@@ -171,6 +171,27 @@ def test_the_package_has_no_import_cycle():
     )
 
 
+#: The modules above the core: the front door and what it routes to, and the faces over it.
+ABOVE_THE_CORE = (
+    "liam_gpu.api", "liam_gpu.dispatch", "liam_gpu.algebra", "liam_gpu.torch", "liam_gpu.alda",
+    "liam_gpu.cli", "liam_gpu.benchmarks",
+)
+
+
+def _above(name: str) -> bool:
+    return any(name == top or name.startswith(top + ".") for top in ABOVE_THE_CORE)
+
+
+def test_the_core_imports_neither_the_front_door_nor_the_torch_layer_nor_the_scheduler():
+    graph = import_graph()
+    upward = [
+        f"{module} -> {target}  ({where})"
+        for module, targets in sorted(graph.items()) if module != PACKAGE and not _above(module)
+        for target, where in sorted(targets.items()) if _above(target)
+    ]
+    assert not upward, "the core reaches up (route at the front door, liam_gpu/api.py, instead):\n" + "\n".join(upward)
+
+
 def test_the_walk_sees_deferred_relative_and_package_imports():
     graph = import_graph()
     # A deferred import inside a function, resolved from a relative name.
