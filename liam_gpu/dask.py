@@ -46,9 +46,9 @@ except ImportError as exc:  # dask is an optional extra
 
 from . import arrays, backends, validation
 from .backends.base import upper_inverse
-from .cholqr import apply_dtype, cholesky_factor, cholesky_qr, first_factor, orthonormal_basis
 from .lowrank import LowRank
-from .svd import DEFAULT_RANK, FUSED_LIMIT, _check_count, _n_iter, seed_from_random_state
+from .rangefinder import Plan, fixed_rank
+from .svd import DEFAULT_RANK, _check_count, _n_iter, seed_from_random_state
 from .transform import transform_matrix as _local_transform
 
 __all__ = ["transform_matrix", "svd_compress"]
@@ -262,57 +262,11 @@ def svd_compress(
     if any(r == 0 for r in x.chunks[0]):
         # Zero-row chunks (left by filtering) carry nothing; dropping them moves no data.
         x = x.rechunk({0: tuple(r for r in x.chunks[0] if r > 0)})
-    cluster = _Cluster(x, dtype, device)
-    width = min(k + p, n)
-    # A sketch as wide as the matrix spans its whole range: iterating only squares its conditioning.
-    q_iter = 0 if width >= n else q
-
-    y, v, norm2, finite = cluster.sketch(seed, width, with_v=q_iter > 0)
-    if check_finite and not finite:
-        cluster.check_finite()  # raises for NaN/Inf in x
-        raise ValueError(f"x is finite but so large that its products overflow {dtype}; scale it down")
-    # The power iterations of liam_gpu.svd._fused_power_range, step for step:
-    # Y = A W and V = A^T Y from one pass, the next basis from V R^-1 while Y
-    # is well enough conditioned, the unfused step otherwise.
-    sqrt_u = math.sqrt(np.finfo(dtype).eps / 2)
-    for step in range(q_iter):
-        f = first_factor(cluster, y)
-        if f is not None and f.cond * sqrt_u <= FUSED_LIMIT:
-            w = orthonormal_basis(cluster.local, f.apply(cluster.local, v, apply_dtype(v)))
-        else:
-            w = orthonormal_basis(cluster.local, cluster.t_times(orthonormal_basis(cluster, y)))
-        del y  # the workers free this basis before the next pass persists the new one
-        y, v = cluster.power_pass(w, with_v=step + 1 < q_iter)
-    # Q stays lazy (Y times two small triangular inverses, recomputed block by
-    # block where it is read): the workers hold Y alone, not Y and Q.
-    basis = cholesky_qr(cluster, y)[0]
-    bt, gq = cluster.t_times(basis, with_gram=True)
-    p_basis, uc, s, vc = _small_svd(cluster.local, bt, gq)
-    u, signs = cluster.left_factor(basis, uc[:, :k])
-    vt = cluster.local.matmul(np.ascontiguousarray(vc[:, :k].T, dtype=dtype), p_basis.T)
-    vt *= signs[:, None].astype(dtype)
-    error = math.sqrt(max(norm2 - float(np.sum(s[:k] ** 2)), 0.0) / norm2) if norm2 else 0.0
-    return LowRank(u, s[:k].astype(dtype), vt, relative_error=error)
-
-
-def _small_svd(local: Any, bt: np.ndarray, gq: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``P``, ``Uc`` (with ``Q``'s Gram correction), ``s`` and ``Vc`` from ``Bt = T^T Q`` and ``Q^T Q``.
-
-    As in :mod:`liam_gpu.svd`: ``Bt = P R`` (CholeskyQR), so ``B = Q^T T = R^T
-    P^T``; ``Q^T Q = Rq^T Rq`` corrects for the rounding-level loss of
-    orthogonality of ``Q`` (the core becomes ``Rq^-T R^T`` and ``Uc`` absorbs
-    ``Rq^-1``), which keeps the error estimate meaningful.  ``P`` (n x l) is
-    in ``Bt``'s dtype, the rest host float64; ``T ~ Q Uc diag(s) (P Vc)^T``.
-    """
-    p, r = cholesky_qr(local, bt)
-    core = r.T
-    correction = cholesky_factor(gq)
-    if correction is not None:
-        core = np.linalg.solve(correction.T, core)
-    uc, s, vct = np.linalg.svd(core)
-    if correction is not None:
-        uc = np.linalg.solve(correction, uc)
-    return p, uc, s, vct.T
+    op = DaskOperator(x, dtype, device)
+    plan = Plan(k=k, p=p, q=q, seed=seed, check=bool(check_finite), estimate=True)
+    fact = fixed_rank(op, plan)
+    u, s, vt = fact.factors(k, flip=True)
+    return LowRank(u, s, vt, relative_error=fact.relative_error(k))
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -368,8 +322,11 @@ def _host_copy(name: str, value: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- the cluster as a backend
 
 
-class _Cluster:
-    """The primitives :mod:`liam_gpu.cholqr` asks of a backend, over tall Dask arrays.
+class DaskOperator:
+    """A tall Dask array as an operator of the SVD engine (:mod:`liam_gpu.operators`).
+
+    The operator is its own basis ``space``: the primitives
+    :mod:`liam_gpu.cholqr` asks of a backend, over tall Dask arrays.
 
     Tall matrices (``A`` and the ``m x l`` bases) are Dask arrays in the row
     chunks of ``A``; each block is computed on its worker by the backend that
@@ -398,15 +355,66 @@ class _Cluster:
         self.a = a
         self.dtype = np.dtype(dtype)
         self.device = device
-        self.local = backends.get_backend("cpu")
+        self.backend = backends.get_backend("cpu")
         self.meta = meta_from_array(a, ndim=2, dtype=self.dtype)
-        # The Gram accumulations cholqr.first_factor asks for: float32 first for float32 data, then float64.
-        wanted = (np.float32, np.float64) if self.dtype == np.float32 else (np.float64,)
-        self.accumulations = tuple(np.dtype(d) for d in wanted)
+        # The Gram accumulation cholqr asks for, summed as each basis is made.
+        self.accumulations = (np.dtype(np.float64),)
         self._grams: dict[tuple[str, np.dtype], np.ndarray] = {}
+        self._norm2: float | None = None
+        self._sketch_finite = True
+
+    # -- the operator protocol ---------------------------------------------------------
+    swapped = False
+    xp = np  # the basis-space concatenations of the engine never reach Dask (no tol mode here)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(int(d) for d in self.a.shape)
+
+    @property
+    def space(self) -> "DaskOperator":
+        return self
+
+    def sketch(self, seed: int, l: int, col0: int = 0, *, with_v: bool = False) -> tuple[Any, Any]:
+        if col0:
+            raise ValueError("the Dask operator sketches from the first column of Omega only")
+        y, v, self._norm2, self._sketch_finite = self._sketch(seed, l, with_v=with_v)
+        return y, v
+
+    def power(self, w: Any, *, with_v: bool = False) -> tuple[Any, Any]:
+        return self.power_pass(w, with_v=with_v)
+
+    def sum_squares(self) -> float:
+        """``||A||_F^2``: summed by the sketch pass, else one pass of its own."""
+        if self._norm2 is None:
+            parts = self._per_block(_sum_squares_part, "a", [(self.a, "a")], {"a": 1}, self.dtype)
+            self._norm2 = float(parts.sum().compute())
+        return self._norm2
+
+    def residual_sq(self, q: Any, bt: np.ndarray) -> float:
+        """``||A - Q Bt^T||_F^2``: one pass, block by block on the workers."""
+        small = delayed(np.ascontiguousarray(bt, dtype=self.dtype))
+        parts = self._per_block(_residual_part, "ab", [(self.a, "a"), (q, "b")], {"a": 1, "b": 1},
+                                small, self.dtype)
+        return float(parts.sum().compute())
+
+    def require_finite(self, y: Any) -> None:
+        """Raise for NaN/Inf in ``x`` if ``y`` (the sketch, or a host number made from ``x``) is not finite."""
+        finite = bool(np.isfinite(y).all()) if isinstance(y, np.ndarray) else self._sketch_finite
+        if finite:
+            return
+        self.check_finite()  # raises for NaN/Inf in x
+        raise ValueError(f"x is finite but so large that its products overflow {self.dtype}; scale it down")
+
+    def left(self, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
+        if not flip:
+            small = delayed(np.ascontiguousarray(c, dtype=self.dtype))
+            return q.map_blocks(_matmul_block, small, self.device, chunks=(q.chunks[0], (int(c.shape[1]),)),
+                                dtype=self.dtype, meta=self.meta), None
+        return self.left_factor(q, c)
 
     # -- passes over A -------------------------------------------------------------------
-    def sketch(self, seed: int, width: int, *, with_v: bool) -> tuple[Any, np.ndarray | None, float, bool]:
+    def _sketch(self, seed: int, width: int, *, with_v: bool) -> tuple[Any, np.ndarray | None, float, bool]:
         """``Y = A Omega`` (persisted, its Gram matrices known), ``V = A^T Y``, ``||A||_F^2``: one pass.
 
         Also whether ``Y`` is finite (NaN/Inf in ``A`` always reach it: no
@@ -424,16 +432,12 @@ class _Cluster:
         y, stats = self._basis_pass(_power_block, int(c.shape[1]), small, leading=0, with_v=with_v)
         return y, stats.v
 
-    def t_times(self, y: Any, *, with_gram: bool = False) -> Any:
-        """``A^T Y`` on the client in the compute dtype (and ``Y^T Y`` with ``with_gram``): one pass over ``A``."""
+    def t_times(self, y: Any) -> Any:
+        """``A^T Y`` on the client in the compute dtype: one pass over ``A``."""
         n, l = int(self.a.shape[1]), int(y.shape[1])
         product = self._per_block(_t_times_part, "ab", [(self.a, "a"), (y, "b")], {"a": n, "b": l},
                                   self.dtype)
-        product = product.sum(axis=0, split_every=FAN_IN)
-        if not with_gram:
-            return np.ascontiguousarray(product.compute(), dtype=self.dtype)
-        bt, g = dask.compute(product, self._gram_sum(y, np.float64))
-        return np.ascontiguousarray(bt, dtype=self.dtype), g
+        return np.ascontiguousarray(product.sum(axis=0, split_every=FAN_IN).compute(), dtype=self.dtype)
 
     def check_finite(self) -> None:
         """Raise ``ValueError`` if ``A`` holds NaN/Inf (one more pass, only after a non-finite sum)."""
@@ -691,6 +695,24 @@ def _scale_columns_block(u: Any, signs: np.ndarray) -> Any:
     kind = arrays.kind_of(u)
     with arrays.caller_stream(kind):
         return u * arrays.from_compute(signs.astype(u.dtype), kind)
+
+
+def _sum_squares_part(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
+    with _worker(a, device) as w:
+        return np.array([[w.backend.sum_squares(w.load(a, dtype))]])
+
+
+def _residual_part(a: Any, q: Any, bt: np.ndarray, dtype: np.dtype, device: Any) -> np.ndarray:
+    """``||A_i - Q_i Bt^T||_F^2`` of one row block."""
+    with _worker(a, device) as w:
+        x = w.load(a, dtype)
+        part = x - w.backend.matmul(w.load(q), w.backend.asarray(bt).T)
+        return np.array([[[w.backend.sum_squares(w.backend.xp.ascontiguousarray(part))]]])
+
+
+def _matmul_block(q: Any, c: np.ndarray, device: Any) -> Any:
+    with _worker(q, device) as w:
+        return w.give_back(w.backend.matmul(w.load(q), w.backend.asarray(c)))
 
 
 def _finite_part(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:

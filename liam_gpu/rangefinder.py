@@ -1,0 +1,344 @@
+"""The randomized SVD engine, written once over an operator (:mod:`liam_gpu.operators`).
+
+For a tall operator ``T`` (``mt x nt``), ``l`` sketch columns and ``q`` power
+iterations (Halko, Martinsson & Tropp 2011)::
+
+    Y = T Omega;  V = T^T Y                 one pass (V only when q > 0)
+    repeat q times:
+        R = shifted_chol(Y^T Y)             one Gram reduction
+        W = basis(V R^-1)                   = basis(T^T basis(Y)): one more Gram
+        Y = T W;  V = T^T Y                 one pass (only Y = T W the last time)
+    Q = orthonormalize(Y)                   shifted CholeskyQR3: three Gram reductions
+    Bt = T^T Q;  P, Rb = orthonormalize(Bt) B = Q^T T = Rb^T P^T
+    Rb^T = Uc diag(s) Vc^T                  l x l SVD on the host, float64
+    U = Q Uc;  V = P Vc
+
+``2 q + 2`` products with ``T`` in ``q + 2`` passes, and ``2 q + 6`` Gram
+reductions whatever the spectrum (one Householder QR more only where a basis
+is numerically rank-deficient; see :mod:`liam_gpu.cholqr`).
+
+The error estimate: with ``Q`` and ``P`` orthonormal to working precision,
+``||T - U_k S_k V_k^T||_F^2 = ||T||^2 - sum_{i<=k} s_i^2``.  That difference
+cancels when the error is small; below :data:`CANCELLATION` (relative) the
+engine measures ``||T - Q Bt^T||^2`` in one more pass instead and adds the
+dropped ``s_i^2`` (Pythagoras: the residual is orthogonal to ``span(Q)``),
+which has no cancellation.  The estimate is never reported below the dtype's
+:data:`RESOLUTION`.
+
+``tol`` mode (:func:`adaptive`) grows the basis in blocks (32, 64, 128, ...
+fresh Philox columns, deflated by the basis so far) until the captured
+energy says the target is met, then checks the target against the measured
+error and keeps growing while it is not met.  When the basis would pass
+:data:`DENSE_SHARE` of ``nt``, a dense SVD is faster: the engine switches.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .cholqr import basis_pass, orthonormalize, shifted_factor
+
+#: Relative errors below which an estimate says only "at most this", per dtype.
+#: float32: the returned factors' own rounding (``~u sqrt(k)``) and the
+#: residual's (``~u sqrt(l)``) are near 1e-6; float64: near 1e-14.
+RESOLUTION = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-13}
+#: Below this relative error (squared: ``1e3 u sqrt(l)``) ``||T||^2 - sum s^2``
+#: is too cancelled to trust, and the residual is measured.
+CANCELLATION_FACTOR = 1e3
+#: A power step orthonormalizes ``Y`` after ``T^T Y`` was formed (one pass for
+#: both) while ``cond(R) sqrt(u) <= FUSED_LIMIT``: ``T^T Y R^-1`` then carries an
+#: extra relative error ``u cond(R) <= FUSED_LIMIT sqrt(u)`` (2.4e-5 in float32).
+FUSED_LIMIT = 0.1
+#: A basis wider than this share of ``nt`` costs more than LAPACK's dense SVD
+#: (measured in ``bench/bench_svd.py``'s dense-switch group).
+DENSE_SHARE = 0.4
+#: Columns of the adaptive range finder's first block (it doubles after each block).
+FIRST_BLOCK = 32
+
+
+class ResolutionWarning(UserWarning):
+    """A ``tol`` below what the error estimate can resolve, or not reached within the rank cap."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to compute.
+
+    ``k`` is the rank (fixed mode) or the rank cap (``tol`` mode); ``p`` the
+    oversampling; ``q`` the power iterations; ``normalizer`` one of ``"auto"``,
+    ``"QR"`` (shifted CholeskyQR), ``"LU"`` or ``"none"``; ``check``: reject
+    non-finite input; ``estimate``: compute the error estimate; ``flip``:
+    scikit-learn's sign convention on ``U``.
+    """
+
+    k: int
+    p: int
+    q: int
+    seed: int
+    normalizer: str = "auto"
+    check: bool = True
+    estimate: bool = False
+    tol: float | None = None
+    flip: bool = True
+
+
+def resolution(dtype: Any) -> float:
+    """The smallest relative error the estimate resolves for ``dtype`` (:data:`RESOLUTION`)."""
+    return RESOLUTION[np.dtype(dtype)]
+
+
+@dataclass
+class Factorization:
+    """``T ~ Q Uc diag(s) (P Vc)^T`` before truncation (``Uc``/``Vc`` None: the identity).
+
+    ``q`` (mt x w) lives in the operator's space, ``p`` (nt x w) in its
+    backend; ``uc``, ``s``, ``vc`` are host float64.  ``norm2`` is
+    ``||T||_F^2`` and ``resid2`` ``||T - Q Q^T T||_F^2`` when they were measured.
+    """
+
+    op: Any
+    q: Any
+    p: Any
+    uc: np.ndarray | None
+    s: np.ndarray
+    vc: np.ndarray | None
+    norm2: float | None = None
+    resid2: float | None = None
+
+    @property
+    def width(self) -> int:
+        return int(self.s.shape[0])
+
+    def error_sq(self, k: int) -> float:
+        """``||T - T_k||_F^2`` of the rank-``k`` truncation (measured residual, or the energy balance)."""
+        if self.resid2 is not None:
+            return self.resid2 + float(np.sum(self.s[k:] ** 2))
+        return max(self.norm2 - float(np.sum(self.s[:k] ** 2)), 0.0)
+
+    def relative_error(self, k: int) -> float:
+        """The estimated relative Frobenius error of rank ``k``, at least the dtype's resolution."""
+        if not self.norm2:
+            return 0.0
+        return max(math.sqrt(self.error_sq(k) / self.norm2), resolution(self.op.dtype))
+
+    def rank_for(self, tol: float, cap: int) -> int:
+        """The smallest rank (at most ``cap``) whose error meets ``tol``, else the largest available."""
+        target = tol**2 * self.norm2
+        limit = min(cap, self.width)
+        for k in range(1, limit + 1):
+            if self.error_sq(k) <= target:
+                return k
+        return limit
+
+    def factors(self, k: int, *, flip: bool) -> tuple[Any, Any, Any]:
+        """``U`` (m, k), ``S`` (k,), ``Vt`` (k, n) of the caller's matrix (scikit-learn's signs with ``flip``)."""
+        op, backend, dtype = self.op, self.op.backend, self.op.dtype
+        uc = np.eye(self.q.shape[1], k) if self.uc is None else self.uc[:, :k]
+        left, signs = op.left(self.q, uc, flip=flip and not op.swapped)
+        if self.vc is None:
+            right = backend.xp.ascontiguousarray(self.p[:, :k])
+        else:
+            right = backend.matmul(self.p, backend.asarray(np.ascontiguousarray(self.vc[:, :k], dtype=dtype)))
+        s = backend.asarray(self.s[:k].astype(dtype))
+        if op.swapped:  # T = A^T: A = (P Vc) S (Q Uc)^T, and U is the right-hand factor
+            u = backend.xp.ascontiguousarray(right)
+            vt = backend.xp.ascontiguousarray(left.T)
+            if flip:
+                u, vt = flip_signs(backend.xp, u, vt)
+            return u, s, vt
+        vt = backend.xp.ascontiguousarray(right.T)
+        if signs is not None:
+            vt *= backend.asarray(signs[:, None].astype(dtype))
+        return left, s, vt
+
+
+def flip_signs(xp: Any, u: Any, vt: Any) -> tuple[Any, Any]:
+    """scikit-learn's ``svd_flip`` on ``U``: the largest-magnitude entry of each column positive.
+
+    Works on single matrices and stacks (``u`` (..., m, k), ``vt`` (..., k,
+    n)); ``u`` and ``vt`` are scaled in place.
+    """
+    where = xp.argmax(xp.abs(u), axis=-2)[..., None, :]
+    picked = xp.take_along_axis(u, where, axis=-2)
+    signs = xp.where(picked < 0, -1, 1).astype(u.dtype)
+    u *= signs
+    vt *= xp.swapaxes(signs, -1, -2)
+    return u, vt
+
+
+# --------------------------------------------------------------------------- the range finder
+
+
+def normalize(space: Any, y: Any, normalizer: str) -> Any:
+    """The basis a power iteration continues with: one shifted CholeskyQR pass, LU's ``P L``, or ``y``."""
+    if normalizer in ("auto", "QR"):
+        return basis_pass(space, y)[0]
+    if normalizer == "LU":
+        import scipy.linalg
+
+        pl, _ = scipy.linalg.lu(space.to_host(y), permute_l=True, check_finite=False)
+        return space.asarray(np.ascontiguousarray(pl, dtype=y.dtype))
+    return y
+
+
+def project_out(space: Any, basis: Any | None, y: Any) -> Any:
+    """``(I - Q Q^T) y`` applied twice (twice is enough for orthogonality to working precision)."""
+    if basis is None:
+        return y
+    for _ in range(2):
+        y = y - space.matmul(basis, space.matmul(basis, y, trans=True))
+    return y
+
+
+def range_finder(op: Any, width: int, q: int, seed: int, *, col0: int = 0, normalizer: str = "auto",
+                 deflate: Any | None = None, check: bool = False) -> Any:
+    """An orthonormal basis of ``T' (T'^T T')^q Omega[:, col0:col0 + width]``, ``T' = (I - B B^T) T``.
+
+    Parameters
+    ----------
+    op
+        The operator (:mod:`liam_gpu.operators`).
+    width
+        Columns of the basis.
+    q
+        Power iterations.
+    seed, col0
+        The Philox stream and its first column (a multiple of 4).
+    normalizer
+        See :class:`Plan`.
+    deflate
+        An orthonormal basis ``B`` (mt x l0) whose span is projected away, or None.
+    check
+        Raise the input's error if the sketch is not finite.
+
+    Returns
+    -------
+    array
+        ``(mt, width)`` in ``op.space``, orthonormal to working precision.
+    """
+    mt = op.shape[0]
+    fused = deflate is None and normalizer in ("auto", "QR") and q > 0
+    y, v = op.sketch(seed, width, col0, with_v=fused)
+    if check:
+        op.require_finite(y)
+    y = project_out(op.space, deflate, y)
+    sqrt_u = math.sqrt(np.finfo(op.dtype).eps / 2)
+    for step in range(q):
+        if fused:
+            # T^T basis(Y) = (T^T Y) R^-1: V came with Y from one pass over T.
+            f = shifted_factor(mt, op.space.gram(y))
+            if f is not None and f.cond * sqrt_u <= FUSED_LIMIT:
+                w = f.apply(op.backend, v)
+            else:  # too ill-conditioned for that: the extra product
+                w = op.t_times(basis_pass(op.space, y)[0])
+        else:
+            w = op.t_times(normalize(op.space, y, normalizer))
+        w = normalize(op.backend, w, normalizer)
+        y, v = op.power(w, with_v=fused and step + 1 < q)
+        y = project_out(op.space, deflate, y)
+    return orthonormalize(op.space, y)[0]
+
+
+def finish(op: Any, q: Any, norm2: float | None, bt: Any | None = None) -> Factorization:
+    """The small SVD of ``B = Q^T T`` (``bt = T^T Q`` if already formed), and the error's terms."""
+    if bt is None:
+        bt = op.t_times(q)
+    p, rb = orthonormalize(op.backend, bt)
+    uc, s, vct = np.linalg.svd(rb.T)
+    fact = Factorization(op, q, p, uc, s, vct.T, norm2)
+    if norm2:
+        balance = norm2 - float(np.sum(s**2))
+        cancelled = CANCELLATION_FACTOR * np.finfo(op.dtype).eps / 2 * math.sqrt(fact.width)
+        if balance <= cancelled * norm2:
+            fact.resid2 = op.residual_sq(q, bt)
+    return fact
+
+
+def dense(op: Any, norm2: float | None) -> Factorization:
+    """The exact thin SVD of ``T`` as a :class:`Factorization` (tails exact from the spectrum)."""
+    u, s, vt = op.dense_svd()
+    return Factorization(op, u, op.backend.xp.ascontiguousarray(vt.T), None, s, None, norm2,
+                         None if norm2 is None else 0.0)
+
+
+def fixed_rank(op: Any, plan: Plan, norm2: float | None = None) -> Factorization:
+    """The fixed-rank range finder and small SVD (``plan.k`` columns kept, ``plan.k + plan.p`` sketched).
+
+    ``norm2``: ``||T||_F^2`` if known (else measured when ``plan.estimate``).
+    """
+    nt = op.shape[1]
+    width = min(plan.k + plan.p, nt)
+    # A sketch as wide as the matrix spans its whole range: iterating only squares its conditioning.
+    q = 0 if width >= nt else plan.q
+    basis = range_finder(op, width, q, plan.seed, normalizer=plan.normalizer, check=plan.check)
+    if norm2 is None and plan.estimate:  # after the sketch: an operator may have summed it in that pass
+        norm2 = _norm2(op, plan)
+    return finish(op, basis, norm2)
+
+
+def adaptive(op: Any, plan: Plan) -> tuple[Factorization, int]:
+    """``tol`` mode: the factorization and the smallest rank meeting ``plan.tol`` (see the module notes).
+
+    Warns :class:`ResolutionWarning` when ``tol`` is below the dtype's
+    resolution (the rank goes to the cap) or the cap does not reach it.
+    """
+    mt, nt = op.shape
+    norm2 = _norm2(op, plan)
+    cap = min(nt, plan.k + plan.p)
+    floor = resolution(op.dtype)
+    if plan.tol < floor:
+        warnings.warn(f"tol={plan.tol:g} is below the {op.dtype} error estimate's resolution {floor:g}: "
+                      f"returning the rank cap {plan.k}", ResolutionWarning, stacklevel=4)
+        if min(plan.k + plan.p, nt) > DENSE_SHARE * nt and hasattr(op, "dense_svd"):
+            fact = dense(op, norm2)
+        else:
+            fact = fixed_rank(op, plan, norm2)
+        return fact, min(plan.k, fact.width)
+    target = plan.tol**2 * norm2
+    basis = bt = None
+    width, block, captured = 0, FIRST_BLOCK, 0.0
+    while True:
+        step = min(block, cap - width)
+        if width + step > DENSE_SHARE * nt:
+            fact = dense(op, norm2)
+            return _checked(fact, fact.rank_for(plan.tol, plan.k), plan)
+        new = range_finder(op, step, plan.q, plan.seed, col0=width + (-width) % 4,
+                           normalizer=plan.normalizer, deflate=basis, check=plan.check and basis is None)
+        new_bt = op.t_times(new)
+        captured += op.backend.sum_squares(new_bt)
+        basis = new if basis is None else op.space.xp.concatenate([basis, new], axis=1)
+        bt = new_bt if bt is None else op.backend.xp.concatenate([bt, new_bt], axis=1)
+        width += step
+        block *= 2
+        if width < cap and norm2 - captured > target:
+            continue
+        fact = finish(op, basis, norm2, bt)
+        k = fact.rank_for(plan.tol, plan.k)
+        met = fact.error_sq(k) <= target
+        if width >= cap or (met and k + plan.p <= width):
+            return _checked(fact, k, plan)
+        if met:  # fewer than p spare columns: one more block for the accuracy of the last ones
+            continue
+        # The energy balance said "met", the measured error says not: more columns.
+        captured = norm2 - fact.error_sq(width)
+
+
+def _checked(fact: Factorization, k: int, plan: Plan) -> tuple[Factorization, int]:
+    if fact.norm2 and fact.error_sq(k) > plan.tol**2 * fact.norm2:
+        warnings.warn(f"tol={plan.tol:g} not reached within the rank cap {plan.k}: relative error "
+                      f"{fact.relative_error(k):.3g}", ResolutionWarning, stacklevel=4)
+    return fact, k
+
+
+def _norm2(op: Any, plan: Plan) -> float:
+    """``||T||_F^2``, refusing non-finite input (and finite input whose square overflows) when checking."""
+    norm2 = op.sum_squares()
+    if plan.check and not math.isfinite(norm2):
+        op.require_finite(np.array([norm2]))
+    if not math.isfinite(norm2):
+        raise ValueError("a is finite but its squared Frobenius norm overflows float64; scale it down")
+    return norm2
