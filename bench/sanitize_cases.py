@@ -198,7 +198,7 @@ def svd_cases(device: str, heavy: bool) -> list[tuple[str, Callable[[], None]]]:
 def run_cases(device: str, heavy: bool) -> int:
     """Run every case; print a table; return the process exit status."""
     import liam_gpu as lg  # noqa: F401  (imported first so failures name the package)
-    from liam_gpu.launch.family import families
+    from liam_gpu.launch import families
 
     if device.startswith("cuda"):
         import cupy

@@ -16,7 +16,8 @@ def _info(args: argparse.Namespace) -> int:
     """Backends, devices, versions and the kernel caches."""
     import liam_gpu as lg
     from liam_gpu.backends import canonical_device, cuda_device_count
-    from liam_gpu.launch.family import families, kernel_dir
+    from liam_gpu.launch import families
+    from liam_gpu.launch.family import kernel_dir
 
     rows = [
         ("liam_gpu", lg.__version__),

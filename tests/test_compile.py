@@ -12,7 +12,8 @@ import pytest
 
 pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings (NVRTC) not installed")
 
-from liam_gpu.launch.family import KernelBudget, families  # noqa: E402
+from liam_gpu.launch import families  # noqa: E402
+from liam_gpu.launch.family import KernelBudget  # noqa: E402
 from liam_gpu.toolchain import (  # noqa: E402
     ARCHS,
     CUBIN_ARCHS,

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from liam_gpu.launch.family import families
+from liam_gpu.launch import families
 
 nvrtc_check = pytest.importorskip("liam_gpu.toolchain.nvrtc_check")
 pytest.importorskip("cuda.bindings.nvrtc")

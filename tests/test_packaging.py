@@ -38,7 +38,7 @@ def test_installed_package_finds_its_kernels_from_another_directory(wheel, tmp_p
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (
-        "import liam_gpu, pathlib; from liam_gpu.launch.family import kernel_dir, families;"
+        "import liam_gpu, pathlib; from liam_gpu.launch import families; from liam_gpu.launch.family import kernel_dir;"
         "d = kernel_dir(); assert pathlib.Path(liam_gpu.__file__).parent in d.parents, d;"
         "fs = families(); assert fs; [f.code() for f in fs.values()]; print(d)"
     )

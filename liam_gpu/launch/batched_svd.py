@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .family import KernelBudget, KernelFamily, register
+from .family import KernelBudget, KernelFamily
 from .runtime import Runtime, i64, require_contiguous
 
 #: Largest ``max(m, n)``: rows of the working matrix (8 rows per lane of a warp).
@@ -55,14 +55,14 @@ def _register_budget(min_blocks: int) -> int:
     return min(255, 65536 // (MAX_WARPS * _WARP * min_blocks) // 8 * 8)
 
 
-FAMILY = register(KernelFamily(
+FAMILY = KernelFamily(
     name="batched_svd",
     source="batched_svd.cu",
     name_expressions=tuple(_entry(c, r) for c in _CTYPES.values() for r in _ROWS_PER_LANE),
     # All shared memory is dynamic: no static shared memory is allowed.
     budgets={_entry(c, r): KernelBudget(max_registers=_register_budget(b), max_shared_bytes=0)
              for (c, r), b in _MIN_BLOCKS.items()},
-))
+)
 
 
 def _warps(m: int, n: int) -> int:

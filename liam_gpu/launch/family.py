@@ -2,9 +2,11 @@
 
 A *family* is one ``kernels/*.cu`` file holding one algorithm (one templated
 ``__device__`` body and thin typed ``__global__`` entry points).  Each family's
-Python launch wrapper declares a :class:`KernelFamily` and registers it here, so
-that the loaders (CuPy on a GPU, the emulator on the CPU) and the NVRTC compile
-check (``liam_gpu.toolchain``) all see the same list of entry points.
+Python launch wrapper declares its :class:`KernelFamily` as ``FAMILY``, and
+:func:`liam_gpu.launch.families` lists them by name, so that the loaders (CuPy
+on a GPU, the emulator on the CPU) and the NVRTC compile check
+(``liam_gpu.toolchain``) all see the same list of entry points.  Nothing
+registers itself on import.
 """
 from __future__ import annotations
 
@@ -95,25 +97,6 @@ class KernelFamily:
             h.update(header.read_bytes())
         h.update("\0".join(self.name_expressions).encode())
         return h.hexdigest()[:16]
-
-
-_REGISTRY: dict[str, KernelFamily] = {}
-
-
-def register(family: KernelFamily) -> KernelFamily:
-    """Add a family to the registry (idempotent for the same object)."""
-    existing = _REGISTRY.get(family.name)
-    if existing is not None and existing != family:
-        raise ValueError(f"kernel family {family.name!r} is registered twice with different contents")
-    _REGISTRY[family.name] = family
-    return family
-
-
-def families() -> dict[str, KernelFamily]:
-    """Every registered family, importing the launch wrappers that declare them."""
-    import liam_gpu.launch  # noqa: F401  (the wrappers register on import)
-
-    return dict(_REGISTRY)
 
 
 @functools.lru_cache(maxsize=1)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .family import KernelBudget, KernelFamily, register
+from .family import KernelBudget, KernelFamily
 from .runtime import Runtime, blocks_for, i64, require_contiguous
 
 #: Tile edge of G and Q, rows per step, threads per block (kernels/gram.cu).
@@ -80,7 +80,7 @@ def _family() -> KernelFamily:
     return KernelFamily("gram", "gram.cu", name_expressions=tuple(names), budgets=budgets)
 
 
-FAMILY = register(_family())
+FAMILY = _family()
 
 
 def _ctype(name: str, a: Any) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .family import KernelBudget, KernelFamily, register
+from .family import KernelBudget, KernelFamily
 from .runtime import Runtime, blocks_for, i64, require_contiguous
 
 #: Rows and columns of Y per block, and threads per block (kernels/sketch.cu).
@@ -57,7 +57,7 @@ def _family() -> KernelFamily:
     return KernelFamily("sketch", "sketch.cu", name_expressions=tuple(names), budgets=budgets)
 
 
-FAMILY = register(_family())
+FAMILY = _family()
 
 
 def _seed(seed: Any) -> np.uint64:

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..activations import ACTIVATIONS, kernel_list
 from ..arrays import is_writeable
-from .family import KernelBudget, KernelFamily, register
+from .family import KernelBudget, KernelFamily
 from .runtime import Runtime, blocks_for, i64, is_aligned, require_contiguous
 from .transform_plan import (  # noqa: F401  (re-exported: the planning API of this wrapper)
     BLAS_RULES,
@@ -114,7 +114,7 @@ def _family() -> KernelFamily:
                         module_groups=groups)
 
 
-FAMILY = register(_family())
+FAMILY = _family()
 
 #: Hardware grid limits (x, y, z).  The kernels use 1-D grids and loop over
 #: their work with the grid size as stride, so a launch clamps grid.x to this

@@ -9,7 +9,7 @@ import argparse
 import sys
 import time
 
-from liam_gpu.launch.family import families
+from liam_gpu.launch import families
 from liam_gpu.toolchain.nvrtc_check import ARCHS, Problem, check_family, compile_family
 
 
