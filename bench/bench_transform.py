@@ -9,7 +9,7 @@ One group per shape (``--benchmark-group-by=group`` is the default grouping of
 * GPU (skipped without one): ``liam_gpu`` (``device="cuda"``, whichever path
   :func:`liam_gpu.launch.transform.plan` picks), ``liam_gpu fused-kernel``
   (our kernel forced, where the plan picked cuBLAS, so the table in
-  ``liam_gpu/launch/transform.py`` can be re-derived), the unfused CuPy
+  ``liam_gpu/launch/transform_plan.py`` can be re-derived), the unfused CuPy
   pipeline, ``torch.nn.functional.linear`` + ``relu``, and cuBLAS alone
   (``x @ W.T``) on the square shape; and on bfloat16 tensors, ours against
   ``torch.nn.functional.linear`` + ``relu``.

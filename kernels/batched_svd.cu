@@ -52,36 +52,12 @@
 //   W  N * ldw,  V  N * ldv,  sigma N,  coef N,  red  nwarps
 // followed by ints: order N, inv N, pick nwarps, count nwarps.
 //
-// Template parameters: T = float | double; R = rows per lane (M <= 32 R).
-
-#define SVD_WARP 32
-#define SVD_MAX_THREADS 256
-#define SVD_MAX_COLS 64
-
-// ------------------------------------------------------------------ precision
-
-template <typename T> struct svd_real;
-
-template <> struct svd_real<float> {
-    // Machine epsilon (2^-23) and the smallest normal number (2^-126).
-    static __device__ __forceinline__ float eps() { return 1.1920928955078125e-7f; }
-    static __device__ __forceinline__ float tiny() { return 1.1754943508222875e-38f; }
-    static __device__ __forceinline__ float huge() { return 3.4028234663852886e+38f; }
-    static __device__ __forceinline__ float sqrt_(float x) { return sqrtf(x); }
-    static __device__ __forceinline__ float abs_(float x) { return fabsf(x); }
-    static __device__ __forceinline__ float frexp_(float x, int* e) { return frexpf(x, e); }
-    static __device__ __forceinline__ float ldexp_(float x, int e) { return ldexpf(x, e); }
-};
-
-template <> struct svd_real<double> {
-    static __device__ __forceinline__ double eps() { return 2.220446049250313080847e-16; }
-    static __device__ __forceinline__ double tiny() { return 2.2250738585072013830903e-308; }
-    static __device__ __forceinline__ double huge() { return 1.7976931348623157081452e+308; }
-    static __device__ __forceinline__ double sqrt_(double x) { return sqrt(x); }
-    static __device__ __forceinline__ double abs_(double x) { return fabs(x); }
-    static __device__ __forceinline__ double frexp_(double x, int* e) { return frexp(x, e); }
-    static __device__ __forceinline__ double ldexp_(double x, int e) { return ldexp(x, e); }
-};
+// Template parameters: T = float | double; R = rows per lane (M <= 32 R);
+// COLS = the largest N (V's rows are COLS / 32 per lane); THREADS = the
+// largest block; MIN_BLOCKS = blocks per SM the register budget must allow.
+// liam_gpu/launch/batched_svd.py holds the one copy of the last three and
+// passes them in the name expressions.
+#include "common.cuh"
 
 // ------------------------------------------------------------------ warp / block reductions
 
@@ -89,14 +65,14 @@ template <> struct svd_real<double> {
 template <typename T>
 __device__ __forceinline__ T svd_warp_sum(T v) {
 #pragma unroll
-    for (int off = SVD_WARP / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    for (int off = LG_WARP / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     return v;
 }
 
 template <typename T>
 __device__ __forceinline__ T svd_warp_max(T v) {
 #pragma unroll
-    for (int off = SVD_WARP / 2; off > 0; off >>= 1) {
+    for (int off = LG_WARP / 2; off > 0; off >>= 1) {
         const T o = __shfl_xor_sync(0xffffffffu, v, off);
         v = o > v ? o : v;
     }
@@ -107,8 +83,8 @@ __device__ __forceinline__ T svd_warp_max(T v) {
 // nwarps elements; the trailing barrier lets the caller reuse it at once.
 template <typename T>
 __device__ __forceinline__ T svd_block_sum(T v, T* red) {
-    const int lane = threadIdx.x % SVD_WARP, warp = threadIdx.x / SVD_WARP;
-    const int nwarps = blockDim.x / SVD_WARP;
+    const int lane = threadIdx.x % LG_WARP, warp = threadIdx.x / LG_WARP;
+    const int nwarps = blockDim.x / LG_WARP;
     v = svd_warp_sum(v);
     if (lane == 0) red[warp] = v;
     __syncthreads();
@@ -120,8 +96,8 @@ __device__ __forceinline__ T svd_block_sum(T v, T* red) {
 
 template <typename T>
 __device__ __forceinline__ T svd_block_max(T v, T* red) {
-    const int lane = threadIdx.x % SVD_WARP, warp = threadIdx.x / SVD_WARP;
-    const int nwarps = blockDim.x / SVD_WARP;
+    const int lane = threadIdx.x % LG_WARP, warp = threadIdx.x / LG_WARP;
+    const int nwarps = blockDim.x / LG_WARP;
     v = svd_warp_max(v);
     if (lane == 0) red[warp] = v;
     __syncthreads();
@@ -135,10 +111,10 @@ __device__ __forceinline__ T svd_block_max(T v, T* red) {
 // the smallest index among equal ones.  Every thread gets the same index.
 template <typename T>
 __device__ __forceinline__ int svd_block_argmax(T v, int idx, T* red, int* pick) {
-    const int lane = threadIdx.x % SVD_WARP, warp = threadIdx.x / SVD_WARP;
-    const int nwarps = blockDim.x / SVD_WARP;
+    const int lane = threadIdx.x % LG_WARP, warp = threadIdx.x / LG_WARP;
+    const int nwarps = blockDim.x / LG_WARP;
 #pragma unroll
-    for (int off = SVD_WARP / 2; off > 0; off >>= 1) {
+    for (int off = LG_WARP / 2; off > 0; off >>= 1) {
         const T ov = __shfl_xor_sync(0xffffffffu, v, off);
         const int oi = __shfl_xor_sync(0xffffffffu, idx, off);
         if (ov > v || (ov == v && oi < idx)) { v = ov; idx = oi; }
@@ -158,16 +134,15 @@ __device__ __forceinline__ int svd_block_argmax(T v, int idx, T* red, int* pick)
 
 // Orthogonalise columns p and q of W (length M) and rotate V's columns p and q
 // (length N) alike; executed by one whole warp.  Returns 1 if it rotated.
-template <typename T, int R>
+template <typename T, int R, int COLS>
 __device__ __forceinline__ int svd_rotate_pair(T* __restrict__ wp, T* __restrict__ wq,
                                                T* __restrict__ vp, T* __restrict__ vq,
                                                int M, int N, int lane, T tol) {
-    typedef svd_real<T> F;
     T xp[R], xq[R];
     T app = T(0), aqq = T(0), apq = T(0);
 #pragma unroll
     for (int k = 0; k < R; ++k) {
-        const int i = lane + k * SVD_WARP;
+        const int i = lane + k * LG_WARP;
         xp[k] = i < M ? wp[i] : T(0);
         xq[k] = i < M ? wq[i] : T(0);
         app += xp[k] * xp[k];
@@ -178,30 +153,30 @@ __device__ __forceinline__ int svd_rotate_pair(T* __restrict__ wp, T* __restrict
     aqq = svd_warp_sum(aqq);
     apq = svd_warp_sum(apq);
     // Numerically zero columns are orthogonal to everything by convention.
-    if (!(app >= F::tiny() && aqq >= F::tiny())) return 0;
-    if (!(F::abs_(apq) > tol * F::sqrt_(app) * F::sqrt_(aqq))) return 0;
+    if (!(app >= lg_limits<T>::tiny() && aqq >= lg_limits<T>::tiny())) return 0;
+    if (!(lg_abs(apq) > tol * lg_sqrt(app) * lg_sqrt(aqq))) return 0;
 
     // The smaller root t of t^2 + 2 zeta t - 1 = 0 zeroes the new inner product
     // (|t| <= 1, the rotation angle is at most pi/4).  sqrt(1 + zeta^2) is
     // written so that it cannot overflow for a huge zeta.
     const T zeta = (aqq - app) / (T(2) * apq);
-    const T az = F::abs_(zeta);
-    const T root = az > T(1) ? az * F::sqrt_(T(1) + (T(1) / az) * (T(1) / az)) : F::sqrt_(T(1) + az * az);
+    const T az = lg_abs(zeta);
+    const T root = az > T(1) ? az * lg_sqrt(T(1) + (T(1) / az) * (T(1) / az)) : lg_sqrt(T(1) + az * az);
     const T t = (zeta >= T(0) ? T(1) : T(-1)) / (az + root);
-    const T c = T(1) / F::sqrt_(T(1) + t * t);
+    const T c = T(1) / lg_sqrt(T(1) + t * t);
     const T s = c * t;
 
 #pragma unroll
     for (int k = 0; k < R; ++k) {
-        const int i = lane + k * SVD_WARP;
+        const int i = lane + k * LG_WARP;
         if (i < M) {
             wp[i] = c * xp[k] - s * xq[k];
             wq[i] = s * xp[k] + c * xq[k];
         }
     }
 #pragma unroll
-    for (int k = 0; k < SVD_MAX_COLS / SVD_WARP; ++k) {
-        const int i = lane + k * SVD_WARP;
+    for (int k = 0; k < COLS / LG_WARP; ++k) {
+        const int i = lane + k * LG_WARP;
         if (i < N) {
             const T a = vp[i], b = vq[i];
             vp[i] = c * a - s * b;
@@ -213,27 +188,14 @@ __device__ __forceinline__ int svd_rotate_pair(T* __restrict__ wp, T* __restrict
 
 // ------------------------------------------------------------------ the kernel
 
-// Blocks per SM that the register budget must allow (ptxas caps registers at
-// 65536 / (256 * value)).  Chosen from the shared memory per block of the
-// largest matrix each instantiation takes, so that registers are not what
-// limits residency: float R <= 4 (<= 128 x 64, ~50 KiB) fits 4 blocks in
-// Hopper's 228 KiB, double R = 2 (~67 KiB) fits 3, float R = 8 and double
-// R = 4 fit 2, double R = 8 (~162 KiB) fits 1.
-template <typename T, int R> struct svd_min_blocks { static const int value = 4; };
-template <> struct svd_min_blocks<float, 8> { static const int value = 2; };
-template <> struct svd_min_blocks<double, 2> { static const int value = 3; };
-template <> struct svd_min_blocks<double, 4> { static const int value = 2; };
-template <> struct svd_min_blocks<double, 8> { static const int value = 1; };
-
 // a: (batch, m, n) C-contiguous, m = rows, n = cols.  u: (batch, m, r), s: (batch, r),
 // vt: (batch, r, n), r = min(m, n).  Requires max(m, n) <= 32 R,
-// min(m, n) <= 64, blockDim.x a multiple of 32 and <= SVD_MAX_THREADS, and
-// the dynamic shared memory the launcher computes.
-template <typename T, int R>
-__global__ void __launch_bounds__(SVD_MAX_THREADS, svd_min_blocks<T, R>::value)
+// min(m, n) <= COLS, blockDim.x a multiple of 32 and <= THREADS, and the
+// dynamic shared memory the launcher computes.
+template <typename T, int R, int COLS, int THREADS, int MIN_BLOCKS>
+__global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 batched_svd_kernel(const T* __restrict__ a, T* __restrict__ u, T* __restrict__ s, T* __restrict__ vt,
                    long long batch, long long rows, long long cols, long long max_sweeps) {
-    typedef svd_real<T> F;
     extern __shared__ unsigned long long svd_shared[];  // 8-byte aligned for double
 
     // Sizes arrive as 64-bit (the house ABI); the launcher bounds them by
@@ -245,8 +207,8 @@ batched_svd_kernel(const T* __restrict__ a, T* __restrict__ u, T* __restrict__ s
     const int NP = N + (N & 1);   // even: a dummy column pads odd N
     const int ldw = M | 1;
     const int ldv = N | 1;
-    const int tid = threadIdx.x, lane = tid % SVD_WARP, warp = tid / SVD_WARP;
-    const int nthreads = blockDim.x, nwarps = nthreads / SVD_WARP;
+    const int tid = threadIdx.x, lane = tid % LG_WARP, warp = tid / LG_WARP;
+    const int nthreads = blockDim.x, nwarps = nthreads / LG_WARP;
 
     T* W = reinterpret_cast<T*>(svd_shared);
     T* V = W + N * ldw;
@@ -258,10 +220,10 @@ batched_svd_kernel(const T* __restrict__ a, T* __restrict__ u, T* __restrict__ s
     int* pick = inv + N;
     int* count = pick + nwarps;
 
-    const T tol = F::sqrt_(T(M)) * F::eps();
+    const T tol = lg_sqrt(T(M)) * lg_limits<T>::eps();
     const int mn = m * n;
 
-    for (long long b = blockIdx.x; b < batch; b += gridDim.x) {
+    for (const long long b : lg_block_stride(batch)) {
         const T* A = a + b * (long long)mn;
 
         // ---- load W (A or A^T), find max |a|, V = I
@@ -271,7 +233,7 @@ batched_svd_kernel(const T* __restrict__ a, T* __restrict__ u, T* __restrict__ s
             const int row = e / n, col = e - row * n;
             const T x = A[e];
             W[(trans ? row : col) * ldw + (trans ? col : row)] = x;
-            const T ax = F::abs_(x);
+            const T ax = lg_abs(x);
             amax = ax > amax ? ax : amax;
         }
         #pragma unroll 1
@@ -283,12 +245,12 @@ batched_svd_kernel(const T* __restrict__ a, T* __restrict__ u, T* __restrict__ s
 
         // ---- scale by 2^-ex so that max |w| is in [0.5, 1)
         int ex = 0;
-        if (amax > T(0) && amax <= F::huge()) F::frexp_(amax, &ex);
+        if (amax > T(0) && amax <= lg_limits<T>::huge()) lg_frexp(amax, &ex);
         if (ex != 0) {
             #pragma unroll 1
             for (int e = tid; e < N * M; e += nthreads) {
                 const int j = e / M, i = e - j * M;
-                W[j * ldw + i] = F::ldexp_(W[j * ldw + i], -ex);
+                W[j * ldw + i] = lg_ldexp(W[j * ldw + i], -ex);
             }
             __syncthreads();
         }
@@ -303,7 +265,7 @@ batched_svd_kernel(const T* __restrict__ a, T* __restrict__ u, T* __restrict__ s
                     const int y = (NP - 2 - k + round) % (NP - 1) + 1;
                     const int p = x < y ? x : y, q = x < y ? y : x;
                     if (q >= N) continue;  // the padding column of an odd N
-                    rotated += svd_rotate_pair<T, R>(W + p * ldw, W + q * ldw, V + p * ldv, V + q * ldv,
+                    rotated += svd_rotate_pair<T, R, COLS>(W + p * ldw, W + q * ldw, V + p * ldv, V + q * ldv,
                                                      M, N, lane, tol);
                 }
                 __syncthreads();
@@ -325,14 +287,14 @@ batched_svd_kernel(const T* __restrict__ a, T* __restrict__ u, T* __restrict__ s
         for (int j = warp; j < N; j += nwarps) {
             T ss = T(0), vv = T(0);
             #pragma unroll 1
-            for (int i = lane; i < M; i += SVD_WARP) ss += W[j * ldw + i] * W[j * ldw + i];
+            for (int i = lane; i < M; i += LG_WARP) ss += W[j * ldw + i] * W[j * ldw + i];
             #pragma unroll 1
-            for (int i = lane; i < N; i += SVD_WARP) vv += V[j * ldv + i] * V[j * ldv + i];
+            for (int i = lane; i < N; i += LG_WARP) vv += V[j * ldv + i] * V[j * ldv + i];
             ss = svd_warp_sum(ss);
-            const T vnorm = F::sqrt_(svd_warp_sum(vv));
+            const T vnorm = lg_sqrt(svd_warp_sum(vv));
             #pragma unroll 1
-            for (int i = lane; i < N; i += SVD_WARP) V[j * ldv + i] = V[j * ldv + i] / vnorm;
-            if (lane == 0) sig[j] = ss >= F::tiny() ? F::sqrt_(ss) : (ss == ss ? T(0) : ss);
+            for (int i = lane; i < N; i += LG_WARP) V[j * ldv + i] = V[j * ldv + i] / vnorm;
+            if (lane == 0) sig[j] = ss >= lg_limits<T>::tiny() ? lg_sqrt(ss) : (ss == ss ? T(0) : ss);
         }
         __syncthreads();
 
@@ -389,7 +351,7 @@ batched_svd_kernel(const T* __restrict__ a, T* __restrict__ u, T* __restrict__ s
                     T d = T(0);
                     if (order[c] < rk) {
                         #pragma unroll 1
-                        for (int i = lane; i < M; i += SVD_WARP) d += W[c * ldw + i] * wj[i];
+                        for (int i = lane; i < M; i += LG_WARP) d += W[c * ldw + i] * wj[i];
                         d = svd_warp_sum(d);
                     }
                     if (lane == 0) coef[c] = d;
@@ -409,7 +371,7 @@ batched_svd_kernel(const T* __restrict__ a, T* __restrict__ u, T* __restrict__ s
             T ss = T(0);
             #pragma unroll 1
             for (int i = tid; i < M; i += nthreads) ss += wj[i] * wj[i];
-            const T norm = F::sqrt_(svd_block_sum(ss, red));
+            const T norm = lg_sqrt(svd_block_sum(ss, red));
             #pragma unroll 1
             for (int i = tid; i < M; i += nthreads) wj[i] = wj[i] / norm;
             __syncthreads();
@@ -420,7 +382,7 @@ batched_svd_kernel(const T* __restrict__ a, T* __restrict__ u, T* __restrict__ s
         T* Ub = u + b * (long long)m * N;
         T* Vb = vt + b * (long long)N * n;
         #pragma unroll 1
-        for (int r = tid; r < N; r += nthreads) Sb[r] = F::ldexp_(sig[inv[r]], ex);
+        for (int r = tid; r < N; r += nthreads) Sb[r] = lg_ldexp(sig[inv[r]], ex);
         // A = W^T's factors when trans: U_out = V (m = N rows), Vt_out = U^T.
         const T* Ufrom = trans ? V : W;
         const int ldu = trans ? ldv : ldw;

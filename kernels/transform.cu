@@ -19,8 +19,9 @@
 // Template parameters, all passed by liam_gpu/launch/transform.py in the name
 // expressions (it holds the one table of tile shapes): the storage type T, the
 // block tile BM x BN, the k-tile depth BK, the per-thread register block
-// TM x TN, the load path VEC, and Acts, the lg_act::List of activations (the
-// epilogue functors) whose index a launch passes as `act`.
+// TM x TN, the load path VEC, the blocks per SM of the launch bounds
+// MIN_BLOCKS, and Acts, the lg_act::List of activations (the epilogue
+// functors) whose index a launch passes as `act`.
 //
 // Tiles are double-buffered: while the block computes on one shared-memory
 // buffer, each thread's global loads for the next k-tile are in flight into
@@ -166,13 +167,6 @@ struct LinearTile {
     // threads of a warp read adjacent 16-byte groups of shared memory.
     static constexpr int ROW_STRIDE = THREADS_M * G;
     static constexpr int COL_STRIDE = THREADS_N * G;
-
-    // Blocks per SM the launch bounds ask for.  A thread holding 64 float
-    // accumulators (the "large" tile) gets the whole register file: capped at
-    // 128 registers it spills.  Smaller blocks ask for 512 resident threads,
-    // i.e. at most 128 registers; an explicit minimum also keeps ptxas from its
-    // own occupancy target, which spilled the small tiles.
-    static constexpr int MIN_BLOCKS = (TM * TN * (int)sizeof(Acc) >= 256) ? 1 : 512 / THREADS;
 
     static_assert(BM % TM == 0 && BN % TN == 0, "tile must split evenly into thread blocks");
     static_assert(TM % G == 0 && TN % G == 0, "per-thread block must be whole 16-byte groups");
@@ -391,8 +385,9 @@ struct LinearTile {
 // when there are more tiles than blocks.
 //   act: index of the activation in Acts.
 //   vec_out: out starts on a GROUP * sizeof(T) boundary and d_out % GROUP == 0.
-template <typename T, int BM, int BN, int BK, int TM, int TN, bool VEC, typename Acts>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), (LinearTile<T, BM, BN, BK, TM, TN, VEC, Acts>::MIN_BLOCKS))
+//   MIN_BLOCKS: blocks per SM the launch bounds ask of ptxas (TileConfig.min_blocks).
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool VEC, int MIN_BLOCKS, typename Acts>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), MIN_BLOCKS)
 linear_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
               T* __restrict__ out, long long batch, long long n, long long d_in, long long d_out,
               long long has_bias, long long act, long long vec_out) {

@@ -39,14 +39,20 @@ MAX_WARPS = 8
 _WARP = 32
 _ROWS_PER_LANE = (1, 2, 4, 8)
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-# Blocks per SM each instantiation's __launch_bounds__ asks for (svd_min_blocks
-# in the kernel); its register budget follows from it.
+#: Blocks per SM each instantiation's ``__launch_bounds__`` asks for (a template
+#: argument; its register budget follows from it).  Chosen from the shared
+#: memory per block of the largest matrix each instantiation takes, so that
+#: registers are not what limits residency: float R <= 4 (<= 128 x 64,
+#: ~50 KiB) fits 4 blocks in Hopper's 228 KiB, double R = 2 (~67 KiB) fits 3,
+#: float R = 8 and double R = 4 fit 2, double R = 8 (~162 KiB) fits 1.
 _MIN_BLOCKS = {("float", 1): 4, ("float", 2): 4, ("float", 4): 4, ("float", 8): 2,
                ("double", 1): 4, ("double", 2): 3, ("double", 4): 2, ("double", 8): 1}
 
 
 def _entry(ctype: str, rows_per_lane: int) -> str:
-    return f"batched_svd_kernel<{ctype}, {rows_per_lane}>"
+    """The name expression of one ``batched_svd_kernel`` instantiation (the limits as template arguments)."""
+    return (f"batched_svd_kernel<{ctype}, {rows_per_lane}, {MAX_COLS}, {MAX_WARPS * _WARP}, "
+            f"{_MIN_BLOCKS[ctype, rows_per_lane]}>")
 
 
 def _register_budget(min_blocks: int) -> int:

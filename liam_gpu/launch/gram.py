@@ -18,10 +18,14 @@ import numpy as np
 from .family import KernelBudget, KernelFamily
 from .runtime import Runtime, blocks_for, i64, require_contiguous
 
-#: Tile edge of G and Q, rows per step, threads per block (kernels/gram.cu).
+#: The tile shape, passed to the kernels as template arguments (its only
+#: copy): G and Q in TILE x TILE tiles, STEP rows of Y (or R) per step, each
+#: thread a THREAD_TILE x THREAD_TILE block of outputs.
 TILE = 64
 STEP = 16
-THREADS = 256
+THREAD_TILE = 4
+#: Threads per block of every gram kernel (16 x 16).
+THREADS = (TILE // THREAD_TILE) ** 2
 #: Rows of Y that one partial-Gram block sums at least (more when the partial
 #: buffer would grow past :data:`MAX_PARTIAL_ELEMENTS`).
 MIN_CHUNK_ROWS = 256
@@ -39,24 +43,28 @@ _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 PAIRS = (("float", "double"), ("float", "float"), ("double", "double"))
 
 
+def _tile_args() -> str:
+    return f"{TILE}, {STEP}, {THREAD_TILE}"
+
+
 def gram_partial_entry(ctype: str, acc: str) -> str:
     """The name expression of one ``gram_partial_kernel`` instantiation."""
-    return f"gram_partial_kernel<{ctype}, {acc}>"
+    return f"gram_partial_kernel<{ctype}, {acc}, {_tile_args()}>"
 
 
 def gram_reduce_entry(acc: str) -> str:
     """The name expression of one ``gram_reduce_kernel`` instantiation."""
-    return f"gram_reduce_kernel<{acc}>"
+    return f"gram_reduce_kernel<{acc}, {TILE}, {THREADS}>"
 
 
 def tri_apply_entry(ctype: str, acc: str) -> str:
     """The name expression of one ``tri_apply_kernel`` instantiation."""
-    return f"tri_apply_kernel<{ctype}, {acc}>"
+    return f"tri_apply_kernel<{ctype}, {acc}, {_tile_args()}>"
 
 
 def sumsq_entry(ctype: str) -> str:
     """The name expression of one ``sumsq_partial_kernel`` instantiation."""
-    return f"sumsq_partial_kernel<{ctype}>"
+    return f"sumsq_partial_kernel<{ctype}, {THREADS}>"
 
 
 def _family() -> KernelFamily:

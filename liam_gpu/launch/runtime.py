@@ -40,7 +40,8 @@ class Runtime:
     max_shared_per_block: int = 48 * 1024
 
     def __init__(self) -> None:
-        self._modules: dict[str, Any] = {}
+        # (family name, module group) -> loaded module; the group is None for a one-module family.
+        self._modules: dict[tuple[str, str | None], Any] = {}
         self._lock = threading.Lock()
 
     def function(self, family: KernelFamily, name_expression: str) -> LaunchFn:

@@ -15,10 +15,16 @@ import numpy as np
 from .family import KernelBudget, KernelFamily
 from .runtime import Runtime, blocks_for, i64, require_contiguous
 
-#: Rows and columns of Y per block, and threads per block (kernels/sketch.cu).
+#: The sketch's tile, passed to ``sketch_kernel`` as template arguments (its
+#: only copy): a block computes BLOCK_ROWS x BLOCK_COLS of Y, STEP deep per
+#: step of the inner dimension, and each thread THREAD_ROWS x THREAD_COLS.
 BLOCK_ROWS = 128
 BLOCK_COLS = 64
-THREADS = 256
+STEP = 16
+THREAD_ROWS = 8
+THREAD_COLS = 4
+#: Threads per block of the sketch (16 x 16).
+THREADS = (BLOCK_ROWS // THREAD_ROWS) * (BLOCK_COLS // THREAD_COLS)
 #: Threads per block and the grid cap of the grid-stride generator kernels.
 GEN_THREADS = 256
 GEN_MAX_BLOCKS = 4096
@@ -29,12 +35,17 @@ _MASK64 = (1 << 64) - 1
 
 def sketch_entry(ctype: str, trans: bool) -> str:
     """The name expression of one ``sketch_kernel`` instantiation."""
-    return f"sketch_kernel<{ctype}, {int(trans)}>"
+    return (f"sketch_kernel<{ctype}, {int(trans)}, {BLOCK_ROWS}, {BLOCK_COLS}, {STEP}, "
+            f"{THREAD_ROWS}, {THREAD_COLS}>")
 
 
 def omega_entry(ctype: str) -> str:
     """The name expression of one ``omega_kernel`` instantiation."""
-    return f"omega_kernel<{ctype}>"
+    return f"omega_kernel<{ctype}, {GEN_THREADS}>"
+
+
+#: The name expression of the raw-word generator.
+PHILOX_WORDS_ENTRY = f"philox_words_kernel<{GEN_THREADS}>"
 
 
 def _family() -> KernelFamily:
@@ -46,14 +57,14 @@ def _family() -> KernelFamily:
             names.append(name)
             # float: __launch_bounds__(256, 2), two blocks per SM, <= 128 registers.
             # double: one block per SM; ptxas uses ~140 of the 255 it may.
-            # Static smem: the A tile 16 x 129 plus the Omega tile 16 x 64.
+            # Static smem: the A tile STEP x (BLOCK_ROWS + 1) plus the Omega tile STEP x BLOCK_COLS.
             budgets[name] = KernelBudget(max_registers=128 if itemsize == 4 else 168,
-                                         max_shared_bytes=(16 * 129 + 16 * 64) * itemsize)
+                                         max_shared_bytes=STEP * (BLOCK_ROWS + 1 + BLOCK_COLS) * itemsize)
         name = omega_entry(ctype)
         names.append(name)
         budgets[name] = KernelBudget(max_registers=64, max_shared_bytes=0)
-    names.append("philox_words_kernel")
-    budgets["philox_words_kernel"] = KernelBudget(max_registers=64, max_shared_bytes=0)
+    names.append(PHILOX_WORDS_ENTRY)
+    budgets[PHILOX_WORDS_ENTRY] = KernelBudget(max_registers=64, max_shared_bytes=0)
     return KernelFamily("sketch", "sketch.cu", name_expressions=tuple(names), budgets=budgets)
 
 
@@ -164,7 +175,7 @@ def omega_words(runtime: Runtime, seed: int, rows: int, groups: int, *, row0: in
         raise ValueError("rows, groups, row0 and group0 must be non-negative")
     out = runtime.xp.empty((rows, groups, 4), dtype=np.uint32)
     if rows and groups:
-        fn = runtime.function(FAMILY, "philox_words_kernel")
+        fn = runtime.function(FAMILY, PHILOX_WORDS_ENTRY)
         fn((min(GEN_MAX_BLOCKS, blocks_for(rows * groups, GEN_THREADS)),), (GEN_THREADS,),
            (out, i64(rows), i64(groups), i64(row0), i64(group0), _seed(seed)))
     return out

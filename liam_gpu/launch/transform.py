@@ -59,6 +59,9 @@ VECTOR_WIDTH: dict[str, int] = {"float32": 4, "float64": 2, "float16": 8, "bfloa
 #: Elements per 16-byte group of the compute type (output vector stores).
 GROUP_WIDTH: dict[str, int] = {"float32": 4, "float64": 2, "float16": 4, "bfloat16": 4}
 
+#: Bytes of the compute type per storage dtype (the 16-bit types compute in float).
+COMPUTE_ITEMSIZE: dict[str, int] = {"float32": 4, "float64": 8, "float16": 4, "bfloat16": 4}
+
 #: The array dtype that carries each storage dtype.
 CARRIERS: dict[str, np.dtype] = {name: np.dtype(np.uint16 if name == "bfloat16" else name) for name in CTYPES}
 
@@ -79,8 +82,9 @@ def linear_entry(dtype: str, config: TileConfig, vec: bool) -> str:
     The tile shape and the activation functors (:func:`liam_gpu.activations.kernel_list`)
     are template arguments: this table and that list are their only copies.
     """
-    return (f"linear_kernel<{CTYPES[dtype]}, {config.bm}, {config.bn}, {config.bk}, "
-            f"{config.tm}, {config.tn}, {_cbool(vec)}, {kernel_list()}>")
+    min_blocks = config.min_blocks(COMPUTE_ITEMSIZE[dtype])
+    return (f"linear_kernel<{CTYPES[dtype]}, {config.bm}, {config.bn}, {config.bk}, {config.tm}, "
+            f"{config.tn}, {_cbool(vec)}, {min_blocks}, {kernel_list()}>")
 
 
 def epilogue_entry(dtype: str, vec: bool) -> str:
@@ -93,7 +97,7 @@ def _family() -> KernelFamily:
     # A GPU compiles one module per storage dtype: a call needs only its own.
     groups: dict[str, str] = {}
     for dtype, configs in TILE_CONFIGS.items():
-        compute_itemsize = 8 if dtype == "float64" else 4
+        compute_itemsize = COMPUTE_ITEMSIZE[dtype]
         for config in configs.values():
             for vec in (True, False):
                 name = linear_entry(dtype, config, vec)

@@ -46,7 +46,7 @@ class TileConfig:
         return (self.bm // self.tm) * (self.bn // self.tn)
 
     def min_blocks(self, itemsize: int) -> int:
-        """Blocks per SM asked of ptxas (``LinearTile::MIN_BLOCKS`` in transform.cu).
+        """Blocks per SM asked of ptxas (``linear_kernel``'s ``MIN_BLOCKS`` template argument).
 
         A thread with 64 float accumulators gets the whole register file
         (capped at 128 registers it spills); smaller tiles ask for 512
