@@ -7,6 +7,7 @@ a private temporary folder so the cache test sees a real first build.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from liam_gpu.emulator import EmulatorError, EmulatorKernel, EmulatorModule, KernelFault
+from liam_gpu.emulator import build
 from liam_gpu.emulator.build import sanitizer_available
 
 SHUFFLE_SRC = r"""
@@ -431,6 +433,16 @@ def test_options_and_header_changes_invalidate_the_cache(tmp_path):
     assert not mod2.cached
     mod2.get_function("f")(1, 4, (out,))
     np.testing.assert_array_equal(out, [300, 301, 302, 303])
+
+
+def test_umbrella_header_includes_every_part_and_the_cache_key_covers_them():
+    # cuda_emu.h is what the build force-includes; its parts sit beside it.
+    parts = sorted(p.name for p in build.HEADER.parent.glob("emu_*.h"))
+    included = re.findall(r'^#include "(emu_\w+\.h)"', build.HEADER.read_text(), flags=re.M)
+    assert parts and sorted(included) == parts
+    key = build.header_bytes()
+    for name in parts:
+        assert (build.HEADER.parent / name).read_bytes() in key
 
 
 def test_two_modules_with_the_same_kernel_names():

@@ -31,7 +31,10 @@ def test_wheel_ships_every_kernel_source_and_the_emulator_header(wheel):
     assert sources, "kernels/ is empty"
     for name in sources:
         assert f"liam_gpu/kernels/{name}" in names
-    assert "liam_gpu/emulator/cuda_emu.h" in names
+    headers = {p.name for p in (ROOT / "liam_gpu" / "emulator").glob("*.h")}
+    assert "cuda_emu.h" in headers
+    for name in headers:  # the umbrella header and every part it includes
+        assert f"liam_gpu/emulator/{name}" in names
 
 
 def test_installed_package_finds_its_kernels_from_another_directory(wheel, tmp_path):

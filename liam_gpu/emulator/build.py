@@ -29,8 +29,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The emulation header, shipped as package data next to this file.
+#: The emulation header, shipped as package data next to this file.  It is the
+#: umbrella of the ``emu_*.h`` parts beside it (see its opening comment).
 HEADER = Path(__file__).with_name("cuda_emu.h")
+
+
+def header_bytes() -> bytes:
+    """The umbrella header and every part it includes, for the build cache key."""
+    return b"".join(p.name.encode() + b"\0" + p.read_bytes() for p in sorted(HEADER.parent.glob("*.h")))
 
 #: Bump when the generated code or the flags change in a way the hash misses.
 BUILD_VERSION = "1"
@@ -368,7 +374,7 @@ def build(
     t0 = time.perf_counter()
     cxx = compiler()
     parsed = parse_options(options)
-    header = HEADER.read_bytes()
+    header = header_bytes()
     flags = list(_BASE_FLAGS) + list(_MODE_FLAGS[sanitize])
     if sanitize is None:
         # A frame that does not fit the fiber stack would hit its guard page and
