@@ -112,11 +112,13 @@ class CpuBackend(Backend):
         v = np.zeros((cols, z.shape[1]), dtype=y.dtype)
         part = np.empty_like(v)
         step = max(64, _PASS_BLOCK_BYTES // max(1, cols * a.itemsize) // 64 * 64)
-        for start in range(0, rows, step):
-            block = op[start:start + step]
-            np.matmul(block, z, out=y[start:start + step])
-            np.matmul(block.T, y[start:start + step], out=part)
-            v += part
+        # V may overflow where Y does not (huge finite input): the engine then takes the unfused step.
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, rows, step):
+                block = op[start:start + step]
+                np.matmul(block, z, out=y[start:start + step])
+                np.matmul(block.T, y[start:start + step], out=part)
+                v += part
         return y, v
 
     def sketch_pass(self, a, seed, l, *, trans=False, col0=0):
@@ -131,7 +133,9 @@ class CpuBackend(Backend):
             raise ValueError(f"cannot accumulate {y.dtype} data in float32")
         yy = y.astype(acc, copy=False)
         # ``yy.T`` and ``yy`` share one buffer: numpy calls BLAS syrk (half a GEMM).
-        return np.dot(yy.T, yy).astype(np.float64, copy=False)
+        # An overflowing Gram matrix is the caller's to handle (cholqr takes Householder QR).
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.dot(yy.T, yy).astype(np.float64, copy=False)
 
     def tri_apply(self, y, r, *, accumulate=np.float64, rinv=None):
         acc = np.dtype(accumulate)
@@ -148,10 +152,11 @@ class CpuBackend(Backend):
         import math
 
         flat = a.reshape(-1)
-        return math.fsum(
-            float(np.dot(c, c)) for c in (flat[i:i + _SUMSQ_CHUNK].astype(np.float64)
-                                          for i in range(0, flat.size, _SUMSQ_CHUNK))
-        )
+        with np.errstate(over="ignore", invalid="ignore"):  # an infinite sum is the caller's to report
+            return math.fsum(
+                float(np.dot(c, c)) for c in (flat[i:i + _SUMSQ_CHUNK].astype(np.float64)
+                                              for i in range(0, flat.size, _SUMSQ_CHUNK))
+            )
 
     def batched_svd_fits(self, m, n, dtype):
         # The limits of the batched kernel, so that every backend takes the same
