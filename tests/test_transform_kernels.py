@@ -356,6 +356,10 @@ def test_alignment_detection():
 
 
 def test_bad_launch_arguments(rng):
+    # The launch layer checks what the kernel itself needs: one storage dtype,
+    # buffers that fit the sizes it passes, contiguity, no overlap, and its own
+    # options.  Shape semantics, activation names and a read-only out are the
+    # public edge's (tests/test_transform.py, tests/test_bad_input.py).
     rt = RecordingRuntime()
     x = FakeArray((4, 8), np.float32, 0)
     w = FakeArray((3, 8), np.float32, 4096)
@@ -364,14 +368,12 @@ def test_bad_launch_arguments(rng):
         T.linear(rt, x, FakeArray((3, 8), np.float64, 4096), None, 0, out)
     with pytest.raises(TypeError, match="float32, float64 or float16"):
         T.linear(rt, FakeArray((4, 8), np.int32, 0), w, None, 0, out)
-    with pytest.raises(ValueError, match=r"x of shape \(4, 8\) and w of shape \(3, 9\)"):
+    with pytest.raises(ValueError, match=r"w of shape \(3, 9\) does not fit .*d_in=8, d_out=3"):
         T.linear(rt, x, FakeArray((3, 9), np.float32, 4096), None, 0, out)
-    with pytest.raises(ValueError, match=r"out must have shape \(4, 3\)"):
+    with pytest.raises(ValueError, match=r"out of shape \(4, 4\) does not fit .*n=4, d_in=8, d_out=3"):
         T.linear(rt, x, w, None, 0, FakeArray((4, 4), np.float32, 8192))
-    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"bias of shape \(4,\) does not fit"):
         T.linear(rt, x, w, FakeArray((4,), np.float32, 12288), 0, out)
-    with pytest.raises(ValueError, match="activation code 7"):
-        T.linear(rt, x, w, None, 7, out)
     with pytest.raises(ValueError, match="out overlaps x"):
         T.linear(rt, x, w, None, 0, FakeArray((4, 3), np.float32, 16))
     with pytest.raises(ValueError, match="config='huge'"):

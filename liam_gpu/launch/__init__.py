@@ -1,8 +1,9 @@
 """The launch layer: one small Python wrapper per kernel family.
 
 Each wrapper (``liam_gpu/launch/<family>.py``) declares its
-:class:`~liam_gpu.launch.family.KernelFamily` as ``FAMILY``, checks arguments
-(dtype, contiguity, shapes, alignment), converts sizes to 64-bit C types,
+:class:`~liam_gpu.launch.family.KernelFamily` as ``FAMILY``, checks what its
+kernel needs (storage dtype, buffer extents, contiguity, alignment, overlap:
+shape semantics are the public edge's), converts sizes to 64-bit C types,
 picks grid and block, and launches through a
 :class:`~liam_gpu.launch.runtime.Runtime`: CuPy on a GPU or the CPU emulator.
 Only this package knows kernel names.  :func:`families` is the list of every

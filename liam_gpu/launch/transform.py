@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..activations import ACTIVATIONS, kernel_list
-from ..arrays import is_writeable
+from ..activations import kernel_list
 from .family import KernelBudget, KernelFamily
 from .runtime import Runtime, blocks_for, i64, is_aligned, require_contiguous
 from .transform_plan import (  # noqa: F401  (re-exported: the planning API of this wrapper)
@@ -198,49 +197,49 @@ def _check_no_overlap(runtime: Runtime, out: Any, **inputs: Any) -> None:
             raise ValueError(f"out overlaps {name}; the kernel needs a separate output buffer")
 
 
-def _check(runtime: Runtime, x: Any, w: Any, bias: Any, activation: int, out: Any, batched: bool,
-           storage: str | None) -> str:
-    """Validate one launch; return the dtype name."""
+def _check_extents(x: Any, w: Any, bias: Any, out: Any, batched: bool) -> None:
+    """Each buffer holds exactly the elements the kernel touches.
+
+    The kernel takes its sizes from fixed axes of x and w (batch, n, d_in,
+    d_out) and addresses every buffer with them, so a buffer of another size
+    would be read or written out of bounds.  Which shapes a caller may pass,
+    and the messages that explain a mismatch, are the public edge's
+    (:func:`liam_gpu.transform.check_shapes`).
+    """
     lead = 1 if batched else 0
     for name, a, ndim in (("x", x, 2 + lead), ("w", w, 2 + lead), ("out", out, 2 + lead)):
         if a.ndim != ndim:
             raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(a.shape)}")
-    if bias is not None and bias.ndim != 1 + lead:
-        raise ValueError(f"bias must be {1 + lead}-D, got shape {tuple(bias.shape)}")
+    batch = int(x.shape[0]) if batched else 1
+    n, d_in, d_out = int(x.shape[-2]), int(x.shape[-1]), int(w.shape[-2])
+    want = {"w": batch * d_out * d_in, "out": batch * n * d_out, "bias": batch * d_out}
+    for name, a in (("w", w), ("out", out), ("bias", bias)):
+        if a is not None and int(a.size) != want[name]:
+            raise ValueError(f"{name} of shape {tuple(a.shape)} does not fit the launch's sizes "
+                             f"(batch={batch}, n={n}, d_in={d_in}, d_out={d_out} from x and w)")
+
+
+def _check(runtime: Runtime, x: Any, w: Any, bias: Any, out: Any, batched: bool, storage: str | None) -> str:
+    """The kernel's own needs of one launch; return the storage dtype name.
+
+    One storage dtype (it picks the instantiation), buffers that fit the
+    sizes, k within 32 bits, contiguity and no overlap.  Shapes, dtypes,
+    the activation and a read-only ``out`` are the public edge's checks
+    (:mod:`liam_gpu.transform`), made once per call there.
+    """
     dtype = _dtype_name("x", x.dtype, storage)
     for name, a in (("w", w), ("bias", bias), ("out", out)):
         if a is not None and np.dtype(a.dtype) != np.dtype(x.dtype):
             raise TypeError(f"{name} has dtype {a.dtype} but x has {x.dtype}; one dtype per launch")
+    _check_extents(x, w, bias, out, batched)
     if int(x.shape[-1]) > MAX_D_IN:
         raise ValueError(f"d_in={x.shape[-1]} is too large: the kernels index k with 32 bits "
                          f"(at most {MAX_D_IN})")
-    if x.shape[-1] != w.shape[-1]:
-        raise ValueError(f"x of shape {tuple(x.shape)} and w of shape {tuple(w.shape)} disagree on d_in")
-    if batched and not (x.shape[0] == w.shape[0] == out.shape[0]):
-        raise ValueError(
-            f"batch sizes differ: x {tuple(x.shape)}, w {tuple(w.shape)}, out {tuple(out.shape)}")
-    want_out = tuple(x.shape[:-1]) + (w.shape[-2],)
-    if tuple(out.shape) != want_out:
-        raise ValueError(f"out must have shape {want_out} for x {tuple(x.shape)} and w {tuple(w.shape)}, "
-                         f"got {tuple(out.shape)}")
-    if bias is not None and tuple(bias.shape) != tuple(w.shape[:-1]):
-        raise ValueError(f"bias must have shape {tuple(w.shape[:-1])} for w {tuple(w.shape)}, "
-                         f"got {tuple(bias.shape)}")
-    _check_activation(activation)
     for name, a in (("x", x), ("w", w), ("bias", bias), ("out", out)):
         if a is not None:
             require_contiguous(name, a)
-    if not is_writeable(out):
-        raise ValueError("out is read-only")
     _check_no_overlap(runtime, out, x=x, w=w, bias=bias)
     return dtype
-
-
-def _check_activation(activation: Any) -> None:
-    if isinstance(activation, (bool, np.bool_)) or not isinstance(activation, (int, np.integer)):
-        raise TypeError(f"activation must be an integer code, got {type(activation).__name__}")
-    if not 0 <= int(activation) < len(ACTIVATIONS):
-        raise ValueError(f"activation code {activation} is unknown; expected 0..{len(ACTIVATIONS) - 1}")
 
 
 def _vector_flags(runtime: Runtime, dtype: str, x: Any, w: Any, out: Any) -> tuple[bool, bool]:
@@ -288,7 +287,7 @@ def _run_blas(runtime, dtype, x, w, bias, activation, out, batched: bool) -> Lau
 
 
 def _linear(runtime, x, w, bias, activation, out, batched, config, path, storage) -> Any:
-    dtype = _check(runtime, x, w, bias, activation, out, batched, storage)
+    dtype = _check(runtime, x, w, bias, out, batched, storage)
     batch = int(x.shape[0]) if batched else 1
     n, d_in, d_out = (int(s) for s in (x.shape[-2], x.shape[-1], w.shape[-2]))
     chosen = plan(runtime, n, d_in, d_out, dtype, batch)
@@ -376,12 +375,12 @@ def epilogue(runtime: Runtime, y: Any, bias: Any | None, activation: int) -> Lau
     Launch
         Grid, block and whether the 16-byte path ran.
     """
+    # The kernel's own needs, as for linear: y's layout, a bias that fits it,
+    # one dtype, contiguity, no overlap (y is a result the caller just made).
     if y.ndim not in (2, 3):
         raise ValueError(f"y must be 2-D or 3-D, got shape {tuple(y.shape)}")
     dtype = _dtype_name("y", y.dtype, storage_hint=False)
     require_contiguous("y", y)
-    if not is_writeable(y):
-        raise ValueError("y is read-only")
     if bias is not None:
         want = tuple(y.shape[:-2]) + (y.shape[-1],)
         if tuple(bias.shape) != want:
@@ -390,7 +389,6 @@ def epilogue(runtime: Runtime, y: Any, bias: Any | None, activation: int) -> Lau
             raise TypeError(f"bias has dtype {bias.dtype} but y has {y.dtype}")
         require_contiguous("bias", bias)
         _check_no_overlap(runtime, y, bias=bias)
-    _check_activation(activation)
     d_out = int(y.shape[-1])
     rows = int(y.size) // max(1, d_out)
     rows_per_item = int(y.shape[-2]) if y.ndim == 3 else rows
