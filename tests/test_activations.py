@@ -16,6 +16,7 @@ reference by the transform tests.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -26,6 +27,27 @@ from liam_gpu import activations
 from liam_gpu.backends import emulator_available
 
 GELU = activations.ACTIVATIONS["gelu"]
+
+
+
+
+def test_one_table_names_codes_functors_and_numpy():
+    # ACTIVATIONS and the kernels' template argument both derive from TABLE.
+    assert list(activations.ACTIVATIONS) == [a.name for a in activations.TABLE]
+    assert list(activations.ACTIVATIONS.values()) == list(range(len(activations.TABLE)))
+    assert activations.TABLE[0].name is None and activations.TABLE[0].functor == "Identity"
+    functors = [a.functor for a in activations.TABLE]
+    assert activations.kernel_list() == "lg_act::List<" + ", ".join(f"lg_act::{f}" for f in functors) + ">"
+
+
+def test_every_functor_is_defined_in_common_cuh_and_no_codes_are():
+    from liam_gpu.launch.family import read_kernel_source
+
+    common = read_kernel_source("common.cuh")
+    namespace = common[common.index("namespace lg_act {"):common.index("}  // namespace lg_act")]
+    defined = set(re.findall(r"^struct (\w+) \{", namespace, flags=re.M))
+    assert {a.functor for a in activations.TABLE} <= defined
+    assert "LG_ACT_" not in common  # no hand-copied integer codes
 
 
 mpmath = pytest.importorskip("mpmath")  # comes with torch (through sympy)

@@ -80,3 +80,14 @@ def _compiled(name: str):
     result = nvrtc_check.compile_family(families()[name], "sm_90")
     assert result.success, result.log
     return result
+
+
+def test_tile_shapes_are_template_parameters_not_macros():
+    # Tile shapes and block sizes reach the kernels as template arguments of
+    # the name expressions (one copy, in the launch wrappers); a kernel file
+    # that #defines them would be a second copy.
+    from liam_gpu.launch.family import kernel_dir
+
+    for path in sorted(kernel_dir().glob("*.cu")):
+        defines = re.findall(r"^\s*#\s*define\s+(\w+)", path.read_text(), flags=re.M)
+        assert not defines, f"{path.name} defines {defines}"

@@ -183,6 +183,15 @@ def test_epilogue_kernel(rt, rng, dtype, activation):
         check_epilogue(y, ref, dtype)
 
 
+def test_activation_index_outside_the_list_takes_the_first_functor(rt, rng):
+    # lg_act::dispatch: one branch per functor of activations.TABLE, and any
+    # other index takes the first (Identity), as the old switch's default did.
+    y = filled(rt, rng, (5, 8), "float32")
+    ref = host(y).astype(np.float64)
+    T.epilogue(rt, y, None, len(ACTIVATIONS))
+    check_epilogue(y, ref, "float32")
+
+
 def test_epilogue_batched_bias_rows(rt, rng):
     y = filled(rt, rng, (3, 5, 8), "float64")
     b = filled(rt, rng, (3, 8), "float64")
