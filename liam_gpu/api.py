@@ -27,7 +27,6 @@ from .dispatch import randomized_svd, svd_compress  # noqa: F401  (steps 2-3 are
 __all__ = ["randomized_svd", "svd_compress", "transform_matrix"]
 
 
-@dispatch.public_face(transform.transform_matrix)
 def transform_matrix(
     data: Any,
     weights: Any,
@@ -45,3 +44,6 @@ def transform_matrix(
     return dispatch.transform_matrix(
         data, weights, bias, activation, out=out, device=device, check_finite=check_finite
     )
+
+
+transform_matrix.__doc__ = transform.transform_matrix.__doc__  # one docstring: the core's

@@ -21,59 +21,30 @@ from . import svd, transform
 _SCHEDULER_MODULE = "liam_gpu.alda.scheduler"
 
 
-def public_face(core: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give a routing function ``core``'s name and docstring, and its signature through ``__wrapped__``."""
-
-    def give(fn: Callable[..., Any]) -> Callable[..., Any]:
-        return functools.update_wrapper(fn, core, assigned=("__doc__", "__name__", "__qualname__"), updated=())
-
-    return give
-
-
 def scheduler_of(device: Any) -> Any | None:
     """``device`` when it is a :class:`~liam_gpu.Scheduler`, else None."""
     module = sys.modules.get(_SCHEDULER_MODULE)
     return device if module is not None and isinstance(device, module.Scheduler) else None
 
 
-def transform_matrix(
-    data: Any,
-    weights: Any,
-    bias: Any = None,
-    activation: str | None = None,
-    *,
-    out: Any = None,
-    device: Any = None,
-    check_finite: bool = True,
-) -> Any:
-    """:func:`liam_gpu.transform_matrix` without autograd: on ``device``, a backend or a Scheduler."""
-    sched = scheduler_of(device)
-    if sched is not None:
-        from .alda import ops
+def _routed(core: Callable[..., Any]) -> Callable[..., Any]:
+    """``core`` on ``device=``, a backend; or the scheduler's operation of the same name on a Scheduler.
 
-        return ops.transform_matrix(sched, data, weights, bias, activation, out=out, check_finite=check_finite)
-    return transform.transform_matrix(
-        data, weights, bias, activation, out=out, device=device, check_finite=check_finite
-    )
+    The result carries ``core``'s name and docstring, and its signature
+    through ``__wrapped__``.
+    """
+
+    def route(*args: Any, device: Any = None, **kwargs: Any) -> Any:
+        sched = scheduler_of(device)
+        if sched is not None:
+            from .alda import ops
+
+            return getattr(ops, core.__name__)(sched, *args, **kwargs)
+        return core(*args, device=device, **kwargs)
+
+    return functools.update_wrapper(route, core, assigned=("__doc__", "__name__", "__qualname__"), updated=())
 
 
-@public_face(svd.randomized_svd)
-def randomized_svd(a: Any, n_components: int, *, device: Any = None, **options: Any) -> tuple[Any, Any, Any]:
-    # On ``device``, a backend or a Scheduler (a stack's items split); the docstring is the core's.
-    sched = scheduler_of(device)
-    if sched is not None:
-        from .alda import ops
-
-        return ops.randomized_svd(sched, a, n_components, **options)
-    return svd.randomized_svd(a, n_components, device=device, **options)
-
-
-@public_face(svd.svd_compress)
-def svd_compress(a: Any, k: int | None = None, *, device: Any = None, **options: Any) -> Any:
-    # On ``device``, a backend or a Scheduler (a stack's items split); the docstring is the core's.
-    sched = scheduler_of(device)
-    if sched is not None:
-        from .alda import ops
-
-        return ops.svd_compress(sched, a, k, **options)
-    return svd.svd_compress(a, k, device=device, **options)
+transform_matrix = _routed(transform.transform_matrix)
+randomized_svd = _routed(svd.randomized_svd)
+svd_compress = _routed(svd.svd_compress)
