@@ -313,28 +313,30 @@ def _factor(backend: Any, mat: _Matrix, plan: Plan) -> tuple[Any, Any, Any, Any]
     batch, m, n = mat.shape
     if backend.batched_svd_fits(m, n, mat.data.dtype):
         return _small_stack(backend, mat.data, plan)
-    if plan.tol is not None:
-        # One rank for the stack: what the most demanding item needs, then every item at that rank.
-        ranks = [_factor_one(DenseOperator.of(backend, mat.data[i]), plan)[1].shape[0] for i in range(batch)]
-        plan = Plan(k=max(ranks), p=plan.p, q=plan.q, seed=plan.seed, normalizer=plan.normalizer,
-                    check=False, estimate=True)
-    k = plan.k
+    ops = [DenseOperator.of(backend, mat.data[i]) for i in range(batch)]
+    if plan.tol is None:
+        facts, k = [fixed_rank(op, plan) for op in ops], plan.k
+    else:
+        # One rank for the stack: what the most demanding item needs.  Items
+        # whose basis is narrower than that are factored again at that rank.
+        found = [adaptive(op, plan) for op in ops]
+        k = max(rank for _, rank in found)
+        again = Plan(k=k, p=plan.p, q=plan.q, seed=plan.seed, check=False, estimate=True)
+        facts = [fact if fact.width >= k else fixed_rank(op, again) for (fact, _), op in zip(found, ops)]
     u = xp.empty((batch, m, k), dtype=mat.data.dtype)
     s = xp.empty((batch, k), dtype=mat.data.dtype)
     vt = xp.empty((batch, k, n), dtype=mat.data.dtype)
     errors = np.empty(batch) if plan.estimate else None
-    for i in range(batch):
-        u[i], s[i], vt[i], err = _factor_one(DenseOperator.of(backend, mat.data[i]), plan)
+    for i, fact in enumerate(facts):
+        u[i], s[i], vt[i] = fact.factors(k, flip=plan.flip)
         if errors is not None:
-            errors[i] = err
+            errors[i] = fact.relative_error(k)
     return u, s, vt, errors
 
 
 def _factor_one(op: DenseOperator, plan: Plan) -> tuple[Any, Any, Any, float | None]:
-    if plan.tol is not None:
-        fact, k = adaptive(op, plan)
-    else:
-        fact, k = fixed_rank(op, plan), plan.k
+    """``(U, S, Vt, relative_error)`` of one matrix."""
+    fact, k = adaptive(op, plan) if plan.tol is not None else (fixed_rank(op, plan), plan.k)
     u, s, vt = fact.factors(k, flip=plan.flip)
     return u, s, vt, (fact.relative_error(k) if plan.estimate else None)
 
