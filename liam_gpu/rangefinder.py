@@ -64,6 +64,16 @@ FUSED_LIMIT = 1e-3
 DENSE_SHARE = 0.6
 #: Columns of the adaptive range finder's first block (it doubles after each block).
 FIRST_BLOCK = 32
+#: The fixed-rank sketch is ``k + p`` columns rounded up to a multiple of this
+#: (the width of BLAS micro-kernels): OpenBLAS multiplies 8000 x 2000 float32 by
+#: 48 columns in 12.7 ms and by 42 in 14.0 ms (best of 9, one thread, here), so
+#: the extra oversampling is free -- and only improves the result.
+SKETCH_MULTIPLE = 8
+
+
+def sketch_width(k: int, p: int, nt: int) -> int:
+    """``k + p`` rounded up to a multiple of :data:`SKETCH_MULTIPLE`, at most ``nt``."""
+    return min(nt, -(-(k + p) // SKETCH_MULTIPLE) * SKETCH_MULTIPLE)
 
 
 class ResolutionWarning(UserWarning):
@@ -272,12 +282,12 @@ def dense(op: Any, norm2: float | None) -> Factorization:
 
 
 def fixed_rank(op: Any, plan: Plan, norm2: float | None = None) -> Factorization:
-    """The fixed-rank range finder and small SVD (``plan.k`` columns kept, ``plan.k + plan.p`` sketched).
+    """The fixed-rank range finder and small SVD (``plan.k`` columns kept, :func:`sketch_width` sketched).
 
     ``norm2``: ``||T||_F^2`` if known (else measured when ``plan.estimate``).
     """
     nt = op.shape[1]
-    width = min(plan.k + plan.p, nt)
+    width = sketch_width(plan.k, plan.p, nt)
     # A sketch as wide as the matrix spans its whole range: iterating only squares its conditioning.
     q = 0 if width >= nt else plan.q
     # Input that cannot be estimated is refused before any work, unless the
