@@ -29,9 +29,6 @@ Every call makes a **fixed number of Gram reductions, whatever the data**:
   of the well-scaled second-pass basis: ``Q`` is orthonormal whatever the
   rank, and its extra columns span directions ``A`` does not have (they meet
   zero singular values later).  No loop retries anything.
-* A backend may say that Householder QR is simply faster for a block's
-  shape (``prefers_householder``: the CPU, for squat blocks ``4 l >= m``);
-  then the final basis is LAPACK's, with no Gram reduction at all.
 
 The apply ``Q = Y R^-1`` runs in ``Y``'s own dtype; its rounding costs
 orthogonality of order ``u_data cond``, which the following pass removes.
@@ -155,9 +152,6 @@ def orthonormalize(space: Any, y: Any) -> tuple[Any, np.ndarray]:
         has no direction).
     """
     m, l = (int(d) for d in y.shape)
-    prefers = getattr(space, "prefers_householder", None)
-    if prefers is not None and prefers(m, l):  # a squat block on the CPU: LAPACK is faster
-        return space.householder_qr(y)
     first = shifted_factor(m, space.gram(y))
     if first is None:  # zero or non-finite: nothing to scale
         return space.householder_qr(y)

@@ -160,8 +160,6 @@ class _GramCounter:
 @pytest.mark.parametrize("name", ["steep", "flat", "power-law", "rank-5", "constant"])
 def test_gram_reductions_are_a_fixed_count_whatever_the_spectrum(name, monkeypatch):
     monkeypatch.setattr(rangefinder, "FUSED_LIMIT", float("inf"))  # every power step fused
-    # The GPU's path: every final basis by shifted CholeskyQR3 (the CPU prefers LAPACK for squat blocks).
-    monkeypatch.setattr(type(resolve("cpu")), "prefers_householder", lambda self, m, l: False)
     a = SPECTRA[name](np.random.default_rng(7)).astype(np.float32)
     counter = _GramCounter(monkeypatch)
     q = 3

@@ -135,10 +135,6 @@ class Backend:
         """
         raise NotImplementedError
 
-    def prefers_householder(self, m: int, l: int) -> bool:
-        """Whether a Householder QR of an ``m x l`` block beats shifted CholeskyQR3 here (never on a GPU)."""
-        return False
-
     def sum_squares(self, a: Any) -> float:
         """``||a||_F^2`` of a C-contiguous array, accumulated in float64, deterministic."""
         raise NotImplementedError

@@ -144,12 +144,6 @@ class CpuBackend(Backend):
         rinv = (upper_inverse(r) if rinv is None else rinv).astype(acc, copy=False)
         return np.matmul(y.astype(acc, copy=False), rinv).astype(y.dtype, copy=False)
 
-    def prefers_householder(self, m, l):
-        # LAPACK's geqrf + orgqr against three Gram/Cholesky/apply passes, float32, one
-        # thread, best of 15: 3.2 against 5.3 ms at 512 x 210, 1.5 against 1.6 at 512 x
-        # 110, 6.2 against 4.3 at 1500 x 138, 8.8 against 4.4 at 8000 x 42.
-        return 4 * l >= m
-
     def householder_qr(self, y):
         q, r = np.linalg.qr(y)
         return np.ascontiguousarray(q), r.astype(np.float64)
