@@ -60,7 +60,9 @@ def randomized_svd(
     n_components
         Rank ``k`` of the result, ``1 <= k <= min(m, n)``.
     n_oversamples
-        Extra sketch columns ``p``: the sketch has ``l = min(k + p, min(m, n))`` columns.
+        Extra sketch columns ``p``: the sketch has ``k + p`` columns rounded up
+        to a multiple of 8 (BLAS micro-kernels' width; the extra columns cost
+        no time and improve the result), at most ``min(m, n)``.
     n_iter
         Power iterations ``q``.  ``"auto"``: 7 if ``k < 0.1 min(m, n)``, else 4
         (scikit-learn's rule).  When ``l = min(m, n)`` the sketch spans the
@@ -143,10 +145,14 @@ def svd_compress(
         Fixed rank, ``1 <= k <= min(m, n)``.  With neither ``k`` nor ``tol``:
         ``min(32, min(m, n))``.
     tol
-        Instead of ``k``: the smallest rank whose estimated relative Frobenius
-        error ``||A - U S Vt||_F / ||A||_F`` is at most ``tol``, ``0 < tol < 1``,
-        found by a blocked rank-adaptive range finder.  For a stack, one rank
-        for all items: the largest any item needs.
+        Instead of ``k``: the smallest rank whose relative Frobenius error
+        ``||A - U S Vt||_F / ||A||_F`` is at most ``tol``, ``0 < tol < 1``,
+        found by a blocked rank-adaptive range finder and checked against the
+        measured error (LAPACK's dense SVD when the rank needed is a large
+        share of ``min(m, n)``).  A ``tol`` below the dtype's resolution
+        (1e-5 float32, 1e-13 float64) returns the rank cap and warns
+        :class:`ResolutionWarning`, as does a cap too small to reach ``tol``.
+        For a stack, one rank for all items: the largest any item needs.
     n_oversamples
         Oversampling ``p`` of the fixed-rank sketch; in ``tol`` mode the range
         finder keeps at least ``p`` columns beyond the chosen rank when it can.
@@ -161,10 +167,11 @@ def svd_compress(
     Returns
     -------
     LowRank
-        Factors in the caller's array type; ``relative_error`` is the estimate
-        ``sqrt(||A||_F^2 - sum(S**2)) / ||A||_F`` (a float, or a float64 array
-        of one value per item for a stack; see ``docs/svd.md`` for its
-        accuracy).
+        Factors in the caller's array type; ``relative_error`` estimates
+        ``||A - U S Vt||_F / ||A||_F`` within a factor 2 wherever it is above
+        the dtype's resolution, and is never reported below the resolution (a
+        float, or a float64 array of one value per item for a stack; see
+        ``docs/svd.md``).
 
     Raises
     ------
