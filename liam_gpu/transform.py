@@ -43,7 +43,9 @@ def transform_matrix(
         ``"silu"``, ``"sigmoid"`` or ``"tanh"``.
     out
         Optional output of shape ``(..., d_out)`` and the result dtype, written
-        in place and returned.
+        in place and returned.  It may overlap ``data``, ``weights`` or
+        ``bias`` (then the result goes through a separate buffer, as with
+        numpy's ``out=``).
     device
         Where to compute: ``None``/``"auto"``, ``"cpu"``, ``"cuda"``,
         ``"cuda:N"``, ``"emulator"``, or a :class:`~liam_gpu.Scheduler`.
@@ -102,7 +104,10 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite):
 
     out_shape = tuple(x.shape[:-1]) + (d_out,)
     dest = None if out is None else compute_array(out, "out", writable=True)
-    target, direct = _output_buffer(dest, backend, out_shape, dtype)
+    # An out that overlaps an input gets its result through a separate buffer,
+    # so the inputs are read whole before out is written (as numpy's out= does).
+    separate = bool(validation.overlapping(dest, data=x, weights=w, bias=b))
+    target, direct = _output_buffer(dest, backend, out_shape, dtype, separate=separate)
     if batched:
         backend.batched_linear(x, w, b, code, target, storage=storage)
     else:
@@ -144,16 +149,24 @@ def _result_dtype(*xs: Any) -> np.dtype:
     return np.result_type(*[np.float32 if dt == np.float16 else dt for dt in dts])
 
 
-def _output_buffer(dest: Any | None, backend, shape: tuple, dtype: np.dtype):
-    """The buffer the kernel writes, and whether it is the caller's ``out`` (as ``dest``) itself."""
-    if dest is None:
-        return backend.empty(shape, dtype), False
+def check_out(dest: Any, shape: tuple, dtype: np.dtype) -> None:
+    """Check the caller's ``out`` (as a compute array): shape, dtype, writeable."""
     if tuple(dest.shape) != shape:
         raise ValueError(f"out must have shape {shape}, got {tuple(dest.shape)}")
     if np.dtype(dest.dtype) != dtype:
         raise TypeError(f"out must have dtype {dtype}, got {dest.dtype}")
     if not arrays.is_writeable(dest):
         raise ValueError("out is read-only")
-    if backend.holds(dest) and dest.flags.c_contiguous:
+
+
+def _output_buffer(dest: Any | None, backend, shape: tuple, dtype: np.dtype, *, separate: bool = False):
+    """The buffer the kernel writes, and whether it is the caller's ``out`` (as ``dest``) itself.
+
+    ``separate``: ``out`` overlaps an input, so the kernel writes a new buffer.
+    """
+    if dest is None:
+        return backend.empty(shape, dtype), False
+    check_out(dest, shape, dtype)
+    if backend.holds(dest) and dest.flags.c_contiguous and not separate:
         return dest, True
     return backend.empty(shape, dtype), False

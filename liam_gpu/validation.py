@@ -120,6 +120,52 @@ def as_float_array(
     return out
 
 
+def _byte_range(a: Any) -> tuple[int, int] | None:
+    """``[lo, hi)``: the bytes an array (numpy or CuPy) may touch; None when it has no elements."""
+    if int(a.size) == 0:
+        return None
+    face = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
+    lo = hi = int(face["data"][0])
+    itemsize = int(a.itemsize)
+    strides = face.get("strides") or _c_strides(tuple(a.shape), itemsize)
+    for n, step in zip(a.shape, strides):
+        reach = (int(n) - 1) * int(step)
+        lo, hi = (lo + reach, hi) if reach < 0 else (lo, hi + reach)
+    return lo, hi + itemsize
+
+
+def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    strides, step = [], itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(1, int(n))
+    return tuple(reversed(strides))
+
+
+def overlapping(out: Any, **inputs: Any) -> list[str]:
+    """The names of ``inputs`` whose memory may overlap ``out``'s (their byte ranges intersect).
+
+    A bounds test, like ``numpy.may_share_memory``: interleaved views that
+    share no element count as overlapping, which costs the caller a copy,
+    never a wrong answer.  Arrays of different devices never overlap (a CuPy
+    array and a numpy one live in different memory).
+    """
+    if out is None:
+        return []
+    span = _byte_range(out)
+    if span is None:
+        return []
+    on_gpu = hasattr(out, "__cuda_array_interface__")
+    found = []
+    for name, a in inputs.items():
+        if a is None or hasattr(a, "__cuda_array_interface__") != on_gpu:
+            continue
+        other = _byte_range(a)
+        if other is not None and other[0] < span[1] and span[0] < other[1]:
+            found.append(name)
+    return found
+
+
 def _module_of(x: Any):
     from .arrays import array_module
 

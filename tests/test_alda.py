@@ -147,12 +147,33 @@ def test_array_results_are_gathered_into_out_or_a_fresh_array():
     assert sched.map(lambda c: c * 2, x, out=out) is out
     np.testing.assert_array_equal(out, x * 2)
     with pytest.raises(ChunkError, match="does not fit"):
-        sched.map(lambda c: c[:1], x, out=out)
+        sched.map(lambda c: c[:1], x, out=out)  # not one row per item: the function's error
     with pytest.raises(ValueError, match="20 rows"):
         sched.map(lambda c: c, x, out=np.zeros((19, 2)))
     # Results that stop fitting half way are joined by concatenation instead.
     ragged = sched.map(lambda c: c if c[0, 0] < 20 else c.astype(np.float32), x)
     np.testing.assert_array_equal(ragged, x)
+
+
+def test_an_out_that_cannot_receive_the_results_is_outs_error_and_untouched():
+    """A bad ``out=`` dtype or row shape is a TypeError/ValueError naming out, not a ChunkError.
+
+    It is found with the first result, before that result is written.
+    """
+    x = np.arange(40.0).reshape(-1, 2)
+    sched = Scheduler(CPUS[2], chunk_size=3)
+    out = np.zeros((20, 2), np.int32)
+    with pytest.raises(TypeError, match="out has dtype int32, which cannot receive the function's float64"):
+        sched.map(lambda c: c * 2, x, out=out)
+    assert not out.any()
+    wide = np.zeros((20, 3))
+    with pytest.raises(ValueError, match=r"out has rows of shape \(3,\)"):
+        sched.map(lambda c: c * 2, x, out=wide)
+    assert not wide.any()
+    with pytest.raises(ValueError, match="out overlaps batch"):
+        sched.map(lambda c: c * 2, x, out=x)
+    with pytest.raises(ValueError, match=r"out overlaps batch\[1\]"):
+        sched.map(lambda a, b: a + b, (x.copy(), x), out=x)
 
 
 def test_custom_combine_and_unjoinable_results():
@@ -207,9 +228,12 @@ def test_transform_through_scheduler_writes_out(rng):
 def test_transform_bad_input_raises_the_operations_own_error(rng):
     x = rng.standard_normal((40, 8))
     x[33, 2] = np.nan
-    with pytest.raises(ValueError, match="NaN") as info:
-        transform_matrix(x, rng.standard_normal((3, 8)), device=Scheduler(CPUS[2], chunk_size=10))
-    assert "chunk 3 (items 30:40)" in " ".join(getattr(info.value, "__notes__", []))
+    ran = []
+    sched = Scheduler(CPUS[2], chunk_size=10, fault_injector=lambda device, chunk: ran.append(chunk))
+    # The whole input is checked before any chunk runs (and so before any writes out).
+    with pytest.raises(ValueError, match="data contains NaN"):
+        transform_matrix(x, rng.standard_normal((3, 8)), device=sched)
+    assert ran == []
     with pytest.raises(ValueError, match="d_in"):
         transform_matrix(x, np.ones((3, 9)), device=Scheduler(CPUS[2]))
 

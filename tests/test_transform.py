@@ -8,6 +8,8 @@ rounding, and the rounding of the stored output.  Emulator cases stay small
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -216,6 +218,90 @@ def test_out_wrong_shape_or_dtype(backend_name, rng):
     readonly.setflags(write=False)
     with pytest.raises(ValueError, match="read-only"):
         lg.transform_matrix(x, w, b, out=readonly, device=backend_name)
+
+
+def _slow_first_device(device, chunk):
+    """Hold cpu:0 back so that cpu:1 writes its rows first (the race made certain)."""
+    if device == "cpu:0":
+        time.sleep(0.02)
+
+
+OVERLAP_DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("emulator", id="emulator", marks=needs_emulator),
+    pytest.param("sched1", id="scheduler-1"),
+    pytest.param("sched2", id="scheduler-2"),
+]
+
+
+def _device(name):
+    if name == "sched1":
+        return lg.Scheduler(["cpu:0"], chunk_size=10)
+    if name == "sched2":
+        return lg.Scheduler(["cpu:0", "cpu:1"], chunk_size=10, fault_injector=_slow_first_device)
+    return name
+
+
+@pytest.mark.parametrize("device", OVERLAP_DEVICES)
+def test_out_overlapping_an_input_gives_the_right_result(device, rng):
+    """An out that overlaps data, weights or bias is computed as with separate buffers.
+
+    The issue: ``transform_matrix(x[1:], w, out=x[:-1], device=Scheduler(2 CPUs))``
+    was wrong (a chunk's rows overwrote the next chunk's input before it was
+    read), while the emulator refused and the cpu was right.  Now every
+    device reads the inputs whole before writing ``out``.
+    """
+    d = 16
+    buf = rng.standard_normal((61, d)).astype(np.float32)
+    w = (rng.standard_normal((d, d)) / 4).astype(np.float32)
+    b = rng.standard_normal(d).astype(np.float32)
+    # out shifted one row before data: every chunk's output is the previous input
+    x0 = buf[1:].copy()
+    got = lg.transform_matrix(buf[1:], w, b, "gelu", out=buf[:-1], device=_device(device))
+    assert_close(got, x0, w, b, "gelu", np.float32)
+    # out is data itself
+    buf2 = rng.standard_normal((40, d)).astype(np.float32)
+    x0 = buf2.copy()
+    lg.transform_matrix(buf2, w, b, None, out=buf2, device=_device(device))
+    assert_close(buf2, x0, w, b, None, np.float32)
+    # out overlaps the weights and the bias (all three in one buffer)
+    whole = rng.standard_normal((d + 1 + 30, d)).astype(np.float32) / 4
+    w3, b3, x3 = whole[:d], whole[d], whole[d + 1:]
+    ref = (w3.copy(), b3.copy(), x3.copy())
+    lg.transform_matrix(x3, w3, b3, "relu", out=whole[:30], device=_device(device))
+    assert_close(whole[:30], ref[2], ref[0], ref[1], "relu", np.float32)
+
+
+@pytest.mark.parametrize("device", OVERLAP_DEVICES)
+def test_out_overlapping_batched_inputs(device, rng):
+    x = rng.standard_normal((6, 5, 8)).astype(np.float64)
+    w = rng.standard_normal((6, 8, 8)).astype(np.float64)
+    x0 = x.copy()
+    sched = device.startswith("sched")
+    dev = lg.Scheduler(["cpu:0", "cpu:1"], chunk_size=1, fault_injector=_slow_first_device) if sched else device
+    lg.transform_matrix(x, w, out=x, device=dev)
+    assert_close(x, x0, w, None, None, np.float64)
+
+
+@pytest.mark.parametrize("device", OVERLAP_DEVICES)
+def test_nan_is_found_before_out_is_written(device, rng):
+    """On every device a NaN anywhere in the input leaves ``out`` untouched.
+
+    The Scheduler used to write the rows of every chunk before the one
+    holding the NaN (3,500 of 4,000 rows in the issue).
+    """
+    x = rng.standard_normal((80, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 8)).astype(np.float32)
+    x[-1, 3] = np.nan
+    out = np.zeros((80, 4), np.float32)
+    with pytest.raises(ValueError, match="data contains NaN"):
+        lg.transform_matrix(x, w, out=out, device=_device(device))
+    assert not out.any(), f"{np.count_nonzero(out.any(axis=1))} rows of out were written"
+    w[0, 0] = np.inf
+    x[-1, 3] = 0
+    with pytest.raises(ValueError, match="weights contains NaN"):
+        lg.transform_matrix(x, w, out=out, device=_device(device))
+    assert not out.any()
 
 
 # --------------------------------------------------------------------------- inputs

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .. import arrays
+from .. import arrays, validation
 from ..backends.current import current_device
 from .devices import backend_name, cuda_index, is_cuda
 from .errors import ChunkError
@@ -86,18 +86,18 @@ def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=No
         if out is not None:
             # writable: a bfloat16 out would otherwise be a float32 copy, written and lost.
             dest = arrays.to_compute(out, kind, name="out", writable=True)
-            if tuple(dest.shape) != out_shape:
-                raise ValueError(f"out must have shape {out_shape}, got {tuple(dest.shape)}")
-            if dest.dtype != dtype:
-                raise TypeError(f"out must have dtype {dtype}, got {dest.dtype}")
-            if not arrays.is_writeable(dest):
-                raise ValueError("out is read-only")
+            transform.check_out(dest, out_shape, dtype)
+        if check_finite:
+            # The whole input, before any chunk writes out: a NaN in the last chunk
+            # must not leave the first ones written (cpu and emulator check first too).
+            # Every cast to the result dtype widens, so finite inputs stay finite.
+            for name, a in (("data", x), ("weights", w), ("bias", b)):
+                if a is not None:
+                    validation.check_finite(name, a)
 
         def run(*chunk: Any) -> Any:
             device = backend_name(current_device())
-            return transform.transform_matrix(
-                *chunk, activation=activation, device=device, check_finite=check_finite
-            )
+            return transform.transform_matrix(*chunk, activation=activation, device=device, check_finite=False)
 
         if batched:
             batch = (x, w) if b is None else (x, w, b)
@@ -111,8 +111,11 @@ def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=No
                 return run(rows, w_here, b_here)
 
         target = None
-        if dest is not None and dest.flags.c_contiguous:
-            # A contiguous out receives the rows directly (each worker writes its own).
+        # A contiguous out receives the rows directly (each worker writes its own),
+        # unless it overlaps an input: then a chunk's rows could overwrite another
+        # chunk's input before it is read, so out is written once every chunk is done.
+        separate = bool(validation.overlapping(dest, data=x, weights=w, bias=b))
+        if dest is not None and dest.flags.c_contiguous and not separate:
             target = dest if batched else dest.reshape(-1, d_out)
         try:
             y = sched.map(fn, batch, out=target)

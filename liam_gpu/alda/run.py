@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .. import arrays
+from .. import arrays, validation
 from . import chunking
 from .chunking import Batch, Chunk
 from .devices import FALLBACK, is_cuda
@@ -176,7 +176,7 @@ class Run:
             elif tag == "error":
                 _, device, chunk, exc = event
                 raise ChunkError(chunk, device, exc) from exc
-            elif tag == "cancel":
+            elif tag in ("cancel", "out"):
                 raise event[1]
             else:  # "crash"
                 _, device, exc = event
@@ -251,6 +251,13 @@ class Run:
                 raise ValueError(f"out must have {self.length} rows (one per batch item), got shape {out.shape}")
             if not arrays.is_writeable(out):
                 raise ValueError("out is read-only")
+            # Workers write their rows while others still read theirs: an out that
+            # overlaps the batch would feed written rows to later chunks.
+            names = {f"batch[{i}]" if len(self.batch.leaves) > 1 else "batch": a
+                     for i, a in enumerate(self.batch.leaves)}
+            shared = validation.overlapping(out, **names)
+            if shared:
+                raise ValueError(f"out overlaps {', '.join(shared)}; pass a separate output array")
             self.out_given = True
         self.out = out
         self.gather = self.batch.home is None
@@ -281,17 +288,27 @@ class Run:
                 return
             target = self._place(chunk, value)
         if target is not None:
-            if not (isinstance(value, np.ndarray) and value.shape == target.shape):
+            # A result without one row per item is the function's error (ChunkError);
+            # one whose rows do not fit the caller's out (their shape or dtype) is
+            # out's, raised as it is and before that result is written (copyto
+            # checks the casting first).
+            rows_ok = isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == chunk.size
+            if not (rows_ok and value.shape == target.shape):
                 got = getattr(value, "shape", type(value).__name__)
-                self._abort(("error", worker.device, chunk, ValueError(
-                    f"the function returned {got} for {chunk.describe()}, which does not fit "
-                    f"out[{chunk.start}:{chunk.stop}] of shape {target.shape}"
-                )))
+                message = (f"the function returned {got} for {chunk.describe()}, which does not fit "
+                           f"out[{chunk.start}:{chunk.stop}] of shape {target.shape}")
+                if rows_ok:
+                    self._abort(("out", ValueError(f"out has rows of shape {target.shape[1:]} but {message}")))
+                else:
+                    self._abort(("error", worker.device, chunk, ValueError(message)))
                 return
             try:
                 np.copyto(target, value, casting="same_kind")  # outside the lock: workers copy in parallel
             except TypeError as exc:
-                self._abort(("error", worker.device, chunk, exc))
+                self._abort(("out", TypeError(
+                    f"out has dtype {target.dtype}, which cannot receive the function's {value.dtype} "
+                    f"results (numpy casting rule 'same_kind')"
+                )))
                 return
             value = target
         elif borrowed:

@@ -200,6 +200,8 @@ class Scheduler:
             With the default joining of array results: the array that
             receives them (``len(batch)`` rows; numpy for a host batch, CuPy
             on the batch's GPU for a GPU batch).  Each chunk's rows must fit.
+            ``out`` must not overlap ``batch`` (chunks write their rows while
+            others still read theirs).
 
         Returns
         -------
@@ -211,6 +213,11 @@ class Scheduler:
         ------
         ChunkError
             ``fn`` raised; the original error is ``__cause__``.
+        TypeError, ValueError
+            ``out`` is not an array of the batch's library, has the wrong
+            length, is read-only, overlaps the batch, or cannot receive the
+            results (their shape, or a dtype numpy's ``same_kind`` rule does
+            not cast to out's; raised before that result is written).
         AllDevicesFailed
             Some chunks could not be computed anywhere.
         KeyboardInterrupt
@@ -247,9 +254,15 @@ def _concatenate_into(parts: list[Any], out: Any) -> Any:
     """The default joining of array parts, written into the caller's ``out``."""
     if not all(chunking.is_array(p) for p in parts):
         raise TypeError("out= needs array results from every chunk")
-    if arrays.is_cupy(out):
-        import cupy
+    try:
+        if arrays.is_cupy(out):
+            import cupy
 
-        with cupy.cuda.Device(out.device.id):
-            return cupy.concatenate(parts, axis=0, out=out)
-    return np.concatenate(parts, axis=0, out=out)
+            with cupy.cuda.Device(out.device.id):
+                return cupy.concatenate(parts, axis=0, out=out)
+        return np.concatenate(parts, axis=0, out=out)
+    except TypeError as exc:  # the casting: out's fault, not the function's
+        raise TypeError(f"out has dtype {out.dtype}, which cannot receive the results "
+                        f"({parts[0].dtype if parts else 'none'}): {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"out of shape {tuple(out.shape)} does not fit the results: {exc}") from None
