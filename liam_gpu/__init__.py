@@ -3,8 +3,9 @@ compression, with a numpy fallback that gives the same answers.
 
 Public names::
 
-    transform_matrix, svd_compress, randomized_svd, LowRank, BinaryAlgebra,
-    Scheduler, DeviceFault, ChunkError, AllDevicesFailed, current_device, devices
+    transform_matrix, svd_compress, randomized_svd, randomized_range_finder,
+    pca, PCAResult, LowRank, ResolutionWarning, BinaryAlgebra, Scheduler,
+    DeviceFault, ChunkError, AllDevicesFailed, current_device, devices
 
 They load on first use (SPEC 1 lazy loading), so ``import liam_gpu`` stays
 cheap and never imports CuPy or torch by itself.
@@ -26,6 +27,10 @@ _EXPORTS = {
     "current_device": "backends",
     "devices": "backends",
     "LowRank": "lowrank",
+    "PCAResult": "pca",
+    "pca": "pca",
+    "randomized_range_finder": "svd",
+    "ResolutionWarning": "svd",
     "randomized_svd": "api",
     "svd_compress": "api",
     "transform_matrix": "api",

@@ -39,6 +39,18 @@ from . import validation
 _RESIDUAL_BLOCK = 1 << 22
 
 
+def left_factor(backend: Any, dtype: Any, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
+    """``U = Q C`` in ``backend`` and, with ``flip``, scikit-learn's column signs of ``U`` (applied, and returned)."""
+    u = backend.matmul(q, backend.asarray(np.ascontiguousarray(c, dtype=dtype)))
+    if not flip:
+        return u, None
+    xp = backend.xp
+    picked = xp.take_along_axis(u, xp.argmax(xp.abs(u), axis=0)[None, :], axis=0)[0]
+    signs = np.where(backend.to_host(picked) < 0, -1.0, 1.0)
+    u *= backend.asarray(signs.astype(dtype))
+    return u, signs
+
+
 @dataclass(frozen=True)
 class DenseOperator:
     """A 2-D C-contiguous backend array read as the tall operator ``T``.
@@ -111,17 +123,176 @@ class DenseOperator:
         raise ValueError(f"a is finite but so large that its products overflow {self.dtype}; scale it down")
 
     def left(self, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
-        u = self.backend.matmul(q, self.backend.asarray(np.ascontiguousarray(c, dtype=self.dtype)))
-        if not flip:
-            return u, None
-        xp = self.backend.xp
-        picked = xp.take_along_axis(u, xp.argmax(xp.abs(u), axis=0)[None, :], axis=0)[0]
-        signs = np.where(self.backend.to_host(picked) < 0, -1.0, 1.0)
-        u *= self.backend.asarray(signs.astype(self.dtype))
-        return u, signs
+        return left_factor(self.backend, self.dtype, q, c, flip=flip)
 
     def dense_svd(self) -> tuple[Any, np.ndarray, Any]:
         """``(U, s, Vt)`` of ``T``: LAPACK's ``gesdd`` through the backend's array module."""
         x = self.data.T if self.trans else self.data
         u, s, vt = self.backend.xp.linalg.svd(x, full_matrices=False)
         return self.backend.xp.ascontiguousarray(u), self.backend.to_host(s).astype(np.float64), vt
+
+
+def _row_blocks(rows: int, cols: int):
+    """Row ranges of about :data:`_RESIDUAL_BLOCK` elements."""
+    step = max(1, _RESIDUAL_BLOCK // max(1, cols))
+    return ((start, min(rows, start + step)) for start in range(0, rows, step))
+
+
+@dataclass(frozen=True)
+class SparseOperator:
+    """A scipy.sparse matrix as the tall operator ``T``, never densified.
+
+    ``data`` is CSR (rows of ``T`` are rows of the caller's matrix) and
+    ``data_t`` its CSC-transpose view as CSR (``T^T``), both made once; the
+    products are scipy's sparse-times-dense (SpMM).  ``swapped``: ``T`` is the
+    transpose of the caller's (wide) matrix.  Bases are numpy arrays of the
+    CPU backend.
+    """
+
+    backend: Any
+    data: Any
+    data_t: Any
+    swapped: bool
+
+    @classmethod
+    def of(cls, backend: Any, a: Any, dtype: Any) -> "SparseOperator":
+        """The tall view of a scipy.sparse matrix ``a`` (any format), converted once to ``dtype`` CSR."""
+        csr = a.tocsr().astype(dtype, copy=False)
+        csr.sum_duplicates()
+        rows, cols = csr.shape
+        if rows >= cols:
+            return cls(backend, csr, csr.T.tocsr(), False)
+        return cls(backend, csr.T.tocsr(), csr, True)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(int(d) for d in self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.data.dtype)
+
+    @property
+    def space(self) -> Any:
+        return self.backend
+
+    def _times(self, m: Any, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(m @ x, dtype=self.dtype)
+
+    def sketch(self, seed: int, l: int, col0: int = 0, *, with_v: bool = False) -> tuple[Any, Any | None]:
+        from . import philox
+
+        omega = philox.omega(seed, self.shape[1], l, self.dtype, col0=col0)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported by the caller, from Y
+            y = self._times(self.data, omega)
+        return y, (self.t_times(y) if with_v else None)
+
+    def power(self, w: Any, *, with_v: bool = False) -> tuple[Any, Any | None]:
+        y = self._times(self.data, w)
+        return y, (self.t_times(y) if with_v else None)
+
+    def t_times(self, y: Any) -> Any:
+        return self._times(self.data_t, y)
+
+    def sum_squares(self) -> float:
+        values = self.data.data.astype(np.float64)
+        return float(np.dot(values, values))
+
+    def residual_sq(self, q: Any, bt: Any) -> float:
+        # Row blocks of T made dense one at a time: a bounded temporary, never all of T.
+        total = 0.0
+        for lo, hi in _row_blocks(self.shape[0], self.shape[1]):
+            part = self.data[lo:hi].toarray() - q[lo:hi] @ bt.T
+            total += self.backend.sum_squares(np.ascontiguousarray(part))
+        return total
+
+    def require_finite(self, y: Any) -> None:
+        if bool(np.isfinite(np.asarray(y)).all()):
+            return
+        validation.check_finite("a", self.data.data)
+        raise ValueError(f"a is finite but so large that its products overflow {self.dtype}; scale it down")
+
+    def left(self, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
+        return left_factor(self.backend, self.dtype, q, c, flip=flip)
+
+
+@dataclass(frozen=True)
+class RankOneUpdate:
+    """``T = T0 - a b^T`` for an operator ``T0``, applied inside the products, never formed.
+
+    Centring is this update: for the caller's ``A - 1 mu^T`` with ``T0 = A``,
+    ``(a, b) = (1, mu)``; when ``T0 = A^T`` (a wide ``A``), ``(a, b) = (mu, 1)``.
+    ``a`` (mt,) and ``b`` (nt,) are host float64 vectors.
+    """
+
+    base: Any
+    a: np.ndarray
+    b: np.ndarray
+
+    @classmethod
+    def centred(cls, op: Any, mean: np.ndarray) -> "RankOneUpdate":
+        """``op`` minus the column means ``mean`` (length ``n`` of the caller's matrix) of every row."""
+        mt, nt = op.shape
+        mean = np.asarray(mean, dtype=np.float64)
+        if op.swapped:
+            return cls(op, mean, np.ones(nt))
+        return cls(op, np.ones(mt), mean)
+
+    shape = property(lambda self: self.base.shape)
+    dtype = property(lambda self: self.base.dtype)
+    swapped = property(lambda self: self.base.swapped)
+    space = property(lambda self: self.base.space)
+    backend = property(lambda self: self.base.backend)
+
+    def _vec(self, v: np.ndarray) -> Any:
+        return self.backend.asarray(np.ascontiguousarray(v, dtype=self.dtype))
+
+    def _minus(self, x: Any, left: np.ndarray, right_t_x: Any) -> Any:
+        """``x - left right_t_x`` for a host vector ``left`` and a row ``right_t_x`` (1, l)."""
+        return x - self._vec(left)[:, None] * right_t_x
+
+    def _update(self, y: Any, w: Any) -> Any:
+        """``T W = T0 W - a (b^T W)``."""
+        return self._minus(y, self.a, self._vec(self.b)[None, :] @ w)
+
+    def _update_t(self, v: Any, y: Any) -> Any:
+        """``T^T Y = T0^T Y - b (a^T Y)``."""
+        return self._minus(v, self.b, self._vec(self.a)[None, :] @ y)
+
+    def sketch(self, seed: int, l: int, col0: int = 0, *, with_v: bool = False) -> tuple[Any, Any | None]:
+        from . import philox
+
+        y0, _ = self.base.sketch(seed, l, col0)
+        b_omega = self._vec(self.b @ philox.omega(seed, self.shape[1], l, np.float64, col0=col0))[None, :]
+        y = self._minus(y0, self.a, b_omega)
+        return y, (self.t_times(y) if with_v else None)
+
+    def power(self, w: Any, *, with_v: bool = False) -> tuple[Any, Any | None]:
+        y = self._update(self.base.power(w)[0], w)
+        return y, (self.t_times(y) if with_v else None)
+
+    def t_times(self, y: Any) -> Any:
+        return self._update_t(self.base.t_times(y), y)
+
+    def sum_squares(self) -> float:
+        if isinstance(self.base, SparseOperator):
+            # ||T0 - a b^T||^2 = ||T0||^2 - 2 a^T T0 b + ||a||^2 ||b||^2, all in float64 (the
+            # sparse product with a float64 vector is float64): the cancellation costs ~1e-16.
+            t0_b = np.asarray(self.base.data @ self.b, dtype=np.float64)
+            value = self.base.sum_squares() - 2.0 * float(self.a @ t0_b) + float(self.a @ self.a) * float(self.b @ self.b)
+            return max(value, 0.0)
+        # Dense: entry by entry, row block by row block (T0_ij - a_i b_j rounds like an explicit
+        # centring; the formula above would cancel in the data's own precision).
+        return self.base.residual_sq(self._vec(self.a)[:, None], self._vec(self.b)[:, None])
+
+    def residual_sq(self, q: Any, bt: Any) -> float:
+        # T - Q Bt^T = T0 - [Q, a] [Bt, b]^T: the base's residual against one more column.
+        qa = self.backend.xp.concatenate([q, self._vec(self.a)[:, None]], axis=1)
+        btb = self.backend.xp.concatenate([bt, self._vec(self.b)[:, None]], axis=1)
+        return self.base.residual_sq(qa, btb)
+
+    def require_finite(self, y: Any) -> None:
+        self.base.require_finite(y)
+
+    def left(self, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
+        return self.base.left(q, c, flip=flip)

@@ -88,7 +88,8 @@ class Plan:
     oversampling; ``q`` the power iterations; ``normalizer`` one of ``"auto"``,
     ``"QR"`` (shifted CholeskyQR), ``"LU"`` or ``"none"``; ``check``: reject
     non-finite input; ``estimate``: compute the error estimate; ``flip``:
-    scikit-learn's sign convention on ``U``.
+    scikit-learn's sign convention on ``U``; ``driver``: LAPACK's routine for
+    the small SVD (``"gesdd"`` or ``"gesvd"``).
     """
 
     k: int
@@ -100,6 +101,7 @@ class Plan:
     estimate: bool = False
     tol: float | None = None
     flip: bool = True
+    driver: str = "gesdd"
 
 
 def resolution(dtype: Any) -> float:
@@ -259,12 +261,17 @@ def range_finder(op: Any, width: int, q: int, seed: int, *, col0: int = 0, norma
     return orthonormalize(op.space, y)[0]
 
 
-def finish(op: Any, q: Any, norm2: float | None, bt: Any | None = None) -> Factorization:
+def finish(op: Any, q: Any, norm2: float | None, bt: Any | None = None, driver: str = "gesdd") -> Factorization:
     """The small SVD of ``B = Q^T T`` (``bt = T^T Q`` if already formed), and the error's terms."""
     if bt is None:
         bt = op.t_times(q)
     p, rb = orthonormalize(op.backend, bt)
-    uc, s, vct = np.linalg.svd(rb.T)
+    if driver == "gesdd":
+        uc, s, vct = np.linalg.svd(rb.T)
+    else:
+        import scipy.linalg
+
+        uc, s, vct = scipy.linalg.svd(rb.T, lapack_driver=driver, check_finite=False)
     fact = Factorization(op, q, p, uc, s, vct.T, norm2)
     if norm2:
         balance = norm2 - float(np.sum(s**2))
@@ -298,7 +305,7 @@ def fixed_rank(op: Any, plan: Plan, norm2: float | None = None) -> Factorization
     basis = range_finder(op, width, q, plan.seed, normalizer=plan.normalizer, check=plan.check)
     if norm2 is None and plan.estimate:
         norm2 = _norm2(op, plan)
-    return finish(op, basis, norm2)
+    return finish(op, basis, norm2, driver=plan.driver)
 
 
 def adaptive(op: Any, plan: Plan) -> tuple[Factorization, int]:
@@ -324,7 +331,7 @@ def adaptive(op: Any, plan: Plan) -> tuple[Factorization, int]:
     width, block, captured = 0, FIRST_BLOCK, 0.0
     while True:
         step = min(block, cap - width)
-        if width + step > DENSE_SHARE * nt:
+        if width + step > DENSE_SHARE * nt and hasattr(op, "dense_svd"):
             fact = dense(op, norm2)
             return _checked(fact, fact.rank_for(plan.tol, plan.k), plan)
         new = range_finder(op, step, plan.q, plan.seed, col0=width + (-width) % 4,
@@ -337,7 +344,7 @@ def adaptive(op: Any, plan: Plan) -> tuple[Factorization, int]:
         block *= 2
         if width < cap and norm2 - captured > target:
             continue
-        fact = finish(op, basis, norm2, bt)
+        fact = finish(op, basis, norm2, bt, plan.driver)
         k = fact.rank_for(plan.tol, plan.k)
         met = fact.error_sq(k) <= target
         if width >= cap or (met and k + plan.p <= width):

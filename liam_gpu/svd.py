@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import arrays, backends, validation
-from .operators import DenseOperator
-from .rangefinder import Plan, ResolutionWarning, adaptive, fixed_rank, flip_signs, resolution
+from .operators import DenseOperator, RankOneUpdate, SparseOperator
+from .rangefinder import Plan, ResolutionWarning, adaptive, fixed_rank, flip_signs, range_finder, resolution
 
-__all__ = ["randomized_svd", "svd_compress", "seed_from_random_state", "ResolutionWarning"]
+__all__ = ["randomized_svd", "randomized_range_finder", "svd_compress", "seed_from_random_state",
+           "ResolutionWarning"]
 
 #: Rank of :func:`svd_compress` when neither ``k`` nor ``tol`` is given (capped at ``min(m, n)``).
 DEFAULT_RANK = 32
@@ -44,6 +46,9 @@ def randomized_svd(
     power_iteration_normalizer: str = "auto",
     random_state: Any = 0,
     flip_sign: bool = True,
+    transpose: bool | str = "auto",
+    svd_lapack_driver: str = "gesdd",
+    center: Any = False,
     device: Any = None,
     check_finite: bool = True,
 ) -> tuple[Any, Any, Any]:
@@ -53,10 +58,11 @@ def randomized_svd(
     ----------
     a
         ``(m, n)`` matrix, or a ``(B, m, n)`` stack factored item by item
-        (numpy, CuPy, torch or a nested list).  Not modified and never copied,
-        unless its dtype or memory layout needs converting (integers and
-        float16 are computed in float64 / float32; a non-contiguous view is
-        copied).
+        (numpy, CuPy, torch or a nested list), or a scipy.sparse matrix or
+        array of any format (converted once to CSR, never densified; on the
+        CPU).  Not modified and never copied, unless its dtype or memory
+        layout needs converting (integers and float16 are computed in float64
+        / float32; a non-contiguous view is copied).
     n_components
         Rank ``k`` of the result, ``1 <= k <= min(m, n)``.
     n_oversamples
@@ -81,6 +87,18 @@ def randomized_svd(
         Make the entry of largest magnitude of every column of ``U`` positive
         (scikit-learn's ``svd_flip`` convention), so results are deterministic
         up to ties.
+    transpose
+        scikit-learn's: which side to sketch.  Accepted (``"auto"``, True,
+        False) for compatibility; the engine always sketches the taller side
+        of ``a`` (scikit-learn's ``"auto"`` rule), which is the cheaper one
+        and gives the same factors up to rounding.
+    svd_lapack_driver
+        LAPACK driver of the small ``l x l`` SVD: ``"gesdd"`` (default) or
+        ``"gesvd"`` (slower, more robust), as in scikit-learn.
+    center
+        False (default); True: factor ``a - 1 mean(a, axis=0)`` (PCA), the
+        centring applied inside the products, never materialised; or an
+        array of ``n`` column means to subtract.  2-D ``a`` only.
     device
         ``None``/``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"emulator"``
         (a :class:`~liam_gpu.Scheduler` is routed by :mod:`liam_gpu.api`).
@@ -110,16 +128,20 @@ def randomized_svd(
     p = _check_count("n_oversamples", n_oversamples, minimum=0)
     if not isinstance(flip_sign, (bool, np.bool_)):
         raise TypeError(f"flip_sign must be a bool, got {type(flip_sign).__name__}")
-    kind = arrays.common_kind(a=a)
-    backend = backends.resolve(device, kind)
+    if not (transpose == "auto" or isinstance(transpose, (bool, np.bool_))):
+        raise ValueError(f"transpose must be 'auto', True or False, got {transpose!r}")
+    if svd_lapack_driver not in ("gesdd", "gesvd"):
+        raise ValueError(f"svd_lapack_driver must be 'gesdd' or 'gesvd', got {svd_lapack_driver!r}")
+    kind, backend = _resolve(a, device)
     with arrays.caller_stream(kind), backend.activate():
         mat = _Matrix.prepare(backend, a, kind)
+        mean = _mean(backend, mat, center, kind)
         k = validation.check_rank("n_components", n_components, mat.min_dim)
         q = _n_iter(n_iter, k, mat.min_dim)
         seed = seed_from_random_state(random_state)
         plan = Plan(k=k, p=p, q=q, normalizer=normalizer, seed=seed, check=bool(check_finite),
-                    flip=bool(flip_sign))
-        u, s, vt, _ = _factor(backend, mat, plan)
+                    flip=bool(flip_sign), driver=svd_lapack_driver)
+        u, s, vt, _ = _factor(backend, mat, plan, mean)
         return tuple(arrays.from_compute(x, kind) for x in (u, s, vt))
 
 
@@ -131,6 +153,7 @@ def svd_compress(
     n_oversamples: int = 10,
     n_iter: int | str = "auto",
     random_state: Any = 0,
+    center: Any = False,
     device: Any = None,
     check_finite: bool = True,
     max_rank: int | None = None,
@@ -159,8 +182,9 @@ def svd_compress(
     n_iter
         Power iterations: ``"auto"`` is scikit-learn's rule for a fixed ``k``
         and 2 per block in ``tol`` mode.
-    random_state, device, check_finite
-        As for :func:`randomized_svd`.
+    random_state, center, device, check_finite
+        As for :func:`randomized_svd` (with ``center``, the factors and the
+        error are those of the centred matrix).
     max_rank
         ``tol`` mode only: the largest rank to return (default ``min(m, n)``).
 
@@ -191,10 +215,10 @@ def svd_compress(
     elif max_rank is not None:
         raise ValueError("max_rank applies to tol mode only; with a fixed k it is k itself")
     p = _check_count("n_oversamples", n_oversamples, minimum=0)
-    kind = arrays.common_kind(a=a)
-    backend = backends.resolve(device, kind)
+    kind, backend = _resolve(a, device)
     with arrays.caller_stream(kind), backend.activate():
         mat = _Matrix.prepare(backend, a, kind)
+        mean = _mean(backend, mat, center, kind)
         seed = seed_from_random_state(random_state)
         if tol is None:
             rank = DEFAULT_RANK if k is None else k
@@ -205,9 +229,52 @@ def svd_compress(
             cap = mat.min_dim if max_rank is None else validation.check_rank("max_rank", max_rank, mat.min_dim)
             q = ADAPTIVE_N_ITER if n_iter == "auto" else _check_count("n_iter", n_iter, minimum=0)
             plan = Plan(k=cap, p=p, q=q, seed=seed, check=bool(check_finite), estimate=True, tol=tol)
-        u, s, vt, err = _factor(backend, mat, plan)
+        u, s, vt, err = _factor(backend, mat, plan, mean)
         factors = [arrays.from_compute(x, kind) for x in (u, s, vt)]
         return LowRank(*factors, relative_error=err)
+
+
+def randomized_range_finder(
+    a: Any,
+    size: int,
+    n_iter: int,
+    *,
+    power_iteration_normalizer: str = "auto",
+    random_state: Any = 0,
+    center: Any = False,
+    device: Any = None,
+    check_finite: bool = True,
+) -> Any:
+    """An orthonormal ``(m, size)`` basis ``Q`` whose range approximates that of ``a`` (scikit-learn's meaning).
+
+    ``Q`` spans ``(A A^T)^q A Omega`` for a Philox test matrix ``Omega``
+    (``n x size``), normalized after every product as the engine does
+    (:func:`liam_gpu.rangefinder.range_finder`), orthonormal to working
+    precision.  Parameters as for :func:`randomized_svd`; ``size`` is at
+    most ``m`` (``Q`` has orthonormal columns).  2-D ``a`` only (dense or
+    scipy.sparse).
+    """
+    normalizer = _check_normalizer(power_iteration_normalizer)
+    q = _check_count("n_iter", n_iter, minimum=0)
+    kind, backend = _resolve(a, device)
+    with arrays.caller_stream(kind), backend.activate():
+        mat = _Matrix.prepare(backend, a, kind)
+        if len(mat.shape) != 2:
+            raise ValueError(f"a must be 2-D, got shape {mat.shape}")
+        m = mat.shape[0]
+        size = validation.check_rank("size", size, m, what="m")
+        mean = _mean(backend, mat, center, kind)
+        # The caller's orientation, tall or not: Q lives on a's row side.
+        if mat.sparse:
+            op = mat.data
+            op = type(op)(op.backend, op.data_t, op.data, False) if op.swapped else op
+        else:
+            op = DenseOperator(backend, mat.data, mat.transposed, False)
+        if mean is not None:
+            op = RankOneUpdate.centred(op, mean)
+        basis = range_finder(op, size, q, seed_from_random_state(random_state), normalizer=normalizer,
+                             check=bool(check_finite))
+        return arrays.from_compute(basis, kind)
 
 
 def seed_from_random_state(random_state: Any) -> int:
@@ -286,6 +353,7 @@ class _Matrix:
     data: Any
     transposed: bool
     shape: tuple[int, ...]
+    sparse: bool = False
 
     @property
     def min_dim(self) -> int:
@@ -293,6 +361,12 @@ class _Matrix:
 
     @classmethod
     def prepare(cls, backend: Any, a: Any, kind: arrays.ArrayKind) -> "_Matrix":
+        if _is_scipy_sparse(a):
+            shape = tuple(int(d) for d in a.shape)
+            if 0 in shape:
+                raise ValueError(f"a is empty (shape {shape}); nothing to factor")
+            dtype = validation.float_dtype("a", a)
+            return cls(SparseOperator.of(backend, a, dtype), False, shape, True)
         x = backend.asarray(arrays.to_compute(a, kind, name="a"))
         validation.check_ndim("a", x, ndim=(2, 3))
         validation.check_not_empty("a", x)
@@ -309,14 +383,56 @@ class _Matrix:
         return cls(x, transposed, shape)
 
 
+def _is_scipy_sparse(a: Any) -> bool:
+    """Whether ``a`` is a scipy.sparse matrix or array (without importing scipy.sparse to ask)."""
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(a)
+
+
+def _resolve(a: Any, device: Any) -> tuple[arrays.ArrayKind, Any]:
+    """The caller's array kind and the backend that computes (scipy.sparse: the CPU)."""
+    if _is_scipy_sparse(a):
+        backend = backends.resolve("cpu" if device in (None, "auto") else device, arrays.NUMPY)
+        if backend.kind != "cpu":
+            raise ValueError(f"a is a scipy.sparse matrix, which is factored on device='cpu' only, "
+                             f"got device={device!r}")
+        return arrays.NUMPY, backend
+    kind = arrays.common_kind(a=a)
+    return kind, backends.resolve(device, kind)
+
+
+def _mean(backend: Any, mat: _Matrix, center: Any, kind: arrays.ArrayKind) -> np.ndarray | None:
+    """The column means to subtract (host float64, length ``n``), or None without centring."""
+    if center is False or center is None:
+        return None
+    if len(mat.shape) != 2:
+        raise ValueError(f"center applies to a 2-D a, got shape {mat.shape}")
+    m, n = mat.shape
+    if center is True:
+        if mat.sparse:
+            op = mat.data  # the tall view of a: rows of a are rows of T unless swapped
+            csr = op.data_t if op.swapped else op.data
+            return np.asarray(csr.sum(axis=0, dtype=np.float64)).ravel() / m
+        axis = 1 if mat.transposed else 0  # data is a.T when transposed
+        return backend.to_host(backend.xp.mean(mat.data, axis=axis, dtype=np.float64)).astype(np.float64)
+    mean = np.asarray(backend.to_host(backend.asarray(arrays.to_compute(center, kind, name="center"))),
+                      dtype=np.float64)
+    if mean.shape != (n,):
+        raise ValueError(f"center must be True, False or {n} column means (shape ({n},)), got shape {mean.shape}")
+    if not np.isfinite(mean).all():
+        raise ValueError("center contains NaN or Inf")
+    return mean
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
-def _factor(backend: Any, mat: _Matrix, plan: Plan) -> tuple[Any, Any, Any, Any]:
-    """``(U, S, Vt, relative_error)`` of a prepared 2-D matrix or stack (signs flipped)."""
+def _factor(backend: Any, mat: _Matrix, plan: Plan, mean: np.ndarray | None = None) -> tuple[Any, Any, Any, Any]:
+    """``(U, S, Vt, relative_error)`` of a prepared 2-D matrix or stack (signs flipped), centred by ``mean``."""
     xp = backend.xp
     if len(mat.shape) == 2:
-        return _factor_one(DenseOperator.of(backend, mat.data, mat.transposed), plan)
+        op = mat.data if mat.sparse else DenseOperator.of(backend, mat.data, mat.transposed)
+        return _factor_one(op if mean is None else RankOneUpdate.centred(op, mean), plan)
     batch, m, n = mat.shape
     if backend.batched_svd_fits(m, n, mat.data.dtype):
         return _small_stack(backend, mat.data, plan)
