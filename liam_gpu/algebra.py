@@ -57,12 +57,14 @@ class BinaryAlgebra:
             data, weights, bias, activation, device=self.device, check_finite=self.check_finite
         )
 
-    def svd_compress(self, x: Any, k: int | None = 32, **kwargs: Any):
+    def svd_compress(self, x: Any, k: int | None = None, **kwargs: Any):
         """Rank-``k`` randomized SVD as a :class:`~liam_gpu.LowRank`.
 
         ``np.asarray(result)`` is the rank-k reconstruction, which is what the
         original LIAM ``svd_compress`` returned.  Keyword arguments go to
-        :func:`liam_gpu.svd_compress`.
+        :func:`liam_gpu.svd_compress`, whose defaults these are: ``k=None``
+        means rank ``min(32, min(m, n))`` (LIAM's 32) without ``tol``, and
+        the rank ``tol`` needs with it.
         """
         kwargs.setdefault("check_finite", self.check_finite)
         return api.svd_compress(x, k=k, device=self.device, **kwargs)
@@ -86,7 +88,7 @@ class BinaryAlgebra:
 
     def frobenius_norm(self, a: Any) -> Any:
         """Frobenius norm (2-norm of all entries) of an array of any shape."""
-        return self._run(lambda xp, a: xp.linalg.norm(a.ravel()), a=a)
+        return self._run(lambda xp, a: _norm(xp, a.ravel()), a=a)
 
     def spectral_decomposition(self, a: Any) -> tuple[Any, Any]:
         """Eigen-decomposition ``(eigenvalues, eigenvectors)`` of a square matrix.
@@ -157,8 +159,8 @@ class BinaryAlgebra:
         def op(xp, a, b):
             if a.shape[-1] != b.shape[-1]:
                 raise ValueError(f"a and b need the same number of features, got {tuple(a.shape)} and {tuple(b.shape)}")
-            na = xp.linalg.norm(a, axis=-1, keepdims=True)
-            nb = xp.linalg.norm(b, axis=-1, keepdims=True)
+            na = _norm(xp, a, axis=-1, keepdims=True)
+            nb = _norm(xp, b, axis=-1, keepdims=True)
             if not bool((na > 0).all()) or not bool((nb > 0).all()):
                 raise ValueError("cosine similarity is undefined for a zero vector")
             if a.ndim == 1:
@@ -237,6 +239,28 @@ class BinaryAlgebra:
         if isinstance(result, tuple):
             return tuple(arrays.from_compute(r, kind) for r in result)
         return arrays.from_compute(result, kind)
+
+
+def _norm(xp: Any, a: Any, axis: int | None = None, keepdims: bool = False) -> Any:
+    """The 2-norm of ``a`` (along ``axis``), scaled as LAPACK's ``nrm2`` so it neither overflows nor underflows.
+
+    The squares are summed after dividing by a power of two near the largest
+    magnitude (exact: only the exponent changes), so values near the dtype's
+    largest or smallest normal number (1e30 or 1e-30 in float32) do not
+    square to Inf or 0.  NaN and Inf propagate as in ``numpy.linalg.norm``.
+    """
+    if a.size == 0:
+        return xp.linalg.norm(a, axis=axis, keepdims=keepdims)
+    big = xp.abs(a).max(axis=axis, keepdims=True)
+    _, exponent = xp.frexp(big)
+    # A non-finite or zero maximum keeps the scale 1 (Inf and NaN then propagate).
+    exponent = xp.where(xp.isfinite(big) & (big > 0), exponent, 0)
+    scale = xp.ldexp(xp.ones_like(big), exponent)
+    total = xp.sqrt(xp.square(a / scale).sum(axis=axis, keepdims=True)) * scale
+    if not keepdims:
+        # a scalar like numpy.linalg.norm's (CuPy keeps a 0-d array, as cupy.linalg.norm does)
+        total = total.reshape(())[()] if axis is None else xp.squeeze(total, axis=axis)
+    return total
 
 
 def _same_shape(na: str, a: Any, nb: str, b: Any) -> None:

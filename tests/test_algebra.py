@@ -96,6 +96,49 @@ def test_cosine_similarity(algebra, rng):
         algebra.cosine_similarity(np.zeros(3), np.ones(3))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", ["huge", "tiny"])
+def test_norms_are_scaled_like_lapack_nrm2(algebra, rng, dtype, scale):
+    """No overflow to Inf or underflow to 0 where the norm itself is representable.
+
+    The issue: float32 ``frobenius_norm`` was Inf at 1e30 and 0 at 1e-30, and
+    the cosine similarity of two equal rows at 1e30 was 0.0.
+    """
+    info = np.finfo(dtype)
+    eps = float(info.eps)
+    # the square of this overflows (or underflows), the norm of 12 of them does not
+    value = {"huge": np.sqrt(float(info.max)) * 4, "tiny": np.sqrt(float(info.smallest_subnormal)) / 4}[scale]
+    a = (rng.uniform(0.5, 1.0, (3, 4)) * value).astype(dtype)
+    truth = np.sqrt(np.sum((a.astype(np.float64) / value) ** 2)) * value
+    got = float(algebra.frobenius_norm(a))
+    assert got == pytest.approx(truth, rel=16 * eps)
+    equal = np.stack([a[0], a[0]])
+    np.testing.assert_allclose(algebra.cosine_similarity(equal), np.ones((2, 2)), rtol=16 * eps)
+    assert float(algebra.cosine_similarity(a[0], a[0])) == pytest.approx(1.0, rel=16 * eps)
+    expected = (a / np.linalg.norm(a.astype(np.float64) / value, axis=1, keepdims=True) / value)
+    expected = expected.astype(np.float64) @ expected.T.astype(np.float64)
+    np.testing.assert_allclose(algebra.cosine_similarity(a), expected, rtol=64 * eps)
+
+
+def test_norm_of_zeros_and_of_non_finite_values():
+    algebra = lg.BinaryAlgebra(device="cpu", check_finite=False)
+    assert float(algebra.frobenius_norm(np.zeros((2, 3)))) == 0.0
+    assert float(algebra.frobenius_norm(np.array([1.0, np.inf]))) == np.inf
+    assert np.isnan(float(algebra.frobenius_norm(np.array([1.0, np.nan]))))
+
+
+def test_svd_compress_defaults_agree_with_the_library(rng):
+    """``svd_compress(x, tol=...)`` works (k defaulted to 32 and the library refused k with tol)."""
+    algebra = lg.BinaryAlgebra(device="cpu")
+    u, _ = np.linalg.qr(rng.standard_normal((60, 5)))
+    v, _ = np.linalg.qr(rng.standard_normal((50, 5)))
+    x = (u * [50.0, 20, 10, 5, 2]) @ v.T + 1e-6 * rng.standard_normal((60, 50))
+    low = algebra.svd_compress(x, tol=0.1)
+    assert low.rank <= 5 and low.relative_error <= 0.1
+    assert algebra.svd_compress(x).rank == 32  # LIAM's default rank without tol
+    assert algebra.svd_compress(x[:20, :10]).rank == 10  # capped at min(m, n), as the library does
+
+
 def test_covariance_rows_are_observations(algebra, rng):
     x = rng.standard_normal((50, 3))
     np.testing.assert_allclose(algebra.covariance(x), np.cov(x, rowvar=False), rtol=1e-12)
