@@ -124,22 +124,13 @@ def _byte_range(a: Any) -> tuple[int, int] | None:
     """``[lo, hi)``: the bytes an array (numpy or CuPy) may touch; None when it has no elements."""
     if int(a.size) == 0:
         return None
-    face = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
-    lo = hi = int(face["data"][0])
+    # numpy's address, or CuPy's device pointer (both give byte strides)
+    lo = hi = int(a.__array_interface__["data"][0]) if isinstance(a, np.ndarray) else int(a.data.ptr)
     itemsize = int(a.itemsize)
-    strides = face.get("strides") or _c_strides(tuple(a.shape), itemsize)
-    for n, step in zip(a.shape, strides):
+    for n, step in zip(a.shape, a.strides):
         reach = (int(n) - 1) * int(step)
         lo, hi = (lo + reach, hi) if reach < 0 else (lo, hi + reach)
     return lo, hi + itemsize
-
-
-def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    strides, step = [], itemsize
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(1, int(n))
-    return tuple(reversed(strides))
 
 
 def overlapping(out: Any, **inputs: Any) -> list[str]:
@@ -155,10 +146,10 @@ def overlapping(out: Any, **inputs: Any) -> list[str]:
     span = _byte_range(out)
     if span is None:
         return []
-    on_gpu = hasattr(out, "__cuda_array_interface__")
+    on_host = isinstance(out, np.ndarray)
     found = []
     for name, a in inputs.items():
-        if a is None or hasattr(a, "__cuda_array_interface__") != on_gpu:
+        if a is None or isinstance(a, np.ndarray) != on_host:
             continue
         other = _byte_range(a)
         if other is not None and other[0] < span[1] and span[0] < other[1]:
