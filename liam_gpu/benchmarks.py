@@ -460,8 +460,10 @@ def run_cli(args: argparse.Namespace) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``liam-gpu bench`` (and of ``python -m liam_gpu.benchmarks``)."""
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute on a CPU")
-    parser.add_argument("--backend", choices=("cpu", "cuda", "all"), default="all")
-    parser.add_argument("--out", default="bench/results/latest")
+    parser.add_argument("--backend", choices=("cpu", "cuda", "all"), default="all",
+                        help="which backends to measure (default: %(default)s)")
+    parser.add_argument("--out", default="bench/results/latest",
+                        help="folder for the tables, plots and logs, created if missing (default: %(default)s)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

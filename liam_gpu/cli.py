@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
+import stat
 import sys
+import threading
 import time
+import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -128,33 +132,186 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compress(args: argparse.Namespace) -> int:
-    import liam_gpu as lg
+#: Channel counts of an ``(H, W, C)`` image (grey + alpha, RGB, RGBA), refused as a stack unless --stack.
+_IMAGE_CHANNELS = (2, 3, 4)
 
-    a = _load_npy(args.input)
-    lr = lg.svd_compress(a, k=args.k, tol=args.tol, device=args.device)
-    lr.save(args.output)
-    est = "" if lr.relative_error is None else f", estimated relative error {lr.relative_error:.3g}"
-    print(f"{args.input}: {a.shape} {a.dtype} -> rank {lr.rank}, {lr.compression_ratio:.1f}x smaller{est}; "
-          f"wrote {args.output}")
+
+def _compress(args: argparse.Namespace) -> int:
+    """``liam-gpu compress``: a ``.npy`` matrix (or stack) to a LowRank ``.npz``."""
+    import liam_gpu as lg
+    from liam_gpu.lowrank import _fmt_error
+
+    output = args.output
+    if Path(output).suffix.lower() == ".npy":
+        raise ValueError(f"-o {output}: compress writes an .npz archive (the three factors), not a .npy array; "
+                         f"name the output {Path(output).with_suffix('.npz')}")
+    with _Stages(_show_progress(args), "liam-gpu compress", ("reading", "factorizing", "writing")) as stages:
+        a = _load_npy(args.input)
+        _refuse_image_channels(a, args)
+        stages.next()
+        lr = lg.svd_compress(a, k=args.k, tol=args.tol, device=args.device)
+        lr.source_dtype = a.dtype  # restored by decompress; the ratio counts the input's bytes
+        stages.next()
+        lr.save(output)
+    written = _written_bytes(output, lr.nbytes)
+    ratio = a.nbytes / written
+    size = f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x LARGER"
+    est = "" if lr.relative_error is None else f", estimated relative error {_fmt_error(lr.relative_error)}"
+    print(f"{args.input}: {a.shape} {a.dtype} -> rank {lr.rank}, {size} ({a.nbytes} -> {written} bytes){est}; "
+          f"wrote {output}")
+    if written >= a.nbytes:
+        print(f"liam-gpu compress: warning: {output} ({written} bytes) is not smaller than {args.input} "
+              f"({a.nbytes} bytes): rank {lr.rank} factors in {lr.dtype} take more room than the {a.dtype} "
+              "input; a lower -k (or a larger --tol) makes it smaller", file=sys.stderr)
     return 0
 
 
 def _decompress(args: argparse.Namespace) -> int:
+    """``liam-gpu decompress``: a LowRank ``.npz`` back to a dense ``.npy``, in the input's dtype."""
     import liam_gpu as lg
+    from liam_gpu.lowrank import atomic_write, check_fits_in_memory
 
     lr = lg.LowRank.load(args.input)
-    dense = np.asarray(lr)
-    np.save(args.output, dense)
+    if args.dtype is not None:
+        target = _dtype_option(args.dtype)
+    else:
+        target = lr.source_dtype if lr.source_dtype is not None else np.dtype(lr.dtype)  # old files: the factors'
+    # The product in the factors' dtype, plus its conversion when the dtype changes.
+    factor_item = np.dtype(lr.dtype).itemsize
+    need = math.prod(lr.shape) * (factor_item + (target.itemsize if target != np.dtype(lr.dtype) else 0))
+    check_fits_in_memory(need, f"{args.input}: the dense {lr.shape} matrix")
+    dense = _to_dtype(np.asarray(lr), target, args.input)
+    with atomic_write(args.output) as f:
+        np.save(f, dense)
     print(f"{args.input}: rank {lr.rank} -> {dense.shape} {dense.dtype}; wrote {args.output}")
     return 0
 
 
-def _load_npy(path: str) -> np.ndarray:
+def _dtype_option(text: str) -> np.dtype:
     try:
-        return np.load(path, allow_pickle=False)
+        dtype = np.dtype(text)
+    except TypeError as exc:
+        raise ValueError(f"--dtype {text!r} is not a numpy dtype (e.g. uint8, float32)") from exc
+    if dtype.kind not in "biuf":
+        raise ValueError(f"--dtype must be a boolean, integer or float dtype, got {dtype}")
+    return dtype
+
+
+def _to_dtype(dense: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    """``dense`` in ``dtype``: rounded and clipped to the type's range for integers and booleans."""
+    if dtype.kind == "f" or dense.dtype == dtype:
+        return dense.astype(dtype, copy=False)
+    if not np.isfinite(dense).all():
+        raise ValueError(f"{name}: the reconstruction holds NaN or Inf, which {dtype} cannot represent; "
+                         "pass --dtype float32 or float64")
+    lo, hi = (0, 1) if dtype.kind == "b" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
+    # float(2**63 - 1) rounds up to 2**63, which would overflow: clip to the float below instead.
+    hi_f = float(hi) if float(hi) <= hi else float(np.nextafter(float(hi), 0.0))
+    out = np.rint(dense)
+    np.clip(out, float(lo), hi_f, out=out)
+    return out.astype(dtype)
+
+
+def _written_bytes(path: str, fallback: int) -> int:
+    """Size of the file written (``fallback`` for a device such as /dev/null)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return fallback
+    return st.st_size if stat.S_ISREG(st.st_mode) else fallback
+
+
+def _refuse_image_channels(a: np.ndarray, args: argparse.Namespace) -> None:
+    """An ``(H, W, 3)`` image would be compressed as H matrices of W x 3: refuse unless --stack."""
+    if a.ndim == 3 and a.shape[-1] in _IMAGE_CHANNELS and a.shape[-2] > a.shape[-1] and not args.stack:
+        h, w, c = a.shape
+        raise ValueError(
+            f"{args.input} has shape {a.shape}, like an image with {c} colour channels; compressing it "
+            f"would factor {h} separate {w}x{c} matrices, which keeps nothing of the image's structure. "
+            f"Save one channel per file (a[..., i]), or the channels as a stack of {c} {h}x{w} matrices "
+            f"(np.moveaxis(a, -1, 0)); pass --stack if it really is {h} matrices of {w}x{c}"
+        )
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    """--progress/--no-progress, else a bar only when stderr is a terminal."""
+    if args.progress is not None:
+        return bool(args.progress)
+    return sys.stderr.isatty()
+
+
+class _Stages:
+    """A tqdm bar over the steps of a command, its elapsed time ticking while a step runs.
+
+    The library's factorization reports no progress of its own, so the bar
+    shows which step runs and for how long; disabled, it does nothing.
+    """
+
+    def __init__(self, enabled: bool, desc: str, steps: Sequence[str]) -> None:
+        self.enabled, self.desc, self.steps = enabled, desc, tuple(steps)
+        self.index = 0
+        self._bar: Any = None
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def __enter__(self) -> "_Stages":
+        if self.enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=len(self.steps), file=sys.stderr, leave=False, mininterval=0,
+                             desc=f"{self.desc}: {self.steps[0]}",
+                             bar_format="{desc}: {n_fmt}/{total_fmt} steps [{elapsed}]")
+            self._ticker = threading.Thread(target=self._tick, daemon=True)
+            self._ticker.start()
+        return self
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.5):
+            self._bar.refresh()
+
+    def next(self) -> None:
+        """The current step is done; the next one starts."""
+        self.index += 1
+        if self._bar is not None:
+            if self.index < len(self.steps):
+                self._bar.set_description_str(f"{self.desc}: {self.steps[self.index]}", refresh=False)
+            self._bar.update(1)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._stop.set()
+            if self._ticker is not None:
+                self._ticker.join()
+            if exc[0] is None:
+                self._bar.update(len(self.steps) - self._bar.n)
+            self._bar.close()
+
+
+def _load_npy(path: str) -> np.ndarray:
+    """A ``.npy`` array, its declared size checked against the file and the memory first."""
+    from liam_gpu.lowrank import check_fits_in_memory
+
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            declared = f.tell() + math.prod(shape) * dtype.itemsize
+            size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         raise
+    except (ValueError, OSError, EOFError) as err:
+        if zipfile.is_zipfile(path):
+            raise ValueError(f"{path} is an .npz archive; compress takes one array in a .npy file") from err
+        raise ValueError(f"{path} is not a readable .npy array file ({err})") from err
+    if not dtype.hasobject and declared > size:
+        raise ValueError(f"{path} declares an array of shape {shape} {dtype} ({declared} bytes) "
+                         f"but holds {size} bytes: it is truncated or damaged")
+    check_fits_in_memory(declared, f"{path}: its {shape} {dtype} array")
+    try:
+        return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise ValueError(f"{path} is not a readable .npy array file ({err})") from err
 
@@ -163,32 +320,49 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and tests)."""
     from liam_gpu import benchmarks  # the bench options are the benchmark module's own
 
+    from liam_gpu._version import __version__
+
     parser = argparse.ArgumentParser(prog="liam-gpu", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"liam-gpu {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="backends, devices, versions, kernel caches")
     p.set_defaults(run=_info)
 
+    device_help = "cpu, cuda, cuda:N, emulator (default: the best present, or $LIAM_GPU_BACKEND)"
     p = sub.add_parser("demo", help="transform and compress a multichannel signal matrix")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, emulator (default: best present)")
-    p.add_argument("--samples", type=int, default=50_000)
-    p.add_argument("--channels", type=int, default=256)
-    p.add_argument("--sources", type=int, default=12)
-    p.add_argument("--features", type=int, default=128)
-    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--device", default=None, help=device_help)
+    p.add_argument("--samples", type=int, default=50_000, help="rows of the signal (default: %(default)s)")
+    p.add_argument("--channels", type=int, default=256, help="columns of the signal (default: %(default)s)")
+    p.add_argument("--sources", type=int, default=12, help="sources mixed into it (default: %(default)s)")
+    p.add_argument("--features", type=int, default=128, help="outputs of the transform (default: %(default)s)")
+    p.add_argument("--rank", type=int, default=16, help="rank of the compression (default: %(default)s)")
     p.set_defaults(run=_demo)
 
-    p = sub.add_parser("compress", help="compress a .npy matrix to a low-rank .npz")
-    p.add_argument("input")
-    p.add_argument("-k", type=int, default=None, help="target rank")
-    p.add_argument("--tol", type=float, default=None, help="target relative error (adaptive rank)")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--device", default=None)
+    p = sub.add_parser("compress", help="compress a .npy matrix to a low-rank .npz",
+                       description="Compress an (m, n) matrix or a (B, m, n) stack in a .npy file to its "
+                                   "truncated SVD factors in an .npz file (the input's dtype is recorded).")
+    p.add_argument("input", help="a .npy file")
+    p.add_argument("-k", type=int, default=None,
+                   help="target rank (default: 32, or min(m, n) if smaller; chosen by --tol when given)")
+    p.add_argument("--tol", type=float, default=None,
+                   help="target relative error instead of -k: the smallest rank that reaches it")
+    p.add_argument("-o", "--output", required=True, help="the .npz file to write (required)")
+    p.add_argument("--device", default=None, help=device_help)
+    p.add_argument("--stack", action="store_true",
+                   help="treat an (H, W, 2-4) array as H matrices of W x C instead of refusing it as an image")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: when stderr is a terminal)")
     p.set_defaults(run=_compress)
 
-    p = sub.add_parser("decompress", help="rebuild the dense matrix of a low-rank .npz")
-    p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
+    p = sub.add_parser("decompress", help="rebuild the dense matrix of a low-rank .npz",
+                       description="Rebuild the dense matrix (or stack) of a low-rank .npz into a .npy file, "
+                                   "in the dtype the compressed input had (rounded and clipped for integers).")
+    p.add_argument("input", help="an .npz file written by liam-gpu compress")
+    p.add_argument("-o", "--output", required=True, help="the .npy file to write, under exactly this name (required)")
+    p.add_argument("--dtype", default=None,
+                   help="dtype of the output (default: the compressed input's, recorded in the file; "
+                        "the factors' for files written before it was recorded)")
     p.set_defaults(run=_decompress)
 
     p = sub.add_parser("bench", help="run the benchmark suite and write tables and plots")
@@ -202,9 +376,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"liam-gpu {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as err:
+        print(f"liam-gpu {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one line: ``PATH: reason`` for an OSError, else its message."""
+    if isinstance(err, OSError) and err.strerror:
+        text = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    else:
+        text = str(err)
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -146,3 +146,176 @@ def test_torch_factors_stay_tensors(rng):
     assert lr.nbytes == sum(x.numel() * x.element_size() for x in (u, s, vt))
     assert isinstance(lr.project(torch.ones(2, 20, dtype=torch.float64)), torch.Tensor)
     np.testing.assert_allclose(np.asarray(lr), (u @ torch.diag(s) @ vt).numpy(), rtol=1e-13, atol=1e-13)
+
+
+# --------------------------------------------------------------------------- writing whole or not at all
+
+
+def test_save_that_fails_midway_leaves_the_old_file_whole(tmp_path, rng, monkeypatch):
+    path = tmp_path / "f.npz"
+    old = LowRank(*_factors(rng))
+    old.save(path)
+    before = path.read_bytes()
+
+    def half_then_fail(f, **arrays):
+        f.write(b"PK\x03\x04 half an archive")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", half_then_fail)
+    with pytest.raises(OSError, match=r"cannot write .*f\.npz: No space left"):
+        LowRank(*_factors(rng, m=40)).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["f.npz"]  # no temporary file left behind
+    monkeypatch.undo()
+    np.testing.assert_array_equal(LowRank.load(path).U, old.U)
+
+
+def test_save_keeps_the_mode_of_the_file_it_replaces_and_writes_through_links(tmp_path, rng):
+    real = tmp_path / "real.npz"
+    LowRank(*_factors(rng)).save(real)
+    real.chmod(0o640)
+    link = tmp_path / "link.npz"
+    link.symlink_to(real)
+    LowRank(*_factors(rng, m=31)).save(link)
+    assert link.is_symlink() and LowRank.load(real).shape == (31, 20)
+    assert real.stat().st_mode & 0o777 == 0o640
+
+
+def test_save_to_a_directory_is_an_os_error_naming_it(tmp_path, rng):
+    with pytest.raises(IsADirectoryError, match="cannot write .*: it is a directory"):
+        LowRank(*_factors(rng)).save(tmp_path)
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+def _npz(path, **arrays):
+    """Write arrays into an .npz, bypassing LowRank.save (for files it would never write)."""
+    np.savez(path, **arrays)
+    return path
+
+
+def _good_keys(rng, **over):
+    u, s, vt = _factors(rng)
+    keys = {"format": np.asarray("liam_gpu.LowRank"), "version": np.asarray(1), "U": u, "S": s, "Vt": vt,
+            "relative_error": np.asarray(np.nan)}
+    keys.update(over)
+    return keys
+
+
+def _npy_member(shape, dtype, data=b""):
+    """An .npy member whose header declares ``shape`` whatever data follows."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": shape})
+    return buf.getvalue() + data
+
+
+def test_a_small_file_declaring_a_huge_factor_is_a_value_error_not_a_memory_error(tmp_path, rng):
+    import zipfile
+
+    path = tmp_path / "huge.npz"
+    good = tmp_path / "good.npz"
+    LowRank(*_factors(rng)).save(good)
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            if info.filename == "U.npy":
+                dst.writestr("U.npy", _npy_member((10**6, 10**6), np.float64, b"\0" * 64))
+            else:
+                dst.writestr(info, src.read(info))
+    assert path.stat().st_size < 4096
+    with pytest.raises(ValueError, match=r"huge\.npz.*U declares shape \(1000000, 1000000\)"):
+        LowRank.load(path)
+
+
+def test_factors_larger_than_the_memory_available_are_refused_before_reading(tmp_path, rng, monkeypatch):
+    from liam_gpu import lowrank
+
+    path = tmp_path / "f.npz"
+    LowRank(*_factors(rng)).save(path)
+    monkeypatch.setattr(lowrank, "available_memory", lambda: 1000)
+    with pytest.raises(ValueError, match=r"f\.npz.*needs .* only .* available"):
+        LowRank.load(path)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("U", "strings", "U must be float16, float32 or float64"),
+    ("U", "datetime", "U must be float16, float32 or float64"),
+    ("S", "bool", "S must be float16, float32 or float64"),
+    ("Vt", "complex", "Vt must be float16, float32 or float64"),
+    ("version", np.asarray([1]), "version must be an integer"),
+    ("version", np.asarray(1.0), "version must be an integer"),
+    ("format", np.asarray(["liam_gpu.LowRank"]), "format must be a string"),
+    ("relative_error", np.asarray("0.1"), "relative_error must be a float"),
+    ("relative_error", np.asarray([0.1, 0.2]), "relative_error must be a float"),
+    ("S", np.ones(3), "do not form"),
+    ("source_dtype", np.asarray("complex128"), "source_dtype"),
+    ("source_dtype", np.asarray(3), "source_dtype must be a string"),
+])
+def test_every_key_is_checked_for_dtype_and_shape(tmp_path, rng, key, value, words):
+    keys = _good_keys(rng)
+    if isinstance(value, str):
+        like = keys[key]
+        value = {"strings": like.astype(str), "datetime": like.astype(np.int64).astype("M8[s]"),
+                 "bool": like > 0.5, "complex": like.astype(np.complex128)}[value]
+    keys[key] = value
+    path = _npz(tmp_path / "odd.npz", **keys)
+    with pytest.raises(ValueError, match=r"odd\.npz") as info:
+        LowRank.load(path)
+    assert words in str(info.value)
+
+
+def test_object_arrays_are_never_unpickled(tmp_path, rng):
+    keys = _good_keys(rng, U=np.array([{"a": 1}, None], dtype=object))
+    path = tmp_path / "pickled.npz"
+    np.savez(path, **keys)
+    with pytest.raises(ValueError, match=r"pickled\.npz: U holds Python objects") as info:
+        LowRank.load(path)
+    assert "allow_pickle" not in str(info.value)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"hello, I am plain text\n", "not an .npz archive"),
+    (b"\x93NUMPY\x01\x00", "is a .npy array"),
+])
+def test_a_foreign_file_named_npz_gets_a_message_naming_it_not_numpys(tmp_path, content, words):
+    path = tmp_path / "plain.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"plain\.npz") as info:
+        LowRank.load(path)
+    assert words in str(info.value) and "allow_pickle" not in str(info.value)
+
+
+def test_a_member_holding_more_or_less_than_it_declares_is_refused(tmp_path, rng):
+    import zipfile
+
+    good = tmp_path / "good.npz"
+    LowRank(*_factors(rng)).save(good)
+    path = tmp_path / "short.npz"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info.filename, data[:-8] if info.filename == "S.npy" else data)
+    with pytest.raises(ValueError, match=r"short\.npz: S declares shape \(4,\)"):
+        LowRank.load(path)
+
+
+def test_newer_format_versions_are_refused_naming_the_file(tmp_path, rng):
+    path = _npz(tmp_path / "new.npz", **_good_keys(rng, version=np.asarray(2)))
+    with pytest.raises(ValueError, match=r"new\.npz has LowRank format version 2.*newer"):
+        LowRank.load(path)
+
+
+def test_source_dtype_is_saved_and_loaded_and_counts_in_the_ratio(tmp_path, rng):
+    u, s, vt = _factors(rng)
+    lr = LowRank(u, s, vt, source_dtype=np.uint8)
+    assert lr.compression_ratio == pytest.approx(30 * 20 * 1 / lr.nbytes)
+    lr.save(tmp_path / "f.npz")
+    back = LowRank.load(tmp_path / "f.npz")
+    assert back.source_dtype == np.uint8
+    old = _npz(tmp_path / "old.npz", **_good_keys(rng))  # written before the dtype was recorded
+    assert LowRank.load(old).source_dtype is None
+    with pytest.raises(ValueError, match="boolean, integer or float"):
+        LowRank(u, s, vt, source_dtype="U3")
