@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -304,16 +305,74 @@ def sanitizer_available(mode: str) -> bool:
 
 
 def cache_dir() -> Path:
-    """The build cache: ``$LIAM_GPU_EMU_CACHE`` or ``~/.cache/liam_gpu/emulator``."""
+    """The build cache: ``$LIAM_GPU_EMU_CACHE`` or ``~/.cache/liam_gpu/emulator``.
+
+    The libraries in it are loaded into this process, so it must be private
+    (:func:`check_private_dir`).  When the home directory is not writable the
+    cache falls back to ``$TMPDIR/liam_gpu_emulator_<uid>``, a predictable name
+    another user could have created first: it is used only if it passes the
+    same check.
+
+    Raises
+    ------
+    EmulatorError
+        When the folder cannot be created or is not private.
+    """
     env = os.environ.get("LIAM_GPU_EMU_CACHE")
     path = Path(env).expanduser() if env else Path.home() / ".cache" / "liam_gpu" / "emulator"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        # A read-only home must not stop the emulator; fall back to /tmp.
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        if env:
+            raise EmulatorError(f"cannot create the emulator build cache {path} (LIAM_GPU_EMU_CACHE): {exc}") from exc
+        # A read-only home must not stop the emulator; fall back to the temporary folder.
         path = Path(tempfile.gettempdir()) / f"liam_gpu_emulator_{os.getuid()}"
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc2:
+            raise EmulatorError(f"cannot create the emulator build cache {path}: {exc2}; "
+                                "set LIAM_GPU_EMU_CACHE to a private folder") from exc2
+    check_private_dir(path)
     return path
+
+
+def check_private_dir(path: Path) -> None:
+    """Make sure only this user can put files into ``path`` (whose libraries get loaded).
+
+    ``path`` must be a real directory (not a symbolic link) owned by this
+    user, and no one else may write to it.  A folder of ours that others can
+    only read or enter (an older cache created under the umask) is narrowed to
+    mode 0700; one that others could write to has contents that cannot be
+    trusted, and is refused.
+
+    Raises
+    ------
+    EmulatorError
+        Naming the folder, what is wrong and how to fix it.
+    """
+    fix = "remove it or set LIAM_GPU_EMU_CACHE to a private folder (a directory of yours, mode 0700)"
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise EmulatorError(f"cannot inspect the emulator build cache {path}: {exc}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise EmulatorError(f"the emulator build cache {path} is a symbolic link, so its libraries could be "
+                            f"anyone's; {fix}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise EmulatorError(f"the emulator build cache {path} is not a directory; {fix}")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise EmulatorError(f"the emulator build cache {path} belongs to user id {st.st_uid}, not to this user "
+                            f"({os.getuid()}), so its libraries could be anyone's; {fix}")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise EmulatorError(f"the emulator build cache {path} can be written by other users (mode {mode:04o}), "
+                            f"so its libraries could be anyone's; {fix}")
+    if mode != 0o700:
+        try:
+            os.chmod(path, 0o700, follow_symlinks=False)
+        except (OSError, NotImplementedError) as exc:
+            raise EmulatorError(f"cannot make the emulator build cache {path} private (mode {mode:04o}): {exc}; "
+                                f"{fix}") from exc
 
 
 def _sha256_file(path: str) -> str | None:
