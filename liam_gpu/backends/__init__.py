@@ -2,8 +2,9 @@
 
 ``device`` may be ``None``/``"auto"`` (the input's own GPU for CuPy or CUDA
 tensors, else a GPU if CuPy sees one, else the CPU), ``"cpu"``, ``"cuda"``,
-``"cuda:N"`` or ``"emulator"``.  The environment variable ``LIAM_GPU_BACKEND``
-replaces ``"auto"`` as the default.
+``"cuda:N"`` or ``"emulator"``, or a ``torch.device`` of one of these (read by
+its ``str()``).  The environment variable ``LIAM_GPU_BACKEND`` replaces
+``"auto"`` as the default.
 """
 from __future__ import annotations
 
@@ -73,17 +74,26 @@ def canonical_device(device: Any, kind: ArrayKind | None = None) -> str:
 
     ``None``/``"auto"`` inside a function mapped by a :class:`~liam_gpu.Scheduler`
     means the chunk's own device; a scheduler's virtual ``"cpu:i"`` /
-    ``"emulator:i"`` name means its backend.
+    ``"emulator:i"`` name means its backend.  A ``torch.device`` counts as
+    its ``str()`` (``torch.device("cuda", 1)`` is ``"cuda:1"``); torch is not
+    imported for it.
     """
-    if device is None or device == "auto":
-        device = current_device() or os.environ.get(ENV_VAR) or "auto"
+    source = "device"
+    if device is None or (isinstance(device, str) and device == "auto"):
+        scheduled = current_device()
+        if not scheduled and os.environ.get(ENV_VAR):
+            source = ENV_VAR  # a bad value must name the variable, not a device= the caller never passed
+        device = scheduled or os.environ.get(ENV_VAR) or "auto"
+    if _is_torch_device(device):
+        device = str(device)
     if device == "auto":
         if kind is not None and kind.on_gpu:
             return kind.device
         return "cuda:0" if cuda_device_count() > 0 else "cpu"
     if not isinstance(device, str):
         raise TypeError(
-            f"device must be None, 'auto', 'cpu', 'cuda', 'cuda:N', 'emulator' or a Scheduler, got {device!r}"
+            "device must be None, 'auto', 'cpu', 'cuda', 'cuda:N', 'emulator', a torch.device or a Scheduler, "
+            f"got {device!r}"
         )
     name = device.strip().lower()
     if name == "cuda":
@@ -96,8 +106,15 @@ def canonical_device(device: Any, kind: ArrayKind | None = None) -> str:
     if name.startswith("cuda:") and name[5:].isdigit():
         return name
     raise ValueError(
-        f"device={device!r} is not understood; expected None, 'auto', 'cpu', 'cuda', 'cuda:N' or 'emulator'"
+        f"{source}={device!r} is not understood; expected None, 'auto', 'cpu', 'cuda', 'cuda:N' or 'emulator'"
+        + (" (or unset it)" if source == ENV_VAR else "")
     )
+
+
+def _is_torch_device(device: Any) -> bool:
+    """Whether ``device`` is a ``torch.device``, judged by its type's name (torch is not imported)."""
+    kind = type(device)
+    return kind.__name__ == "device" and kind.__module__.partition(".")[0] == "torch"
 
 
 def resolve(device: Any, kind: ArrayKind | None = None) -> Backend:
