@@ -57,9 +57,9 @@ def randomized_svd(
     Parameters
     ----------
     a
-        ``(m, n)`` matrix, or a ``(B, m, n)`` stack factored item by item
-        (numpy, CuPy, torch or a nested list), or a scipy.sparse matrix or
-        array of any format (converted once to CSR, never densified; on the
+        ``(m, n)`` matrix, or a ``(..., m, n)`` stack factored item by item
+        (numpy, CuPy, torch or a nested list; any number of leading axes),
+        or a scipy.sparse matrix or array of any format (converted once to CSR, never densified; on the
         CPU).  Not modified and never copied, unless its dtype or memory
         layout needs converting (integers and float16 are computed in float64
         / float32; a non-contiguous view is copied).
@@ -134,7 +134,8 @@ def randomized_svd(
         raise ValueError(f"svd_lapack_driver must be 'gesdd' or 'gesvd', got {svd_lapack_driver!r}")
     kind, backend = _resolve(a, device)
     with arrays.caller_stream(kind), backend.activate():
-        mat = _Matrix.prepare(backend, a, kind)
+        mat = _Matrix.prepare(backend, a, kind, max_ndim=32)
+        lead = tuple(int(d) for d in a.shape[:-2]) if len(a.shape) > 3 else None
         mean = _mean(backend, mat, center, kind)
         k = validation.check_rank("n_components", n_components, mat.min_dim)
         q = _n_iter(n_iter, k, mat.min_dim)
@@ -142,6 +143,8 @@ def randomized_svd(
         plan = Plan(k=k, p=p, q=q, normalizer=normalizer, seed=seed, check=bool(check_finite),
                     flip=bool(flip_sign), driver=svd_lapack_driver)
         u, s, vt, _ = _factor(backend, mat, plan, mean)
+        if lead is not None:  # (B1, B2, ..., m, n) in: the same leading axes out
+            u, s, vt = (x.reshape(lead + tuple(x.shape[1:])) for x in (u, s, vt))
         return tuple(arrays.from_compute(x, kind) for x in (u, s, vt))
 
 
@@ -360,7 +363,8 @@ class _Matrix:
         return min(self.shape[-2:])
 
     @classmethod
-    def prepare(cls, backend: Any, a: Any, kind: arrays.ArrayKind) -> "_Matrix":
+    def prepare(cls, backend: Any, a: Any, kind: arrays.ArrayKind, *, max_ndim: int = 3) -> "_Matrix":
+        """Validate and convert ``a``; ``max_ndim > 3``: leading batch axes are flattened into one."""
         if _is_scipy_sparse(a):
             shape = tuple(int(d) for d in a.shape)
             if 0 in shape:
@@ -368,9 +372,11 @@ class _Matrix:
             dtype = validation.float_dtype("a", a)
             return cls(SparseOperator.of(backend, a, dtype), False, shape, True)
         x = backend.asarray(arrays.to_compute(a, kind, name="a"))
-        validation.check_ndim("a", x, ndim=(2, 3))
+        validation.check_ndim("a", x, ndim=tuple(range(2, max_ndim + 1)))
         validation.check_not_empty("a", x)
         dtype = validation.float_dtype("a", x)
+        if x.ndim > 3:
+            x = backend.xp.ascontiguousarray(x).reshape((-1,) + tuple(x.shape[-2:]))
         shape = tuple(int(d) for d in x.shape)
         transposed = False
         if x.dtype != dtype:
