@@ -51,8 +51,43 @@ def left_factor(backend: Any, dtype: Any, q: Any, c: np.ndarray, *, flip: bool) 
     return u, signs
 
 
+class _InMemory:
+    """What the in-memory operators share: ``backend`` owns every basis, ``data`` holds the entries."""
+
+    backend: Any
+    data: Any
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.data.dtype)
+
+    @property
+    def space(self) -> Any:
+        return self.backend
+
+    def _entries(self) -> Any:
+        """The stored values, for the finiteness check."""
+        return self.data
+
+    def require_finite(self, y: Any) -> None:
+        """Raise the input error if ``y`` (made from ``T``) holds NaN/Inf.
+
+        NaN or Inf anywhere in ``T`` reaches the sketch (no entry of ``Omega``
+        is zero), so checking ``y`` replaces a pass over ``T``; only when it
+        fires are the entries inspected, for the usual message.
+        """
+        xp = self.backend.xp
+        if bool(xp.isfinite(xp.asarray(y)).all()):
+            return
+        validation.check_finite("a", self._entries())
+        raise ValueError(f"a is finite but so large that its products overflow {self.dtype}; scale it down")
+
+    def left(self, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
+        return left_factor(self.backend, self.dtype, q, c, flip=flip)
+
+
 @dataclass(frozen=True)
-class DenseOperator:
+class DenseOperator(_InMemory):
     """A 2-D C-contiguous backend array read as the tall operator ``T``.
 
     ``T = data.T`` when ``trans`` (an F-contiguous input read through its
@@ -77,14 +112,6 @@ class DenseOperator:
     def shape(self) -> tuple[int, int]:
         r, c = (int(d) for d in self.data.shape)
         return (c, r) if self.trans else (r, c)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.data.dtype)
-
-    @property
-    def space(self) -> Any:
-        return self.backend
 
     def sketch(self, seed: int, l: int, col0: int = 0, *, with_v: bool = False) -> tuple[Any, Any | None]:
         if with_v:
@@ -114,17 +141,6 @@ class DenseOperator:
             total += self.backend.sum_squares(part)
         return total
 
-    def require_finite(self, y: Any) -> None:
-        """Raise the input error if ``y`` holds NaN/Inf (see the module notes of :mod:`liam_gpu.svd`)."""
-        xp = self.backend.xp
-        if bool(xp.isfinite(xp.asarray(y)).all()):
-            return
-        validation.check_finite("a", self.data)
-        raise ValueError(f"a is finite but so large that its products overflow {self.dtype}; scale it down")
-
-    def left(self, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
-        return left_factor(self.backend, self.dtype, q, c, flip=flip)
-
     def dense_svd(self) -> tuple[Any, np.ndarray, Any]:
         """``(U, s, Vt)`` of ``T``: LAPACK's ``gesdd`` through the backend's array module."""
         x = self.data.T if self.trans else self.data
@@ -139,7 +155,7 @@ def _row_blocks(rows: int, cols: int):
 
 
 @dataclass(frozen=True)
-class SparseOperator:
+class SparseOperator(_InMemory):
     """A scipy.sparse matrix as the tall operator ``T``, never densified.
 
     ``data`` is CSR (rows of ``T`` are rows of the caller's matrix) and
@@ -168,13 +184,8 @@ class SparseOperator:
     def shape(self) -> tuple[int, int]:
         return tuple(int(d) for d in self.data.shape)
 
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.data.dtype)
-
-    @property
-    def space(self) -> Any:
-        return self.backend
+    def _entries(self) -> Any:
+        return self.data.data
 
     def _times(self, m: Any, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(m @ x, dtype=self.dtype)
@@ -206,14 +217,6 @@ class SparseOperator:
             total += self.backend.sum_squares(np.ascontiguousarray(part))
         return total
 
-    def require_finite(self, y: Any) -> None:
-        if bool(np.isfinite(np.asarray(y)).all()):
-            return
-        validation.check_finite("a", self.data.data)
-        raise ValueError(f"a is finite but so large that its products overflow {self.dtype}; scale it down")
-
-    def left(self, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
-        return left_factor(self.backend, self.dtype, q, c, flip=flip)
 
 
 @dataclass(frozen=True)
