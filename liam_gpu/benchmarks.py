@@ -1,7 +1,9 @@
 """``liam-gpu bench``: run the benchmark suite, measure the machine's ceilings, write the report.
 
 The suite itself lives in a source checkout's ``bench/`` folder (pytest-benchmark
-files, see ``bench/conftest.py``).  This module runs it in a child pytest,
+files, see ``bench/conftest.py``), which the wheel also carries as
+``liam_gpu/bench`` so that ``pip install 'liam-gpu[bench]'`` then ``liam-gpu
+bench`` works from any folder.  This module runs it in a child pytest,
 measures in the same run what the machine can do at best (a large memory copy
 for bandwidth, a large matrix product for the arithmetic rate), and writes into
 the output folder:
@@ -43,6 +45,10 @@ from . import bench_report
 #: Environment variable naming the bench folder explicitly (overrides the search).
 BENCH_DIR_ENV = "LIAM_BENCH_DIR"
 
+#: Modules the suite cannot run without, and the extra that installs them.
+REQUIRED_MODULES = {"pytest": "pytest", "pytest_benchmark": "pytest-benchmark"}
+EXTRA = "liam-gpu[bench]"
+
 #: Distributions whose versions go into the report header (absent ones are left out).
 VERSIONED = (
     "numpy", "scipy", "pytest", "pytest-benchmark", "scikit-learn", "torch",
@@ -58,28 +64,43 @@ def find_bench_dir() -> Path:
 
     Looked for in this order: ``$LIAM_BENCH_DIR``; the checkout this package
     was imported from (``<checkout>/bench``); ``./bench`` under the current
-    directory.  A folder counts when it holds ``conftest.py``.
+    directory; the copy installed with the package (``liam_gpu/bench``).  A
+    folder counts when it holds ``conftest.py``.
 
     Raises
     ------
     FileNotFoundError
-        When none exists, e.g. for a wheel installed without the sources.
+        When none exists (a package installed from an older wheel, or a
+        damaged installation).
     """
     candidates = []
     if os.environ.get(BENCH_DIR_ENV):
         candidates.append(Path(os.environ[BENCH_DIR_ENV]))
     candidates.append(Path(__file__).resolve().parents[1] / "bench")
     candidates.append(Path.cwd() / "bench")
+    candidates.append(installed_bench_dir())
     for folder in candidates:
         if (folder / "conftest.py").is_file():
             return folder.resolve()
     raise FileNotFoundError(
-        "the benchmark suite (bench/ with conftest.py and bench_*.py) is part of the source "
-        "checkout and is not installed with the package; looked in "
+        "the benchmark suite (bench/ with conftest.py and bench_*.py) was not found: it is not installed with "
+        "the package here, and this is not a source checkout; looked in "
         + ", ".join(str(c) for c in candidates)
-        + ". Clone the repository and run 'liam-gpu bench' inside it, or set "
-        f"{BENCH_DIR_ENV} to its bench/ folder."
+        + f". Reinstall with 'pip install \"{EXTRA}\"' (the wheel carries it as liam_gpu/bench), or set "
+        f"{BENCH_DIR_ENV} to a bench/ folder."
     )
+
+
+def installed_bench_dir() -> Path:
+    """Where the wheel puts the suite: ``liam_gpu/bench`` beside this module."""
+    return Path(__file__).resolve().parent / "bench"
+
+
+def missing_requirements() -> list[str]:
+    """Distributions of :data:`REQUIRED_MODULES` that are not installed."""
+    import importlib.util
+
+    return [dist for module, dist in REQUIRED_MODULES.items() if importlib.util.find_spec(module) is None]
 
 
 # --------------------------------------------------------------------------- ceilings
@@ -289,8 +310,15 @@ def machine() -> str:
 # --------------------------------------------------------------------------- the run
 
 
-def pytest_command(bench_dir: Path, out: Path, quick: bool) -> list[str]:
-    """The child pytest command line (pytest-benchmark JSON and JUnit XML into ``out``)."""
+def pytest_command(bench_dir: Path, out: Path, quick: bool, installed: bool = False) -> list[str]:
+    """The child pytest command line (pytest-benchmark JSON and JUnit XML into ``out``).
+
+    For the suite installed with the package (``installed``), nothing is
+    written beside it (site-packages may be read-only, and is not the user's):
+    no pytest cache, and pytest-benchmark's saved runs go under ``out``; the
+    root stays the suite's parent folder, so test names read ``bench/...`` as
+    in a checkout.
+    """
     cmd = [
         sys.executable, "-m", "pytest", str(bench_dir), "-q", "-rs",
         f"--benchmark-json={out / 'pytest-benchmark.json'}",
@@ -298,6 +326,9 @@ def pytest_command(bench_dir: Path, out: Path, quick: bool) -> list[str]:
         "--benchmark-columns=min,median,max,rounds",
         "--benchmark-autosave",  # so that a later 'pytest bench/ --benchmark-compare' has a baseline
     ]
+    if installed:
+        cmd += [f"--rootdir={bench_dir.parent}", "-p", "no:cacheprovider",
+                f"--benchmark-storage=file://{out / '.benchmarks'}"]
     if quick:
         cmd += ["-m", "not slow", "--benchmark-min-rounds=3", "--benchmark-max-time=0.1"]
     return cmd
@@ -400,13 +431,20 @@ def run_cli(args: argparse.Namespace) -> int:
     """
     if args.backend not in ("cpu", "cuda", "all"):
         raise ValueError(f"--backend must be cpu, cuda or all, got {args.backend!r}")
+    missing = missing_requirements()
+    if missing:  # said before anything is measured, not after a minute of ceilings
+        print(f"liam-gpu bench: error: the benchmark suite needs {' and '.join(missing)}, which "
+              f"{'is' if len(missing) == 1 else 'are'} not installed; install the bench extra: "
+              f"pip install \"{EXTRA}\" (or, in a checkout, pip install \".[bench]\")", file=sys.stderr)
+        return 2
     if args.backend == "cuda" and not gpu_present():
         raise ValueError("--backend cuda needs a CUDA device visible to CuPy, and none is; "
                          "use --backend cpu (or all) here")
     bench_dir = find_bench_dir()
+    installed = bench_dir == installed_bench_dir()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    checkout = bench_dir.parent
+    checkout = out if installed else bench_dir.parent  # the child's working folder
     package_root = Path(__file__).resolve().parents[1]
 
     command = "liam-gpu bench" + (" --quick" if args.quick else "") + f" --backend {args.backend} --out {args.out}"
@@ -426,7 +464,7 @@ def run_cli(args: argparse.Namespace) -> int:
     ceilings_before = measure_ceilings(args.backend, args.quick)
     print(bench_report.render_ceilings(ceilings_before), flush=True)
 
-    cmd = pytest_command(bench_dir, out, args.quick)
+    cmd = pytest_command(bench_dir, out, args.quick, installed)
     env = dict(os.environ)
     env["LIAM_BENCH_QUICK"] = "1" if args.quick else "0"
     env["LIAM_BENCH_BACKEND"] = args.backend
