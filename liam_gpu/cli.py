@@ -169,11 +169,11 @@ def _compress(args: argparse.Namespace) -> int:
 def _decompress(args: argparse.Namespace) -> int:
     """``liam-gpu decompress``: a LowRank ``.npz`` back to a dense ``.npy``, in the input's dtype."""
     import liam_gpu as lg
-    from liam_gpu.lowrank import atomic_write, check_fits_in_memory
+    from liam_gpu.lowrank import atomic_write, check_fits_in_memory, real_dtype
 
     lr = lg.LowRank.load(args.input)
     if args.dtype is not None:
-        target = _dtype_option(args.dtype)
+        target = real_dtype(args.dtype, "--dtype")
     else:
         target = lr.source_dtype if lr.source_dtype is not None else np.dtype(lr.dtype)  # old files: the factors'
     # The product in the factors' dtype, plus its conversion when the dtype changes.
@@ -185,16 +185,6 @@ def _decompress(args: argparse.Namespace) -> int:
         np.save(f, dense)
     print(f"{args.input}: rank {lr.rank} -> {dense.shape} {dense.dtype}; wrote {args.output}")
     return 0
-
-
-def _dtype_option(text: str) -> np.dtype:
-    try:
-        dtype = np.dtype(text)
-    except TypeError as exc:
-        raise ValueError(f"--dtype {text!r} is not a numpy dtype (e.g. uint8, float32)") from exc
-    if dtype.kind not in "biuf":
-        raise ValueError(f"--dtype must be a boolean, integer or float dtype, got {dtype}")
-    return dtype
 
 
 def _to_dtype(dense: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:

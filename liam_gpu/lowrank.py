@@ -493,15 +493,25 @@ def _check_headers(headers: dict[str, tuple[tuple[int, ...], np.dtype]], name: s
 
 
 def _source_dtype(value: Any) -> np.dtype | None:
-    """A numpy dtype of a real number or boolean type, or None."""
-    if value is None:
-        return None
+    return None if value is None else real_dtype(value, "source_dtype")
+
+
+def real_dtype(value: Any, name: str) -> np.dtype:
+    """``value`` as a numpy dtype of booleans, integers or floats (what a matrix to compress can hold).
+
+    Raises
+    ------
+    TypeError
+        ``value`` is no dtype (the message starts with ``name``).
+    ValueError
+        It is another kind: complex, string, datetime, object.
+    """
     try:
         dtype = np.dtype(value)
     except TypeError as exc:
-        raise TypeError(f"source_dtype must be a numpy dtype, got {value!r}") from exc
+        raise TypeError(f"{name} must be a numpy dtype (e.g. uint8, float32), got {value!r}") from exc
     if dtype.kind not in "biuf":
-        raise ValueError(f"source_dtype must be a boolean, integer or float dtype, got {dtype}")
+        raise ValueError(f"{name} must be a boolean, integer or float dtype, got {dtype}")
     return dtype
 
 

@@ -1,6 +1,8 @@
 """The package installs as a wheel that carries its kernels and finds them from anywhere."""
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -75,3 +77,39 @@ def test_readme_quick_start_runs(monkeypatch):
 
     np.testing.assert_allclose(namespace["y"], namespace["data"] @ namespace["weights"].T, rtol=1e-5)
     assert namespace["approx"].shape == namespace["data"].shape
+
+
+def _unpacked(wheel: Path, tmp_path: Path) -> Path:
+    """The wheel extracted as a site-packages folder."""
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    return site
+
+
+def test_the_wheel_carries_the_benchmark_suite_and_not_its_results(wheel, tmp_path):
+    suite = _unpacked(wheel, tmp_path) / "liam_gpu" / "bench"
+    assert (suite / "conftest.py").is_file()
+    for path in (ROOT / "bench").glob("bench_*.py"):
+        assert (suite / path.name).is_file(), path.name
+    assert not (suite / "results").exists()
+
+
+def test_bench_runs_from_the_installed_copy_in_any_folder(wheel, tmp_path):
+    from liam_gpu import benchmarks
+
+    site = _unpacked(wheel, tmp_path)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site), LIAM_BENCH_QUICK_BUDGET="0")  # collect and skip: quick
+    env.pop(benchmarks.BENCH_DIR_ENV, None)
+    before = sorted(p.name for p in (site / "liam_gpu" / "bench").iterdir())
+    proc = subprocess.run([sys.executable, "-m", "liam_gpu.benchmarks", "--quick", "--backend", "cpu",
+                           "--out", "res"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # 1: nothing timed, by the budget
+    doc = json.loads((work / "res" / "results.json").read_text())
+    tested = {o["test"].split("::")[0] for o in doc["outcomes"]}
+    assert tested >= {f"bench.{p.stem}" for p in (ROOT / "bench").glob("bench_*.py")}, tested
+    assert all("budget of 0 s was spent" in o["message"] for o in doc["outcomes"])
+    assert sorted(p.name for p in (site / "liam_gpu" / "bench").iterdir() if p.name != "__pycache__") == \
+        [n for n in before if n != "__pycache__"]  # nothing written beside the installed suite
+    assert not (site / "liam_gpu" / ".pytest_cache").exists() and not (site / "liam_gpu" / ".benchmarks").exists()
