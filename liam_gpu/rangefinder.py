@@ -15,11 +15,13 @@ iterations (Halko, Martinsson & Tropp 2011)::
 
 ``2 q + 2`` products with ``T`` in ``q + 2`` passes, and ``2 q + 6`` Gram
 reductions whatever the spectrum (one Householder QR more only where a basis
-is numerically rank-deficient; see :mod:`liam_gpu.cholqr`).
+is numerically rank-deficient, see :mod:`liam_gpu.cholqr`; a power step whose
+``Y`` is too ill-conditioned for the fused product takes one product more,
+no Gram reduction more).
 
 The error estimate: with ``Q`` and ``P`` orthonormal to working precision,
 ``||T - U_k S_k V_k^T||_F^2 = ||T||^2 - sum_{i<=k} s_i^2``.  That difference
-cancels when the error is small; below :data:`CANCELLATION` (relative) the
+cancels when the error is small; below :data:`CANCELLATION_FACTOR` ``u sqrt(l)`` the
 engine measures ``||T - Q Bt^T||^2`` in one more pass instead and adds the
 dropped ``s_i^2`` (Pythagoras: the residual is orthogonal to ``span(Q)``),
 which has no cancellation.  The estimate is never reported below the dtype's
@@ -53,7 +55,7 @@ CANCELLATION_FACTOR = 1e3
 #: both) while ``u cond(R) <= FUSED_LIMIT``: ``T^T Y R^-1`` then carries an extra
 #: relative error of at most that in its weakest direction, which the next
 #: product and the unfused final basis absorb (``cond`` is the Frobenius bound,
-#: up to ``l`` times the true one).  Measured in ``tests/test_svd_engine.py``:
+#: up to ``l`` times the true one).  Measured on five spectra (docs/svd.md):
 #: top-k singular values as accurate as with every step unfused.
 FUSED_LIMIT = 1e-3
 #: ``tol`` mode switches to LAPACK's dense SVD when its next block would take
@@ -249,10 +251,12 @@ def range_finder(op: Any, width: int, q: int, seed: int, *, col0: int = 0, norma
         if fused:
             # T^T basis(Y) = (T^T Y) R^-1: V came with Y from one pass over T.
             f = shifted_factor(mt, op.space.gram(y))
-            if f is not None and f.cond * u <= FUSED_LIMIT:
+            if f is None:  # a zero or non-finite Gram matrix: Householder's basis
+                w = op.t_times(op.space.householder_qr(y)[0])
+            elif f.cond * u <= FUSED_LIMIT:
                 w = f.apply(op.backend, v)
-            else:  # too ill-conditioned for that: the extra product
-                w = op.t_times(basis_pass(op.space, y)[0])
+            else:  # too ill-conditioned for that: the extra product (the same Gram reduction)
+                w = op.t_times(f.apply(op.space, y))
         else:
             w = op.t_times(normalize(op.space, y, normalizer))
         w = normalize(op.backend, w, normalizer)

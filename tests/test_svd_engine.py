@@ -157,9 +157,10 @@ class _GramCounter:
         monkeypatch.setattr(type(backend), "gram", counted)
 
 
+@pytest.mark.parametrize("fused_limit", [float("inf"), 0.0], ids=["fused", "unfused"])
 @pytest.mark.parametrize("name", ["steep", "flat", "power-law", "rank-5", "constant"])
-def test_gram_reductions_are_a_fixed_count_whatever_the_spectrum(name, monkeypatch):
-    monkeypatch.setattr(rangefinder, "FUSED_LIMIT", float("inf"))  # every power step fused
+def test_gram_reductions_are_a_fixed_count_whatever_the_spectrum(name, fused_limit, monkeypatch):
+    monkeypatch.setattr(rangefinder, "FUSED_LIMIT", fused_limit)  # every power step fused, or none
     a = SPECTRA[name](np.random.default_rng(7)).astype(np.float32)
     counter = _GramCounter(monkeypatch)
     q = 3
