@@ -133,11 +133,17 @@ class Factorization:
     def width(self) -> int:
         return int(self.s.shape[0])
 
-    def error_sq(self, k: int) -> float:
-        """``||T - T_k||_F^2`` of the rank-``k`` truncation (measured residual, or the energy balance)."""
+    def errors_sq(self) -> np.ndarray:
+        """``||T - T_k||_F^2`` for ``k = 0 .. width`` (measured residual plus the dropped tail, or the energy balance)."""
+        energy = self.s.astype(np.float64) ** 2
         if self.resid2 is not None:
-            return self.resid2 + float(np.sum(self.s[k:] ** 2))
-        return max(self.norm2 - float(np.sum(self.s[:k] ** 2)), 0.0)
+            tail = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]])
+            return self.resid2 + tail
+        return np.maximum(self.norm2 - np.concatenate([[0.0], np.cumsum(energy)]), 0.0)
+
+    def error_sq(self, k: int) -> float:
+        """``||T - T_k||_F^2`` of the rank-``k`` truncation."""
+        return float(self.errors_sq()[k])
 
     def relative_error(self, k: int) -> float:
         """The estimated relative Frobenius error of rank ``k``, at least the dtype's resolution."""
@@ -147,12 +153,9 @@ class Factorization:
 
     def rank_for(self, tol: float, cap: int) -> int:
         """The smallest rank (at most ``cap``) whose error meets ``tol``, else the largest available."""
-        target = tol**2 * self.norm2
         limit = min(cap, self.width)
-        for k in range(1, limit + 1):
-            if self.error_sq(k) <= target:
-                return k
-        return limit
+        met = np.flatnonzero(self.errors_sq()[1:limit + 1] <= tol**2 * self.norm2)
+        return int(met[0]) + 1 if met.size else limit
 
     def factors(self, k: int, *, flip: bool) -> tuple[Any, Any, Any]:
         """``U`` (m, k), ``S`` (k,), ``Vt`` (k, n) of the caller's matrix (scikit-learn's signs with ``flip``)."""
