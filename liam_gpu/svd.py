@@ -365,6 +365,8 @@ class _Matrix:
     @classmethod
     def prepare(cls, backend: Any, a: Any, kind: arrays.ArrayKind, *, max_ndim: int = 3) -> "_Matrix":
         """Validate and convert ``a``; ``max_ndim > 3``: leading batch axes are flattened into one."""
+        if _is_torch_sparse(a):
+            a = _scipy_of_torch_sparse(a)
         if _is_scipy_sparse(a):
             shape = tuple(int(d) for d in a.shape)
             if 0 in shape:
@@ -395,14 +397,36 @@ def _is_scipy_sparse(a: Any) -> bool:
     return sparse is not None and sparse.issparse(a)
 
 
+def _is_torch_sparse(a: Any) -> bool:
+    """Whether ``a`` is a sparse (COO or CSR) torch tensor."""
+    return arrays.is_tensor(a) and a.layout in (arrays._torch().sparse_coo, arrays._torch().sparse_csr)
+
+
+def _scipy_of_torch_sparse(t: Any) -> Any:
+    """A CPU torch sparse tensor as a scipy.sparse CSR matrix sharing its index and value memory."""
+    import scipy.sparse
+
+    torch = arrays._torch()
+    if t.device.type != "cpu":
+        raise ValueError(f"a is a sparse torch tensor on {t.device}; sparse input is factored on the CPU only")
+    if t.ndim != 2:
+        raise ValueError(f"a must be 2-D when sparse, got shape {tuple(t.shape)}")
+    if t.layout == torch.sparse_csr:
+        parts = (t.values(), t.col_indices(), t.crow_indices())
+        return scipy.sparse.csr_matrix(tuple(x.detach().numpy() for x in parts), shape=tuple(t.shape))
+    c = t.detach().coalesce()
+    rows, cols = c.indices().numpy()
+    return scipy.sparse.coo_matrix((c.values().numpy(), (rows, cols)), shape=tuple(t.shape)).tocsr()
+
+
 def _resolve(a: Any, device: Any) -> tuple[arrays.ArrayKind, Any]:
-    """The caller's array kind and the backend that computes (scipy.sparse: the CPU)."""
-    if _is_scipy_sparse(a):
+    """The caller's array kind and the backend that computes (sparse input: the CPU)."""
+    if _is_scipy_sparse(a) or _is_torch_sparse(a):
         backend = backends.resolve("cpu" if device in (None, "auto") else device, arrays.NUMPY)
         if backend.kind != "cpu":
-            raise ValueError(f"a is a scipy.sparse matrix, which is factored on device='cpu' only, "
-                             f"got device={device!r}")
-        return arrays.NUMPY, backend
+            raise ValueError(f"a is a sparse matrix, which is factored on device='cpu' only, got device={device!r}")
+        # Results come back dense, in the caller's library: numpy for scipy, torch for torch.
+        return (arrays.kind_of(a) if arrays.is_tensor(a) else arrays.NUMPY), backend
     kind = arrays.common_kind(a=a)
     return kind, backends.resolve(device, kind)
 

@@ -218,3 +218,20 @@ def test_sklearn_options_transpose_and_lapack_driver():
         lg.randomized_svd(a, 5, transpose="yes", device="cpu")
     with pytest.raises(ValueError, match="svd_lapack_driver"):
         lg.randomized_svd(a, 5, svd_lapack_driver="gesvj", device="cpu")
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_torch_sparse_tensors_equal_the_scipy_call_and_come_back_as_tensors(layout):
+    torch = pytest.importorskip("torch")
+    a = _sparse(np.random.default_rng(10), 300, 100).tocoo()
+    t = torch.sparse_coo_tensor(np.vstack([a.row, a.col]), a.data, a.shape)
+    t = t.to_sparse_csr() if layout == "csr" else t
+    u, s, vt = lg.randomized_svd(t, 5)
+    ref = lg.randomized_svd(a, 5)
+    assert isinstance(u, torch.Tensor) and u.layout == torch.strided and u.dtype == torch.float64
+    np.testing.assert_array_equal(s.numpy(), ref[1])
+    np.testing.assert_array_equal(u.numpy(), ref[0])
+    res = lg.pca(t.float(), 3)
+    assert isinstance(res.components, torch.Tensor) and res.components.dtype == torch.float32
+    with pytest.raises(ValueError, match="device='cpu' only"):
+        lg.randomized_svd(t, 5, device="emulator")
