@@ -3,7 +3,7 @@ compression, with a numpy fallback that gives the same answers.
 
 Public names::
 
-    transform_matrix, svd_compress, randomized_svd, randomized_range_finder,
+    transform_matrix, svd_compress, randomized_svd, randomized_range_finder, randomized_eigsh,
     pca, PCAResult, LowRank, ResolutionWarning, BinaryAlgebra, Scheduler,
     DeviceFault, ChunkError, AllDevicesFailed, current_device, devices
 
@@ -30,6 +30,7 @@ _EXPORTS = {
     "PCAResult": "pca",
     "pca": "pca",
     "randomized_range_finder": "svd",
+    "randomized_eigsh": "eigsh",
     "ResolutionWarning": "svd",
     "randomized_svd": "api",
     "svd_compress": "api",

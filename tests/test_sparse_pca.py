@@ -235,3 +235,41 @@ def test_torch_sparse_tensors_equal_the_scipy_call_and_come_back_as_tensors(layo
     assert isinstance(res.components, torch.Tensor) and res.components.dtype == torch.float32
     with pytest.raises(ValueError, match="device='cpu' only"):
         lg.randomized_svd(t, 5, device="emulator")
+
+
+# --------------------------------------------------------------------------- randomized_eigsh
+
+
+def _symmetric(rng, eigenvalues):
+    v, _ = np.linalg.qr(rng.standard_normal((len(eigenvalues), len(eigenvalues))))
+    return (v * eigenvalues) @ v.T
+
+
+@pytest.mark.parametrize("selection", ["module", "value"])
+def test_randomized_eigsh_against_eigh(selection):
+    rng = np.random.default_rng(11)
+    lam = np.concatenate([np.linspace(10, 1, 20), -np.linspace(12, 2, 15), 1e-3 * rng.standard_normal(165)])
+    m = _symmetric(rng, lam)
+    # 35 eigenvalues above 1 in magnitude: 'value' picks from them, so the basis gets them all.
+    vals, vecs = lg.randomized_eigsh(m, 8, selection=selection, n_iter=6, n_oversamples=30)
+    exact = np.sort(lam)[::-1] if selection == "value" else lam[np.argsort(-np.abs(lam))]
+    np.testing.assert_allclose(vals, exact[:8], atol=1e-6 * np.abs(lam).max())
+    np.testing.assert_allclose(m @ vecs, vecs * vals, atol=1e-4 * np.abs(lam).max())
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(8), atol=1e-10)
+    sparse_vals, _ = lg.randomized_eigsh(sp.csr_matrix(m), 8, selection=selection, n_iter=6, n_oversamples=30)
+    np.testing.assert_allclose(sparse_vals, vals, rtol=1e-10)
+
+
+def test_randomized_eigsh_value_warns_when_it_cannot_vouch():
+    rng = np.random.default_rng(12)
+    # 30 eigenvalues of -100 fill a basis of 16 columns: no positive one is captured.
+    m = _symmetric(rng, np.concatenate([np.full(30, -100.0), np.linspace(5, 1, 70)]))
+    with pytest.warns(rangefinder.ResolutionWarning, match="widen n_oversamples"):
+        lg.randomized_eigsh(m, 5, selection="value", n_oversamples=10, n_iter=2)
+
+
+def test_randomized_eigsh_bad_arguments():
+    with pytest.raises(ValueError, match="square"):
+        lg.randomized_eigsh(np.ones((4, 5)), 2)
+    with pytest.raises(ValueError, match="selection"):
+        lg.randomized_eigsh(np.eye(4), 2, selection="largest")
