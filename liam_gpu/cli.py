@@ -188,7 +188,12 @@ def _decompress(args: argparse.Namespace) -> int:
 
 
 def _to_dtype(dense: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
-    """``dense`` in ``dtype``: rounded and clipped to the type's range for integers and booleans."""
+    """``dense`` in ``dtype``: rounded and clipped to the type's range for integers and booleans.
+
+    ``dense`` is a scratch array: it is rounded and clipped in place, so that
+    the peak memory is the reconstruction plus the result (what
+    :func:`_decompress` checks before it starts).
+    """
     if dtype.kind == "f" or dense.dtype == dtype:
         return dense.astype(dtype, copy=False)
     if not np.isfinite(dense).all():
@@ -197,9 +202,9 @@ def _to_dtype(dense: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
     lo, hi = (0, 1) if dtype.kind == "b" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
     # float(2**63 - 1) rounds up to 2**63, which would overflow: clip to the float below instead.
     hi_f = float(hi) if float(hi) <= hi else float(np.nextafter(float(hi), 0.0))
-    out = np.rint(dense)
-    np.clip(out, float(lo), hi_f, out=out)
-    return out.astype(dtype)
+    np.rint(dense, out=dense)
+    np.clip(dense, float(lo), hi_f, out=dense)
+    return dense.astype(dtype)
 
 
 def _written_bytes(path: str, fallback: int) -> int:
@@ -309,7 +314,6 @@ def _load_npy(path: str) -> np.ndarray:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and tests)."""
     from liam_gpu import benchmarks  # the bench options are the benchmark module's own
-
     from liam_gpu._version import __version__
 
     parser = argparse.ArgumentParser(prog="liam-gpu", description=__doc__)
@@ -349,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild the dense matrix (or stack) of a low-rank .npz into a .npy file, "
                                    "in the dtype the compressed input had (rounded and clipped for integers).")
     p.add_argument("input", help="an .npz file written by liam-gpu compress")
-    p.add_argument("-o", "--output", required=True, help="the .npy file to write, under exactly this name (required)")
+    p.add_argument("-o", "--output", required=True,
+                   help="the .npy file to write, under exactly this name (required)")
     p.add_argument("--dtype", default=None,
                    help="dtype of the output (default: the compressed input's, recorded in the file; "
                         "the factors' for files written before it was recorded)")
