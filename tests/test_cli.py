@@ -88,15 +88,14 @@ def test_a_write_past_the_file_size_limit_leaves_the_old_output_whole(tmp_path, 
     else:
         out = tmp_path / "back.npy"
         assert cli.main(["decompress", str(packed), "-o", str(out)]) == 0
-        argv = ["decompress", str(packed), "-o", str(out), "--dtype", "float64"]
+        argv = ["decompress", str(packed), "-o", str(out)]
     before = out.read_bytes()
-    limit = 64 * 1024  # smaller than every output here, larger than the interpreter needs to start
-
-    def small_files():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    proc = subprocess.run([sys.executable, "-m", "liam_gpu.cli", *argv], capture_output=True, text=True,
-                          cwd=tmp_path, preexec_fn=small_files, timeout=120)
+    limit = 64 * 1024  # smaller than every output here
+    # The limit is set inside the child (like `ulimit -f`), not by a preexec_fn in this threaded process.
+    run = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({0}, {0})); "
+           "sys.argv = ['liam-gpu'] + sys.argv[1:]; runpy.run_module('liam_gpu.cli', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", run.format(limit), *argv], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and f"cannot write {out}" in proc.stderr, proc.stderr
     assert out.read_bytes() == before
