@@ -304,6 +304,11 @@ def fixed_rank(op: Any, plan: Plan, norm2: float | None = None) -> Factorization
     width = sketch_width(plan.k, plan.p, nt)
     # A sketch as wide as the matrix spans its whole range: iterating only squares its conditioning.
     q = 0 if width >= nt else plan.q
+    if width >= nt and hasattr(op, "dense_svd"):
+        # A sketch as wide as the matrix spans its whole range: LAPACK's SVD is exact, and cheaper.
+        if plan.check:  # LAPACK would answer NaN with its own message
+            op.require_finite(op.data)
+        return dense(op, _norm2(op, plan) if plan.estimate and norm2 is None else norm2)
     # Input that cannot be estimated is refused before any work, unless the
     # operator sums ||T||^2 in its sketch pass anyway (Dask: one pass fewer).
     early = plan.estimate and norm2 is None and not getattr(op, "sums_in_sketch", False)
@@ -339,7 +344,7 @@ def adaptive(op: Any, plan: Plan) -> tuple[Factorization, int]:
     while True:
         step = min(block, cap - width)
         if width + step > DENSE_SHARE * nt and hasattr(op, "dense_svd"):
-            fact = dense(op, norm2)
+            fact = dense(op, norm2)  # norm2 is finite here: the input was checked by _norm2
             return _checked(fact, fact.rank_for(plan.tol, plan.k), plan)
         new = range_finder(op, step, plan.q, plan.seed, col0=width + (-width) % 4,
                            normalizer=plan.normalizer, deflate=basis, check=plan.check and basis is None)
