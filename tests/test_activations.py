@@ -95,3 +95,18 @@ def test_kernel_gelu_is_accurate_in_the_tail():
     x = tail_and_bulk(np.float32)[:, None]
     got = lg.transform_matrix(x, np.ones((1, 1), np.float32), None, "gelu", device="emulator")
     assert np.all(ulps(got[:, 0], gelu64(x[:, 0]), np.float32) <= bound(x[:, 0]))
+
+
+def test_compiled_float32_gelu_is_accurate_in_the_tail():
+    # The CPU epilogue's compiled gelu (numba, the ``fast`` extra): the same bound.
+    if activations.fast_epilogue() is None:
+        pytest.skip("numba is not installed (the fast extra)")
+    x = tail_and_bulk(np.float32)
+    got = x.copy()[None, :]
+    activations.apply_bias_inplace(got, None, GELU)
+    assert np.all(ulps(got[0], gelu64(x), np.float32) <= bound(x))
+    # With a bias: x = (x - 1) + 1 in float32, gelu of the rounded sum.
+    shifted = (x - np.float32(1))[None, :]
+    activations.apply_bias_inplace(shifted, np.ones(x.size, np.float32), GELU)
+    xs = (x - np.float32(1)) + np.float32(1)
+    assert np.all(ulps(shifted[0], gelu64(xs), np.float32) <= bound(xs))

@@ -1,0 +1,145 @@
+"""The CPU backend's fused transform: GEMM by blocks, bias and activation applied while in cache.
+
+The bits do not depend on the block size or the number of threads; the
+compiled gelu (numba, the ``fast`` extra) and the numpy fallback agree within
+a few ulps; the BLAS thread limit is set for one call and restored; the extra
+memory is far below one output.
+"""
+from __future__ import annotations
+
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import liam_gpu as lg
+from liam_gpu import activations
+from liam_gpu.backends import _threads, cpu
+
+ACTS = [None, "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"]
+#: (n, d_in, d_out): tall, wide (split by columns), tails of 1 and 63 rows, one row.
+SHAPES = [(1000, 96, 200), (96, 64, 1000), (4097, 32, 96), (191, 16, 130), (1, 5, 3)]
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+def _inputs(n, d_in, d_out, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d_in)).astype(dtype)
+    w = (rng.standard_normal((d_out, d_in)) * d_in ** -0.5).astype(dtype)
+    b = rng.standard_normal(d_out).astype(dtype)
+    return x, w, b
+
+
+@pytest.fixture
+def parallel_always(monkeypatch):
+    """Every call large enough for the worker threads."""
+    monkeypatch.setattr(cpu, "_PARALLEL_FLOPS", 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_same_bits_whatever_the_block_size_and_threads(monkeypatch, parallel_always, shape, dtype):
+    x, w, b = _inputs(*shape, dtype=dtype)
+    for act in ("relu", "gelu"):
+        results = []
+        for threads in (1, 2):
+            for block in (1 << 20, 1 << 12, 64 * 7):
+                monkeypatch.setattr(cpu, "_BLOCK_ELEMENTS", block)
+                with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+                    results.append(lg.transform_matrix(x, w, b, act, device="cpu"))
+        for r in results[1:]:
+            np.testing.assert_array_equal(r, results[0])
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=lambda s: "x".join(map(str, s)))
+def test_matches_the_float64_reference(parallel_always, shape, act):
+    x, w, b = _inputs(*shape)
+    want = activations.reference(x.astype(np.float64) @ w.T.astype(np.float64) + b, act)
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+            got = lg.transform_matrix(x, w, b, act, device="cpu")
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_numpy_fallback_without_numba(monkeypatch):
+    # LIAM_GPU_NUMBA=0 (or numba missing): scipy's erfc, the same values within a few ulps.
+    x, w, b = _inputs(512, 64, 256)
+    fast = lg.transform_matrix(x, w, b, "gelu", device="cpu")
+    monkeypatch.setattr(activations, "_fast", False)
+    assert activations.fast_epilogue() is None
+    slow = lg.transform_matrix(x, w, b, "gelu", device="cpu")
+    # Both are within gelu's bound of 4 + 3 x^2 ulps (tests/test_activations.py) of the truth;
+    # scipy's path rounds -x / sqrt 2 to float32 and the compiled one does not, so they differ in the tail.
+    pre = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    allowed = 2 * (4 + 3 * pre ** 2) * np.spacing(np.abs(slow))
+    assert np.all(np.abs(fast.astype(np.float64) - slow) <= allowed)
+
+
+def test_numba_switch_by_environment(monkeypatch):
+    monkeypatch.setattr(activations, "_fast", None)
+    monkeypatch.setenv("LIAM_GPU_NUMBA", "0")
+    assert activations.fast_epilogue() is None
+    monkeypatch.setattr(activations, "_fast", None)
+    monkeypatch.delenv("LIAM_GPU_NUMBA")
+    pytest.importorskip("numba")
+    assert activations.fast_epilogue() is not None
+
+
+def test_apply_bias_inplace_on_a_column_range():
+    # The worker threads' epilogue runs on column slices of a C-contiguous output.
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal((70, 200)).astype(np.float32)
+    b = rng.standard_normal(200).astype(np.float32)
+    whole = y.copy()
+    activations.apply_bias_inplace(whole, b, activations.ACTIVATIONS["gelu"])
+    got = y.copy()
+    activations.apply_bias_inplace(got[:, :64], b[:64], activations.ACTIVATIONS["gelu"])
+    activations.apply_bias_inplace(got[:, 64:], b[64:], activations.ACTIVATIONS["gelu"])
+    np.testing.assert_array_equal(got, whole)
+
+
+def test_blas_limit_is_for_the_call_only(parallel_always):
+    x, w, b = _inputs(512, 64, 256)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = _threads.blas_threads()
+        lg.transform_matrix(x, w, b, "gelu", device="cpu")
+        assert _threads.blas_threads() == before
+
+
+def test_overlapping_calls_restore_the_limit(parallel_always):
+    # Two threads inside blas_limited at once: the last one out restores the caller's limit.
+    x, w, b = _inputs(2048, 128, 256)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = _threads.blas_threads()
+        errors = []
+
+        def run():
+            try:
+                for _ in range(5):
+                    lg.transform_matrix(x, w, b, "relu", device="cpu")
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=run) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert _threads.blas_threads() == before
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "silu"])
+def test_extra_memory_is_below_one_output(parallel_always, act):
+    x, w, b = _inputs(16384, 64, 256)
+    lg.transform_matrix(x[:128], w, b, act, device="cpu")  # compile and warm up first
+    tracemalloc.start()
+    try:
+        y = lg.transform_matrix(x, w, b, act, device="cpu", check_finite=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - y.nbytes <= y.nbytes // 2
