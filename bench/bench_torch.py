@@ -14,6 +14,16 @@ roughly do) rather than a random one, whose flat spectrum no rank could
 compress; each low-rank row records its parameter reduction and its relative
 output error on the benchmark batch (``extra_info``).  CPU here; CUDA where torch
 and CuPy both see a GPU.
+
+``test_cpu_layers_against_nn`` puts each layer beside the ``nn`` layers it
+replaces on CPU tensors, at one torch thread and at torch's default, on the
+shapes where numpy's BLAS pool used to fight torch's (issue 15: ``lt.Linear``
+512 x 512 -> 1024 took 24 ms against ``nn.Linear``'s 0.29 ms): on the CPU the
+layers compute with torch's own ops, so the two of a pair should take the same
+time::
+
+    python -m pytest bench/bench_torch.py -k cpu_layers_against_nn \
+        --benchmark-columns=median,min,rounds --benchmark-group-by=param:case,param:threads
 """
 from __future__ import annotations
 
@@ -129,3 +139,52 @@ def test_low_rank_layer(benchmark, describe, measure, rotation, backend, batch, 
         output_error=report.output_error,
     )
     _timed(benchmark, measure, module, inputs, backend)
+
+
+#: (batch, d_in, d_out, rank) of the side-by-side CPU comparison: issue 15's layer, and a square one.
+NN_CASES = [(64, 512, 1024, 64)] if QUICK else [(512, 512, 1024, 64), (512, 1024, 1024, 128)]
+
+
+def _nn_pair(kind: str, d_in: int, d_out: int, rank: int):
+    """``(ours, theirs)``: a liam-gpu layer and the ``nn`` layers with the same weights, both with GELU."""
+    torch.manual_seed(0)
+    dense = nn.Linear(d_in, d_out).eval()
+    if kind == "dense":
+        return lt.Linear.from_linear(dense, activation="gelu").eval(), nn.Sequential(dense, nn.GELU()).eval()
+    ours = lt.LowRankLinear.from_linear(dense, rank=rank, activation="gelu").eval()
+    first, second = nn.Linear(d_in, rank, bias=False), nn.Linear(rank, d_out)
+    with torch.no_grad():
+        first.weight.copy_(ours.weight_in)
+        second.weight.copy_(ours.weight_out)
+        second.bias.copy_(ours.bias)
+    return ours, nn.Sequential(first, second, nn.GELU()).eval()
+
+
+@pytest.mark.parametrize("threads", ["default"] if QUICK else ["1", "default"])
+@pytest.mark.parametrize("case", [f"{b}x{i}->{o} r={r}" for b, i, o, r in NN_CASES])
+@pytest.mark.parametrize("kind", ["dense", "lowrank"])
+@pytest.mark.parametrize("impl", ["nn", "liam_gpu"])
+def test_cpu_layers_against_nn(benchmark, describe, measure, rotation, impl, kind, case, threads):
+    """A liam-gpu layer and the ``nn`` layers it replaces, on the same CPU tensors and threads."""
+    batch, d_in, d_out, rank = next(c for c in NN_CASES if f"{c[0]}x{c[1]}->{c[2]} r={c[3]}" == case)
+    ours, theirs = _nn_pair(kind, d_in, d_out, rank)
+    module = ours if impl == "liam_gpu" else theirs
+    before = torch.get_num_threads()
+    if threads == "1":
+        torch.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(0)
+        copies = rotation(lambda: rng.standard_normal((batch, d_in), dtype=DTYPE), nbytes=batch * d_in * 4,
+                          backend="cpu")
+        tensors = itertools.cycle([(torch.from_numpy(a),) for (a,) in copies.copies])
+        weights = d_in * d_out if kind == "dense" else rank * (d_in + d_out)
+        flops = 2 * batch * weights
+        name = "Linear" if kind == "dense" else f"LowRankLinear r={rank}"
+        describe(
+            benchmark, op=f"{name} {d_in}->{d_out} gelu, torch threads={torch.get_num_threads()}",
+            impl=f"{impl} {kind}", backend="cpu", shape=(batch, d_in, d_out), dtype=DTYPE,
+            flops=flops, bytes=4 * (batch * (d_in + d_out) + weights), threads=torch.get_num_threads(),
+        )
+        _timed(benchmark, measure, module, lambda: next(tensors), "cpu")
+    finally:
+        torch.set_num_threads(before)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import dispatch, validation
-from .functional import activation_name, transform_matrix
+from .functional import activation_name, host_linear, transform_matrix
 
 __all__ = ["CompressionReport", "Linear", "LowRankLinear"]
 
@@ -138,6 +138,10 @@ class Linear(_FusedLayer):
         return layer
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # CPU tensors: torch's own ops (no second thread pool fighting torch's).
+        y = host_linear(input, (self.weight,), self.bias, self.activation, self.backend, self.check_finite)
+        if y is not None:
+            return y
         return transform_matrix(
             input, self.weight, self.bias, self.activation, device=self.backend, check_finite=self.check_finite
         )
@@ -372,6 +376,12 @@ class LowRankLinear(_FusedLayer):
         )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # CPU tensors: torch's own ops (no second thread pool fighting torch's).
+        y = host_linear(
+            input, (self.weight_in, self.weight_out), self.bias, self.activation, self.backend, self.check_finite
+        )
+        if y is not None:
+            return y
         hidden = transform_matrix(input, self.weight_in, device=self.backend, check_finite=self.check_finite)
         return transform_matrix(
             hidden, self.weight_out, self.bias, self.activation, device=self.backend, check_finite=False
