@@ -45,6 +45,30 @@ def _routed(core: Callable[..., Any]) -> Callable[..., Any]:
     return functools.update_wrapper(route, core, assigned=("__doc__", "__name__", "__qualname__"), updated=())
 
 
-transform_matrix = _routed(transform.transform_matrix)
+_core_transform = _routed(transform.transform_matrix)
+
+
+def _torch_cpu(data: Any, weights: Any, bias: Any, out: Any, device: Any) -> Any | None:
+    """:mod:`liam_gpu.torch_ops` when it computes this call (torch CPU tensors), else None."""
+    if "torch" not in sys.modules or type(data).__module__.split(".")[0] != "torch":
+        return None
+    from . import torch_ops
+
+    return torch_ops if torch_ops.takes(data, weights, bias, out, device) else None
+
+
+def transform_matrix(data: Any, weights: Any, bias: Any = None, activation: Any = None, *,
+                     out: Any = None, device: Any = None, check_finite: bool = True) -> Any:
+    # Dense torch CPU tensors: torch's GEMM, after the core's checks (issue 18); the rest: _routed.
+    ops = _torch_cpu(data, weights, bias, out, device)
+    if ops is not None:
+        result = ops.transform_matrix(data, weights, bias, activation, out=out, check_finite=check_finite)
+        if result is not None:
+            return result
+    return _core_transform(data, weights, bias, activation, out=out, device=device, check_finite=check_finite)
+
+
+functools.update_wrapper(transform_matrix, transform.transform_matrix,
+                         assigned=("__doc__", "__name__", "__qualname__"), updated=())
 randomized_svd = _routed(svd.randomized_svd)
 svd_compress = _routed(svd.svd_compress)

@@ -388,3 +388,71 @@ def test_nan_in_weights(backend_name):
 def test_complex_input_is_refused(backend_name):
     with pytest.raises(TypeError, match="complex"):
         lg.transform_matrix(np.ones((4, 5), complex), np.ones((3, 5)), device=backend_name)
+
+
+# --- torch CPU tensors: torch's own GEMM after the core's checks (issue 18) -------------------
+
+def _torch_or_skip():
+    return pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_cpu_tensors_take_torch_ops_with_the_same_values(monkeypatch, activation, dtype):
+    torch = _torch_or_skip()
+    from liam_gpu import torch_ops
+    from liam_gpu.backends.cpu import CpuBackend
+
+    calls = []
+    real = torch_ops.transform_matrix
+    monkeypatch.setattr(torch_ops, "transform_matrix", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(CpuBackend, "linear", lambda *a, **k: pytest.fail("the core computed a torch CPU call"))
+    g = torch.Generator().manual_seed(0)
+    tdtype = getattr(torch, dtype)
+    x = torch.randn(5, 70, 48, generator=g, dtype=tdtype)
+    w = torch.randn(33, 48, generator=g, dtype=tdtype) * 0.2
+    b = torch.randn(33, generator=g, dtype=tdtype)
+    y = lg.transform_matrix(x, w, b, activation, device="cpu")
+    assert calls and isinstance(y, torch.Tensor) and y.dtype == tdtype and y.shape == (5, 70, 33)
+    want = activations.reference(x.double().numpy() @ w.double().numpy().T + b.double().numpy(), activation)
+    tol = 2e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(y.numpy(), want, rtol=tol, atol=tol)
+    out = torch.empty(5, 70, 33, dtype=tdtype)
+    assert lg.transform_matrix(x, w, b, activation, out=out) is out
+    np.testing.assert_array_equal(out.numpy(), y.numpy())
+
+
+def test_torch_cpu_gelu_keeps_the_relative_tail():
+    # Unlike F.gelu (1 + erf), the erfc form: relative accuracy far below zero.
+    torch = _torch_or_skip()
+    x = torch.linspace(-12, -4, 64, dtype=torch.float32)[:, None]
+    got = lg.transform_matrix(x, torch.ones(1, 1), None, "gelu", device="cpu")[:, 0].numpy()
+    want = activations.reference(x.double().numpy()[:, 0], "gelu")
+    np.testing.assert_allclose(got, want, rtol=2e-4 * 12 ** 2, atol=0)
+
+
+def test_torch_cpu_errors_are_the_cores():
+    torch = _torch_or_skip()
+    x, w, b = torch.randn(4, 3), torch.randn(2, 3), torch.randn(2)
+    with pytest.raises(ValueError, match="weights expects d_in=5"):
+        lg.transform_matrix(x, torch.randn(2, 5), b)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        lg.transform_matrix(x, w, torch.randn(3))
+    with pytest.raises(ValueError, match="unknown"):
+        lg.transform_matrix(x, w, b, "swish")
+    with pytest.raises(ValueError, match="out must have shape"):
+        lg.transform_matrix(x, w, b, out=torch.empty(4, 3))
+    bad = x.clone()
+    bad[1, 1] = float("inf")
+    with pytest.raises(ValueError, match="data contains NaN or Inf"):
+        lg.transform_matrix(bad, w, b)
+    lg.transform_matrix(bad, w, b, check_finite=False)  # no check: computed
+
+
+def test_torch_cpu_out_overlapping_an_input_goes_through_the_core():
+    torch = _torch_or_skip()
+    x = torch.randn(6, 6)
+    w = torch.eye(6)
+    want = torch.relu(x).clone()
+    assert lg.transform_matrix(x, w, None, "relu", out=x) is x
+    np.testing.assert_allclose(x.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)

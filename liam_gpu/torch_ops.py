@@ -1,0 +1,136 @@
+"""``transform_matrix`` on torch CPU tensors with torch's own GEMM (issue 18).
+
+On CPU tensors ``F.linear`` (MKL, torch's thread pool) is the fastest GEMM in
+the process, and numpy's BLAS beside torch's pool makes the two fight for the
+cores; so :mod:`liam_gpu.dispatch` sends dense CPU tensors of one float dtype
+here, after the core's own checks (the same errors as the core path).  The
+result keeps liam-gpu's numerical contract, not torch's: gelu is
+``0.5 x erfc(-x / sqrt 2)`` with relative accuracy in the tail (torch's
+``F.gelu`` computes ``1 + erf`` and loses it below about -4), computed by the
+CPU backend's compiled epilogue on the output's memory (float32 with the
+``fast`` extra) or by torch's vectorised ``erfc``.  The other activations
+are torch's in-place functions.
+
+Imported lazily by :mod:`liam_gpu.dispatch` only; the core never imports it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import activations, arrays, backends, transform, validation
+from .backends import _threads
+
+__all__ = ["takes", "transform_matrix"]
+
+_DTYPES = (torch.float32, torch.float64)
+_GELU = activations.ACTIVATIONS["gelu"]
+#: Elements per row block of the torch erfc epilogue: its temporary stays in L2.
+_BLOCK_ELEMENTS = 1 << 16
+
+
+def _dense_cpu(t: Any, dtype: Any) -> bool:
+    return (isinstance(t, torch.Tensor) and t.dtype == dtype and t.device.type == "cpu"
+            and t.layout == torch.strided and t.is_contiguous() and t.numel() > 0)
+
+
+def takes(data: Any, weights: Any, bias: Any, out: Any, device: Any) -> bool:
+    """Whether this path computes the call: C-contiguous, non-empty CPU tensors of one float
+    dtype, 2-D weights, ``out`` None or such a tensor, and ``device`` resolving to the CPU."""
+    if not isinstance(data, torch.Tensor) or data.dtype not in _DTYPES:
+        return False
+    if not all(t is None or _dense_cpu(t, data.dtype) for t in (data, weights, bias, out)):
+        return False
+    if weights.dim() != 2 or data.dim() < 1 or not (device is None or isinstance(device, str)):
+        return False
+    try:
+        return backends.resolve(device, arrays.kind_of(data)).name == "cpu"
+    except (ValueError, TypeError, RuntimeError):
+        return False  # the core reports a bad device
+
+
+def transform_matrix(data: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
+                     activation: str | None, *, out: torch.Tensor | None, check_finite: bool) -> Any:
+    """``act(data @ weights.T + bias)`` with ``F.linear``, for a call :func:`takes` accepted.
+
+    Returns None where the core must run it after all (``out`` overlapping an
+    input), having raised exactly what the core raises for bad input.
+    """
+    code = activations.activation_code(activation)
+    kind = arrays.common_kind(data=data, weights=weights, bias=bias, out=out)
+    named = {"data": data, "weights": weights} | ({} if bias is None else {"bias": bias})
+    views = {name: arrays.to_compute(t, kind, name=name) for name, t in named.items()}
+    transform.check_shapes(views["data"], views["weights"], views.get("bias"))
+    if check_finite:
+        for name, v in views.items():
+            validation.check_finite(name, v)
+    out_shape = tuple(data.shape[:-1]) + (weights.shape[0],)
+    if out is not None:
+        dest = arrays.to_compute(out, kind, name="out", writable=True)
+        transform.check_out(dest, out_shape, np.dtype(dest.dtype))
+        if validation.overlapping(dest, **views):
+            return None  # the core writes through a separate buffer
+    x2 = data.reshape(-1, data.shape[-1])
+    with torch.no_grad():
+        if out is None:
+            y = torch.nn.functional.linear(x2, weights, bias)
+        else:
+            y = out.view(-1, weights.shape[0])
+            if bias is None:
+                torch.matmul(x2, weights.t(), out=y)
+            else:
+                torch.addmm(bias, x2, weights.t(), out=y)
+        _activate(y, code)
+    return out if out is not None else y.reshape(out_shape)
+
+
+def _activate(y: torch.Tensor, code: int) -> None:
+    """The activation in place on the 2-D output ``y``, with liam-gpu's meaning and accuracy."""
+    name = activations.TABLE[code].name
+    if name is None:
+        return
+    if name == "relu":
+        y.relu_()
+    elif name == "gelu":
+        _gelu(y)
+    elif name == "gelu_tanh":  # no in-place form: by blocks, so the temporary stays small
+        step = max(1, _BLOCK_ELEMENTS // max(1, y.shape[1]))
+        for start in range(0, y.shape[0], step):
+            part = y[start:start + step]
+            part.copy_(torch.nn.functional.gelu(part, approximate="tanh"))
+    elif name == "silu":
+        torch.nn.functional.silu(y, inplace=True)
+    elif name == "sigmoid":
+        y.sigmoid_()
+    else:
+        y.tanh_()
+
+
+def _gelu(y: torch.Tensor) -> None:
+    """``0.5 y erfc(-y / sqrt 2)`` in place, by row blocks over torch's threads."""
+    fast = activations.fast_epilogue() if y.dtype == torch.float32 else None
+    rows, cols = y.shape
+    step = max(1, _BLOCK_ELEMENTS // max(1, cols))
+    if fast is not None:
+        # The compiled epilogue releases the GIL: torch's thread count of ours share the rows.
+        view = y.numpy()
+        workers = max(1, min(torch.get_num_threads(), rows // step))
+        share = -(-rows // workers)
+        spans = [(lo, min(rows, lo + share)) for lo in range(0, rows, share)]
+        if len(spans) == 1:
+            fast.bias_gelu_float32(view, None)
+            return
+        pool = _threads.pool(len(spans))
+        for f in [pool.submit(fast.bias_gelu_float32, view[lo:hi], None) for lo, hi in spans]:
+            f.result()
+        return
+    scale = -math.sqrt(0.5)
+    for start in range(0, rows, step):
+        part = y[start:start + step]
+        t = torch.mul(part, scale)
+        t.erfc_()
+        t.mul_(0.5)
+        part.mul_(t)
