@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -419,6 +418,16 @@ def test_quick_budget_spent_skips_the_rest_saying_why(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_bench_quick_on_the_real_suite_finishes_within_a_minute(tmp_path):
+    """``liam-gpu bench --quick`` on the real suite: every quick benchmark runs, within the minute.
+
+    A benchmark skipped because the quick budget (``bench/conftest.py``) was
+    spent is a failure, as that file says: the quick sizes are chosen so that
+    every one runs, and a skip for time means a benchmark lost its coverage
+    (shrink the case, don't let it drop off).  Skips for a missing peer or
+    module are reported, not failed.  On a machine too loaded to hold the
+    minute, ``LIAM_TEST_BENCH_QUICK=0`` leaves this test out; it is not made
+    lenient instead.
+    """
     if os.environ.get("LIAM_TEST_BENCH_QUICK", "1" if REAL_QUICK_IN_DEFAULT_RUN else "0") != "1":
         pytest.skip("the real 'liam-gpu bench --quick' is left out of this run (LIAM_TEST_BENCH_QUICK=0 or "
                     "REAL_QUICK_IN_DEFAULT_RUN = False); LIAM_TEST_BENCH_QUICK=1 runs it")
@@ -433,11 +442,14 @@ def test_bench_quick_on_the_real_suite_finishes_within_a_minute(tmp_path):
     # Nothing failed (skips only: a peer or module that is not installed, or the budget).
     assert all(o["kind"] == "skipped" for o in doc["outcomes"]), doc["outcomes"]
     assert elapsed < 60.0, f"liam-gpu bench --quick took {elapsed:.1f} s"
-    # On a quiet 2-core machine every quick benchmark runs (about 37 s in all); on a slower or busier
-    # one the budget (bench/conftest.py) skips the last ones to keep the minute.  Say so, don't fail.
+    # Every quick benchmark runs (about 37 s in all on a quiet 2-core machine): one skipped for the
+    # budget lost its coverage, which is a failure (bench/conftest.py says so), not a warning.
     budget = [o["test"] for o in doc["outcomes"] if "was spent" in o["message"]]
-    if budget:
-        warnings.warn(f"{len(budget)} quick benchmarks were skipped for the budget ({elapsed:.1f} s in all)")
+    assert not budget, (
+        f"{len(budget)} quick benchmarks were skipped for the budget ({elapsed:.1f} s in all), "
+        f"from {budget[0]}; "
+        "make the quick cases smaller (or run with LIAM_TEST_BENCH_QUICK=0 on an overloaded machine)"
+    )
     assert doc["rows"] and all(r["backend"] == "cpu" for r in doc["rows"])
     assert doc["ceilings"]["cpu"]["copy_gbps"] > 0 and doc["ceilings"]["cpu"]["gemm_gflops"]["float32"] > 0
 

@@ -61,13 +61,15 @@ def test_parameter_parser_and_rule():
 
 
 def _cases():
+    # No declared family is a failure, not a skip: the check would pass having checked nothing.
     cases = [(f, e) for f in families().values() for e in f.name_expressions]
-    return cases or [pytest.param(None, None, marks=pytest.mark.skip(reason="no kernel families registered yet"))]
+    return cases or [pytest.param(None, None, id="no-families")]
 
 
 @pytest.mark.skipif(shutil.which("c++filt") is None, reason="c++filt (binutils) not installed")
 @pytest.mark.parametrize("family,entry", _cases(), ids=lambda v: getattr(v, "name", v))
 def test_entry_points_take_64_bit_sizes(family, entry):
+    assert family is not None, "liam_gpu.launch.families() declares no kernel family: nothing to check"
     result = _compiled(family.name)
     lowered = result.entries[entry].lowered_name
     signature = subprocess.run(["c++filt", lowered], capture_output=True, text=True, check=True).stdout.strip()
