@@ -234,15 +234,30 @@ def transform_matrix(
 _HOST_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+_NEG_SQRT_HALF = -math.sqrt(0.5)
+
+
+def _gelu(z: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU as ``0.5 z erfc(-z / sqrt 2)``, the kernels' and the CPU backend's form.
+
+    It keeps relative accuracy where ``1 + erf`` cancels (z << 0), which
+    ``F.gelu`` loses below about -4; the price is torch's ``erfc`` pass (about
+    0.4 ms more than ``F.gelu`` per 512K float32 values at one thread).
+    Without autograd ``z`` (the layer's own fresh product) is overwritten.
+    """
+    if z.requires_grad:
+        return z * (0.5 * torch.special.erfc(z * _NEG_SQRT_HALF))
+    t = torch.mul(z, _NEG_SQRT_HALF)
+    t.erfc_()
+    t.mul_(0.5)
+    return z.mul_(t)
+
+
 #: Activation name -> torch's function with the meaning of ``liam_gpu.activations``.
-#: gelu is the exact (erf) form, as ``nn.GELU()``: torch's fused kernel, with torch's
-#: accuracy (absolute, not relative, where 1 + erf cancels, z < -3).  The erfc form the
-#: kernels use keeps relative accuracy there but cost 0.39 ms more per 512K float32
-#: values at one thread (3 passes against 1), 70% of a rank-64 LowRankLinear.
 _TORCH_ACTIVATIONS: dict[str | None, Any] = {
     None: None,
     "relu": torch.relu,
-    "gelu": torch.nn.functional.gelu,
+    "gelu": _gelu,
     "gelu_tanh": lambda z: torch.nn.functional.gelu(z, approximate="tanh"),
     "silu": torch.nn.functional.silu,
     "sigmoid": torch.sigmoid,
@@ -261,8 +276,8 @@ def host_linear(
     measured), so the layers compute CPU tensors with ``F.linear`` and torch's
     activations, with liam-gpu's numerical contract: one dtype in, the same
     out, 16-bit types accumulated and activated in float32 and rounded once,
-    gelu in the exact erf form (``F.gelu``, whose accuracy is ``nn.GELU``'s).
-    Autograd is torch's.
+    gelu in the exact erf form with relative accuracy in its tail (as
+    :mod:`liam_gpu.torch_ops` and the kernels).  Autograd is torch's.
 
     Returns None (the caller takes the liam-gpu path) unless every tensor is
     a dense CPU tensor of one float dtype and ``device`` resolves to the CPU
