@@ -3,9 +3,11 @@
 One group per shape (``--benchmark-group-by=group`` is the default grouping of
 ``describe``), float32:
 
-* CPU: ``liam_gpu`` (``device="cpu"``: BLAS into the output, bias and
-  activation chunk by chunk in cache) against hand-written numpy
-  ``np.maximum(x @ W.T + b, 0)`` (three full passes over the output);
+* CPU, for no activation, relu and gelu (relu alone with ``LIAM_BENCH_QUICK=1``):
+  ``liam_gpu`` (``device="cpu"``: the GEMM by row or column blocks, bias and
+  activation applied to each block while it is in cache) against hand-written
+  numpy (``np.matmul``, ``+ b``, the activation: full passes over the output)
+  and torch's ``F.linear`` + ``relu``/``F.gelu`` on the same memory;
 * GPU (skipped without one): ``liam_gpu`` (``device="cuda"``, whichever path
   :func:`liam_gpu.launch.transform.plan` picks), ``liam_gpu fused-kernel``
   (our kernel forced, where the plan picked cuBLAS, so the table in
@@ -87,28 +89,75 @@ def _record_rate(benchmark, case) -> None:
 
 # --------------------------------------------------------------------------- CPU
 
+#: Activations of the CPU group: the issue-18 table's (relu alone with LIAM_BENCH_QUICK=1).
+CPU_ACTIVATIONS = ["relu"] if QUICK else [None, "relu", "gelu"]
 
+
+def _op(activation) -> str:
+    return {None: "transform x@W.T+b", "relu": "transform relu(x@W.T+b)",
+            "gelu": "transform gelu(x@W.T+b)"}[activation]
+
+
+def _cpu_label(describe, benchmark, case, impl, activation, **extra):
+    describe(benchmark, op=_op(activation), impl=impl, backend="cpu", shape=_shape(case),
+             dtype=DTYPE, flops=_flops(case), bytes=_bytes(case), **extra)
+
+
+@pytest.mark.parametrize("activation", CPU_ACTIVATIONS, ids=lambda a: a or "none")
 @pytest.mark.parametrize("case", SHAPES, ids=_id)
-def test_cpu_liam_gpu(benchmark, describe, measure, rotation, case):
+def test_cpu_liam_gpu(benchmark, describe, measure, rotation, case, activation):
     inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cpu")
-    _label(describe, benchmark, case, "liam_gpu", "cpu", path="numpy matmul + chunked epilogue")
-    measure(benchmark, lambda x, w, b: lg.transform_matrix(x, w, b, "relu", device="cpu", check_finite=False),
+    _cpu_label(describe, benchmark, case, "liam_gpu", activation,
+               path="GEMM by row/column blocks, bias + activation while in cache")
+    measure(benchmark, lambda x, w, b: lg.transform_matrix(x, w, b, activation, device="cpu", check_finite=False),
             inputs, backend="cpu")
     _record_rate(benchmark, case)
 
 
-def _numpy_unfused(x, w, b):
-    if w.ndim == 3:
-        return np.maximum(np.matmul(x, w.transpose(0, 2, 1)) + b[:, None, :], 0)
-    return np.maximum(x @ w.T + b, 0)
+def _numpy_unfused(x, w, b, activation="relu"):
+    """``np.matmul``, then bias, then the activation: separate passes over the output."""
+    y = np.matmul(x, w.transpose(0, 2, 1)) + b[:, None, :] if w.ndim == 3 else x @ w.T + b
+    if activation == "relu":
+        return np.maximum(y, 0)
+    if activation == "gelu":
+        from scipy import special
+
+        return 0.5 * y * special.erfc(y * DTYPE(-np.sqrt(0.5)))
+    return y
 
 
+@pytest.mark.parametrize("activation", CPU_ACTIVATIONS, ids=lambda a: a or "none")
 @pytest.mark.parametrize("case", SHAPES, ids=_id)
-def test_cpu_numpy_unfused(benchmark, describe, measure, rotation, case):
+def test_cpu_numpy_unfused(benchmark, describe, measure, rotation, case, activation):
     inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cpu")
-    _label(describe, benchmark, case, "numpy", "cpu", path="unfused: matmul, +b, maximum")
-    measure(benchmark, _numpy_unfused, inputs, backend="cpu")
+    _cpu_label(describe, benchmark, case, "numpy", activation, path="unfused: matmul, +b, activation")
+    measure(benchmark, lambda x, w, b: _numpy_unfused(x, w, b, activation), inputs, backend="cpu")
     _record_rate(benchmark, case)
+
+
+def _torch_linear(torch, activation):
+    F = torch.nn.functional
+
+    def run(x, w, b):
+        with torch.no_grad():
+            y = torch.baddbmm(b[:, None, :], x, w.transpose(1, 2)) if w.dim() == 3 else F.linear(x, w, b)
+            return y if activation is None else torch.relu(y) if activation == "relu" else F.gelu(y)
+
+    return run
+
+
+def _cpu_torch(benchmark, describe, measure, rotation, peer, case, activation):
+    torch = peer("torch")
+    inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cpu")
+    tensors = itertools.cycle([tuple(torch.from_numpy(a) for a in copy) for copy in inputs.copies])
+    _cpu_label(describe, benchmark, case, "torch", activation, path="F.linear + activation (exact gelu)")
+    measure(benchmark, _torch_linear(torch, activation), lambda: next(tensors), backend="cpu")
+    _record_rate(benchmark, case)
+
+
+if not QUICK:  # torch's CPU peer at full sizes only: ``--quick`` keeps its time budget for the machinery
+    test_cpu_torch = pytest.mark.parametrize("activation", CPU_ACTIVATIONS, ids=lambda a: a or "none")(
+        pytest.mark.parametrize("case", SHAPES, ids=_id)(_cpu_torch))
 
 
 # --------------------------------------------------------------------------- GPU
@@ -233,3 +282,69 @@ def test_cuda_bfloat16_tensors(benchmark, describe, measure, rotation, peer, cas
 
     measure(benchmark, ours if impl == "liam_gpu" else theirs, lambda: next(tensors), backend="cuda")
     _record_rate(benchmark, case)
+
+
+# --------------------------------------------------------------------------- the issue-18 table
+
+#: (n, d_in, d_out) of the CPU table in docs/benchmarks.md.
+TABLE_SHAPES = [(4096, 1024, 1024), (65536, 256, 256), (256, 4096, 4096)]
+
+
+def cpu_table(reps: int = 9, threads: tuple[int, ...] = (1, 2), pause: float = 0.15) -> list[dict]:
+    """Ours against torch and unfused numpy, side by side, at each thread count; print and return rows.
+
+    Per cell, the implementations alternate ``reps`` times (median kept) on the
+    same inputs, float32: ``liam_gpu`` on numpy arrays (checks on, as called by
+    default, and off), on torch CPU tensors, torch's ``F.linear`` +
+    activation, and the unfused numpy pipeline.  ``threadpoolctl`` limits
+    numpy's BLAS and ``torch.set_num_threads`` torch's pool.  Each timed call
+    starts after ``pause`` seconds, so that no pool's spinning threads from the
+    previous call (OpenBLAS spins about 0.1 s) slow the next one.
+    """
+    import statistics
+    import time
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    rows = []
+    for n, d_in, d_out in TABLE_SHAPES:
+        x, w, b = _make((None, n, d_in, d_out))
+        tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
+        for activation in (None, "relu", "gelu"):
+            impls = {
+                "ours": lambda: lg.transform_matrix(x, w, b, activation, device="cpu"),
+                "ours_nocheck": lambda: lg.transform_matrix(x, w, b, activation, device="cpu", check_finite=False),
+                "ours_torch": lambda: lg.transform_matrix(tx, tw, tb, activation, device="cpu"),
+                "torch": lambda: _torch_linear(torch, activation)(tx, tw, tb),
+                "numpy": lambda: _numpy_unfused(x, w, b, activation),
+            }
+            for t in threads:
+                torch.set_num_threads(t)
+                times: dict[str, list[float]] = {k: [] for k in impls}
+                with threadpool_limits(t):
+                    for f in impls.values():
+                        f()
+                    for _ in range(reps):
+                        for k, f in impls.items():
+                            time.sleep(pause)
+                            start = time.perf_counter()
+                            f()
+                            times[k].append(time.perf_counter() - start)
+                med = {k: statistics.median(v) for k, v in times.items()}
+                row = {"shape": f"{n}, {d_in} -> {d_out}", "activation": activation or "none", "threads": t,
+                       **{f"{k}_ms": v * 1e3 for k, v in med.items()}}
+                rows.append(row)
+                print(f"{row['shape']:>20} {row['activation']:>5} t={t}  "
+                      + "  ".join(f"{k} {v * 1e3:7.1f}" for k, v in med.items())
+                      + f"  | ours/torch {med['ours'] / med['torch']:.2f}  ours/numpy {med['ours'] / med['numpy']:.2f}"
+                      f"  nocheck/torch {med['ours_nocheck'] / med['torch']:.2f}"
+                      f"  nocheck/numpy {med['ours_nocheck'] / med['numpy']:.2f}"
+                      f"  tensors/torch {med['ours_torch'] / med['torch']:.2f}", flush=True)
+    return rows
+
+
+if __name__ == "__main__":  # python bench/bench_transform.py [REPS]: the CPU table of docs/benchmarks.md
+    import sys
+
+    cpu_table(int(sys.argv[1]) if len(sys.argv) > 1 else 9)
