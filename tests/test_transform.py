@@ -447,6 +447,17 @@ def test_torch_cpu_errors_are_the_cores():
     with pytest.raises(ValueError, match="data contains NaN or Inf"):
         lg.transform_matrix(bad, w, b)
     lg.transform_matrix(bad, w, b, check_finite=False)  # no check: computed
+    # Checked from the product's sum (torch_ops): every input, and zero weights do not hide an Inf.
+    with pytest.raises(ValueError, match="data contains NaN or Inf"):
+        lg.transform_matrix(bad, torch.zeros(2, 3), b, "relu")
+    for name, args in {"weights": (x, w.clone().fill_(float("nan")), b), "bias": (x, w, b + float("inf"))}.items():
+        with pytest.raises(ValueError, match=f"{name} contains NaN or Inf"):
+            lg.transform_matrix(*args, "sigmoid")
+    with pytest.raises(ValueError, match="data contains NaN or Inf"):
+        lg.transform_matrix(bad, w, b, out=torch.full((4, 2), 7.0))
+    # Finite input whose product overflows: no error, as in the core.
+    huge = torch.full((4, 3), 3e38)
+    assert torch.isinf(lg.transform_matrix(huge, torch.ones(2, 3), None)).all()
 
 
 def test_torch_cpu_out_overlapping_an_input_goes_through_the_core():
