@@ -154,9 +154,11 @@ class CpuBackend(Backend):
             w_part = wt32 if wt32.ndim == 2 else wt32[sl]
             b_part = b32 if b32 is None or b32.ndim == 1 else b32[sl]
             buf = np.matmul(widen(x[sl]), w_part)
-            if b_part is not None:
+            if b_part is not None and b_part.ndim > 1:
                 buf += b_part
-            narrow(activations.apply_inplace(buf, activation), out=out[sl])
+                b_part = None
+            activations.apply_bias_inplace(buf.reshape(-1, buf.shape[-1]), b_part, activation)
+            narrow(buf, out=out[sl])
         return out
 
     # -- randomized SVD ----------------------------------------------------------
