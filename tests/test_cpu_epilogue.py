@@ -143,3 +143,12 @@ def test_extra_memory_is_below_one_output(parallel_always, act):
     finally:
         tracemalloc.stop()
     assert peak - y.nbytes <= y.nbytes // 2
+
+
+def test_without_threadpoolctl_one_thread_of_ours(monkeypatch, parallel_always):
+    # No threadpoolctl (the fast extra): BLAS keeps its own threads, ours stay at one; same bits.
+    x, w, b = _inputs(1000, 96, 200)
+    want = lg.transform_matrix(x, w, b, "gelu", device="cpu")
+    monkeypatch.setattr(_threads, "_controllers", [])
+    assert _threads.blas_threads() == 1
+    np.testing.assert_array_equal(lg.transform_matrix(x, w, b, "gelu", device="cpu"), want)
