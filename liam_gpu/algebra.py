@@ -281,7 +281,7 @@ def _as_int64(name: str, v: Any, xp: Any) -> Any:
     if v.dtype.kind in "iub":
         if v.dtype == np.uint64 and v.size and int(v.max()) >= 2**63:
             raise ValueError(f"{name} holds values above the int64 range")
-        return xp.ascontiguousarray(v, dtype=np.int64)
+        return v.astype(np.int64, order="C", copy=False)  # not ascontiguousarray: it makes 0-d input 1-d
     if v.dtype.kind != "f":
         raise TypeError(f"{name} must be an integer array (or whole-valued floats), got dtype {v.dtype}")
     if not bool(xp.isfinite(v).all()):
@@ -290,4 +290,4 @@ def _as_int64(name: str, v: Any, xp: Any) -> Any:
         raise ValueError(f"{name} has values with a fractional part; binary_encode encodes whole numbers only")
     if v.size and (float(v.min()) < -_INT64_LIMIT or float(v.max()) >= _INT64_LIMIT):
         raise ValueError(f"{name} holds values outside the int64 range")
-    return xp.ascontiguousarray(v, dtype=np.int64)
+    return v.astype(np.int64, order="C", copy=False)

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from . import arrays
+from . import arrays, validation
 
 #: Marker and version stored in every saved file.
 FORMAT = "liam_gpu.LowRank"
@@ -161,13 +161,15 @@ class LowRank:
 
         ``x`` is ``(..., n)`` for a single factorization (giving ``(..., k)``),
         or ``(B, p, n)`` for a stack (giving ``(B, p, k)``), of the factors'
-        array library.
+        array library: real numbers (booleans and integers are computed in
+        the factors' dtype); complex, string or object input is a ``TypeError``.
         """
         kind = arrays.common_kind(x=x, Vt=self.Vt)
         with arrays.caller_stream(kind):
             xc = arrays.to_compute(x, kind, name="x")
             vt = arrays.to_compute(self.Vt, kind)
             n = int(vt.shape[-1])
+            validation.float_dtype("x", xc)  # complex, string and object input is a TypeError, never cast
             if xc.ndim < 1 or int(xc.shape[-1]) != n:
                 raise ValueError(f"x must have {n} columns (its last axis), got shape {tuple(xc.shape)}")
             if self.batched and (xc.ndim != 3 or int(xc.shape[0]) != int(vt.shape[0])):

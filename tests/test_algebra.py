@@ -216,3 +216,12 @@ def test_singular_inverse_reported_as_nan_is_still_an_error(monkeypatch):
     with pytest.raises(ValueError, match="a is singular, so matrix_power with n=-2"):
         lg.BinaryAlgebra(device="cpu").matrix_power(np.eye(3), -2)
     assert np.all(lg.BinaryAlgebra(device="cpu").matrix_power(np.eye(3), 2) == 1.0)
+
+
+@pytest.mark.parametrize("value", [np.int64(5), 5, np.float64(-3.0), np.array(7)])
+def test_zero_dimensional_input_keeps_its_shape(value):
+    alg = lg.BinaryAlgebra(device="cpu")
+    bits = alg.binary_encode(value)
+    assert bits.shape == (64,)
+    back = alg.binary_decode(bits)
+    assert back.shape == () and int(back) == int(value)

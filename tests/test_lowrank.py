@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import liam_gpu as lg
 from liam_gpu.lowrank import LowRank
 
 
@@ -319,3 +320,12 @@ def test_source_dtype_is_saved_and_loaded_and_counts_in_the_ratio(tmp_path, rng)
     assert LowRank.load(old).source_dtype is None
     with pytest.raises(ValueError, match="boolean, integer or float"):
         LowRank(u, s, vt, source_dtype="U3")
+
+
+@pytest.mark.parametrize("bad", [np.ones(10) + 1j, np.array(["1"] * 10), np.array([object()] * 10)],
+                         ids=["complex", "numeric-strings", "object"])
+def test_project_refuses_complex_and_non_numeric_input(bad):
+    lr = lg.svd_compress(np.random.default_rng(0).random((20, 10)), 3, device="cpu")
+    with pytest.raises(TypeError, match="x "):
+        lr.project(bad)
+    np.testing.assert_allclose(lr.project(np.ones(10, dtype=int)), np.ones(10) @ lr.Vt.T)
