@@ -170,43 +170,46 @@ def svd_compress(
     device: Any = None,
     check_finite: bool = True,
 ) -> LowRank:
-    """Rank-``k`` :class:`~liam_gpu.LowRank` of a tall Dask array, one Dask reduction per pass.
+    """Rank-``k`` :class:`~liam_gpu.LowRank` of a Dask array, one Dask reduction per pass.
 
-    The algorithm of :func:`liam_gpu.svd_compress` (fixed rank, with its
-    fused power iterations): for ``x`` (m x n), ``m >= n``, and
-    ``l = min(k + p, n)``::
+    The engine of :func:`liam_gpu.svd_compress` (:mod:`liam_gpu.rangefinder`,
+    fixed rank) run over :class:`DaskOperator`: the operator is ``x`` when its
+    chunks hold whole rows, ``x.T`` when they hold whole columns (the factors
+    swap on the way out), and each product with it is one pass of per-block
+    tasks summed by a tree reduction::
 
         pass          Y_i = A_i Omega, V_i = A_i^T Y_i,     Y kept on the workers; V, ||A||^2
                       ||A_i||_F^2, Y_i^T Y_i                 and Y^T Y summed to the client
-        repeat q:     R = chol(Y^T Y);  W = basis(V R^-1)   on the client (n x l, l x l)
+        repeat q:     R = shifted_chol(Y^T Y)               on the client (l x l)
+                      W = basis(V R^-1)                     on the client (n x l)
         pass          Y_i = A_i W, V_i = A_i^T Y_i, Gram    (V only before the last step)
-        Q = CholeskyQR2(Y)                                  one more Gram reduction; Q = Y R^-1, lazy
-        last pass     Bt = sum_i A_i^T Q_i, Q^T Q            n x l and l x l, to the client
-        client        Bt = P R,  R^T = Uc S Vc^T           small SVD in float64
+        Q = orthonormalize(Y)                               Gram reductions; Q = Y R^-1, lazy
+        last pass     Bt = sum_i A_i^T Q_i                  n x l, to the client
+        client        Bt = P Rb,  Rb^T = Uc S Vc^T          small SVD in float64
         U_i = Q_i Uc[:, :k]                                 on the workers, signs flipped
 
     so ``A`` is read ``q + 2`` times (one more per power step whose ``Y`` is
-    too ill-conditioned to orthonormalize after ``A^T Y``, as on one machine)
-    and never gathered; between passes the workers hold one ``m x l`` basis
-    (``l / n`` of ``A``), at the end ``U``.  Power iterations are normalized
-    (unlike ``dask.array.linalg.svd_compressed``'s default) by the same
-    CholeskyQR choices as the single-machine code (:mod:`liam_gpu.cholqr`
-    runs with the cluster standing in for a backend, a TSQR as its
-    Householder fallback), so the result equals :func:`liam_gpu.svd_compress`
-    on the same data and seed to rounding, whatever the chunking.
+    too ill-conditioned to orthonormalize after ``A^T Y``, and one for the
+    residual when the error is small, as on one machine) and never gathered;
+    between passes the workers hold one ``m x l`` basis, at the end the long
+    factor.  Power iterations are normalized (unlike
+    ``dask.array.linalg.svd_compressed``'s default); the result equals
+    :func:`liam_gpu.svd_compress` on the same data and seed to rounding,
+    whatever the chunking.
 
     Parameters
     ----------
     x
-        ``dask.array.Array`` (m, n), ``m >= n``, chunked along rows only
-        (``x.numblocks[1] == 1``) with known chunk sizes; numpy or CuPy
-        chunks.  Never modified.  Integers compute in float64, float16 in
-        float32.  Complex input is refused (the conjugate transpose this
+        ``dask.array.Array`` (m, n), tall or wide, chunked along one axis only
+        (every chunk holds whole rows, ``x.numblocks[1] == 1``, or whole
+        columns, ``x.numblocks[0] == 1``) with known chunk sizes; numpy or
+        CuPy chunks.  Never modified.  Integers compute in float64, float16
+        in float32.  Complex input is refused (the conjugate transpose this
         would need is not implemented).
     k
-        Rank, ``1 <= k <= n``; default ``min(32, n)``.
+        Rank, ``1 <= k <= min(m, n)``; default ``min(32, m, n)``.
     n_oversamples
-        Oversampling ``p``: the sketch has ``l = min(k + p, n)`` columns.
+        Oversampling ``p`` (the sketch width is ``k + p`` rounded up to 8).
     n_iter
         Power iterations ``q``; ``"auto"`` is scikit-learn's rule (7 if
         ``k < 0.1 n``, else 4).  None are run when ``l = n``.
@@ -223,12 +226,14 @@ def svd_compress(
     Returns
     -------
     LowRank
-        ``U`` a ``dask.array.Array`` (m, k) in ``x``'s row chunks (empty
-        chunks left out) and chunk type, its blocks persisted on the workers
-        (the column signs, +-1, applied lazily on top); ``S`` (k,)
-        and ``Vt`` (k, n) numpy arrays on the client; dtype float32 for
-        float32 input, else float64; ``relative_error`` the estimate
-        ``sqrt(||A||_F^2 - sum(S**2)) / ||A||_F``.
+        For row chunks: ``U`` a ``dask.array.Array`` (m, k) in ``x``'s row
+        chunks (empty chunks left out) and chunk type, its blocks persisted
+        on the workers (the column signs, +-1, applied lazily on top); ``S``
+        (k,) and ``Vt`` (k, n) numpy arrays on the client.  For column
+        chunks: ``Vt`` the Dask array (k, n) in ``x``'s column chunks, ``U``
+        (m, k) and ``S`` on the client.  dtype float32 for float32 input,
+        else float64; ``relative_error`` the engine's estimate (within a
+        factor 2 of the truth above the dtype's resolution).
 
     Raises
     ------
@@ -236,33 +241,32 @@ def svd_compress(
         ``x`` not a Dask array, complex or non-numeric; non-integer ``k``,
         ``n_oversamples``, ``n_iter`` or seed; ``device`` not a string.
     ValueError
-        ``x`` not 2-D, empty, wide, chunked along columns, of unknown chunk
+        ``x`` not 2-D, empty, chunked along both axes, of unknown chunk
         sizes, or holding NaN/Inf; ``k``, ``n_oversamples``, ``n_iter``,
         ``random_state`` or ``device`` out of range.
     """
     x = _check_dask_array("x", x)
     validation.check_ndim("x", x, ndim=2)
     dtype = validation.float_dtype("x", x)
-    _check_row_chunks("x", x, known_rows=True)
+    # Blocks must hold whole rows (the operator is x) or whole columns (the operator is x.T,
+    # whose row blocks are x's column blocks, and the factors swap on the way out).
+    swapped = x.numblocks[1] > 1 or (x.numblocks[0] == 1 and x.shape[0] < x.shape[1])
+    _check_row_chunks("x", x.T if swapped else x, known_rows=True, transposed=swapped)
     m, n = (int(d) for d in x.shape)
     validation.check_not_empty("x", x)
-    if m < n:
-        raise ValueError(
-            f"x must be tall (rows >= columns) and chunked along its rows, got shape {(m, n)}; "
-            "for a wide matrix chunked along columns factor x.T and swap the factors"
-        )
     _check_device(device)
-    k = min(DEFAULT_RANK, n) if k is None else validation.check_rank("k", k, n, what="n")
+    k = min(DEFAULT_RANK, m, n) if k is None else validation.check_rank("k", k, min(m, n))
     p = _check_count("n_oversamples", n_oversamples, minimum=0)
-    q = _n_iter(n_iter, k, n)
+    q = _n_iter(n_iter, k, min(m, n))
     seed = seed_from_random_state(random_state)
     if not isinstance(check_finite, (bool, np.bool_)):
         raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
 
-    if any(r == 0 for r in x.chunks[0]):
+    t = x.T if swapped else x
+    if any(r == 0 for r in t.chunks[0]):
         # Zero-row chunks (left by filtering) carry nothing; dropping them moves no data.
-        x = x.rechunk({0: tuple(r for r in x.chunks[0] if r > 0)})
-    op = DaskOperator(x, dtype, device)
+        t = t.rechunk({0: tuple(r for r in t.chunks[0] if r > 0)})
+    op = DaskOperator(t, dtype, device, swapped=swapped)
     plan = Plan(k=k, p=p, q=q, seed=seed, check=bool(check_finite), estimate=True)
     fact = fixed_rank(op, plan)
     u, s, vt = fact.factors(k, flip=True)
@@ -281,12 +285,19 @@ def _check_dask_array(name: str, x: Any) -> Any:
     return x
 
 
-def _check_row_chunks(name: str, x: Any, *, known_rows: bool) -> None:
+def _check_row_chunks(name: str, x: Any, *, known_rows: bool, transposed: bool = False) -> None:
     """Every chunk must hold whole rows (one chunk along the last axis) of a known width.
 
     ``known_rows``: the row chunk sizes must be known too (the SVD needs the
-    shapes of its bases; a lazy map does not).
+    shapes of its bases; a lazy map does not).  ``transposed``: ``x`` is the
+    caller's array transposed, so its rows are the caller's columns.
     """
+    if transposed and x.numblocks[-1] != 1:
+        raise ValueError(
+            f"{name} is chunked along both axes ({name}.numblocks = {x.numblocks[::-1]}); each chunk must "
+            f"hold whole rows or whole columns: rechunk with {name}.rechunk({{1: -1}}) or "
+            f"{name}.rechunk({{0: -1}}) (not done implicitly: it moves all of the array between workers)"
+        )
     axes = x.chunks if known_rows else x.chunks[-1:]
     if any(math.isnan(c) for axis in axes for c in axis):
         raise ValueError(
@@ -351,7 +362,8 @@ class DaskOperator:
         The ``device=`` argument, resolved on the workers.
     """
 
-    def __init__(self, a: Any, dtype: np.dtype, device: Any) -> None:
+    def __init__(self, a: Any, dtype: np.dtype, device: Any, *, swapped: bool = False) -> None:
+        self.swapped = swapped
         self.a = a
         self.dtype = np.dtype(dtype)
         self.device = device
@@ -364,7 +376,6 @@ class DaskOperator:
         self._sketch_finite = True
 
     # -- the operator protocol ---------------------------------------------------------
-    swapped = False
     sums_in_sketch = True  # ||A||^2 comes with the sketch pass (see sum_squares)
     xp = np  # the basis-space concatenations of the engine never reach Dask (no tol mode here)
 
@@ -406,6 +417,10 @@ class DaskOperator:
             return
         self.check_finite()  # raises for NaN/Inf in x
         raise ValueError(f"x is finite but so large that its products overflow {self.dtype}; scale it down")
+
+    def transpose(self, x: Any) -> Any:
+        """``x^T`` of a basis-space array, lazily (a wide ``x``'s ``Vt`` stays on the workers)."""
+        return x.T
 
     def left(self, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
         if not flip:

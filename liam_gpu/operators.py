@@ -20,6 +20,8 @@ with_v)``                   ``with_v``, ``V = T^T Y`` from the same pass
                             ``T``) is not finite
 ``left(q, c, flip)``        ``U = Q C`` and, ``flip``, scikit-learn's column
                             signs of ``U`` (applied)
+``transpose(x)``            ``x^T`` of a basis-space array (a swapped
+                            operator's ``Vt``; lazy for Dask)
 ``dense_svd()``             the exact thin SVD of ``T``, or None where a
                             dense factorization is not on offer
 ==========================  ================================================
@@ -84,6 +86,10 @@ class _InMemory:
 
     def left(self, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
         return left_factor(self.backend, self.dtype, q, c, flip=flip)
+
+    def transpose(self, x: Any) -> Any:
+        """``x^T`` of a basis-space array, C-contiguous (a swapped operator's ``Vt``)."""
+        return self.backend.xp.ascontiguousarray(x.T)
 
 
 @dataclass(frozen=True)
@@ -299,3 +305,6 @@ class RankOneUpdate:
 
     def left(self, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
         return self.base.left(q, c, flip=flip)
+
+    def transpose(self, x: Any) -> Any:
+        return self.base.transpose(x)

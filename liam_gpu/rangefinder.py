@@ -169,7 +169,7 @@ class Factorization:
         s = backend.asarray(self.s[:k].astype(dtype))
         if op.swapped:  # T = A^T: A = (P Vc) S (Q Uc)^T, and U is the right-hand factor
             u = backend.xp.ascontiguousarray(right)
-            vt = backend.xp.ascontiguousarray(left.T)
+            vt = op.transpose(left)
             if flip:
                 u, vt = flip_signs(backend.xp, u, vt)
             return u, s, vt
@@ -300,8 +300,8 @@ def fixed_rank(op: Any, plan: Plan, norm2: float | None = None) -> Factorization
 
     ``norm2``: ``||T||_F^2`` if known (else measured when ``plan.estimate``).
     """
-    nt = op.shape[1]
-    width = sketch_width(plan.k, plan.p, nt)
+    mt, nt = op.shape
+    width = min(sketch_width(plan.k, plan.p, nt), mt)  # mt < nt only for a Dask array chunked along columns
     # A sketch as wide as the matrix spans its whole range: iterating only squares its conditioning.
     q = 0 if width >= nt else plan.q
     if width >= nt and hasattr(op, "dense_svd"):
