@@ -27,7 +27,6 @@ from .backends import _threads
 __all__ = ["takes", "transform_matrix"]
 
 _DTYPES = (torch.float32, torch.float64)
-_GELU = activations.ACTIVATIONS["gelu"]
 #: Elements per row block of the torch erfc epilogue: its temporary stays in L2.
 _BLOCK_ELEMENTS = 1 << 16
 
