@@ -75,14 +75,13 @@ def _fused_rows(x, wt, bias, code, out):
     The thread limit is set for this call only.
     """
     n, d_out = out.shape
-    whole = ((0, n), (0, d_out))
     workers = _threads.blas_threads() if 2 * n * d_out * x.shape[1] >= _PARALLEL_FLOPS else 1
     by_cols = d_out > n
-    workers = min(workers, (d_out if by_cols else n) // _ROW_ALIGN)
-    if workers <= 1:
-        _gemm_blocks(x, wt, bias, code, out, *whole)
-        return out
     extent = d_out if by_cols else n
+    workers = min(workers, extent // _ROW_ALIGN)
+    if workers <= 1:
+        _gemm_blocks(x, wt, bias, code, out, (0, n), (0, d_out))
+        return out
     share = -(-extent // workers)
     share = -(-share // _ROW_ALIGN) * _ROW_ALIGN
     if by_cols:
@@ -132,15 +131,15 @@ class CpuBackend(Backend):
         if out.dtype == np.float16:
             return self._half_gemm_epilogue(x, wt, bias, activation, out, _widen_half, _narrow_half)
         np.matmul(x, wt, out=out)
-        flat = out.reshape(-1, out.shape[-1]) if bias is None or bias.ndim == 1 else out
+        per_item = bias is not None and bias.ndim > 1  # batched: one bias row per batch item
+        flat = out if per_item else out.reshape(-1, out.shape[-1])
         step = max(1, _CHUNK_ELEMENTS // max(1, flat[0].size))
         for start in range(0, flat.shape[0], step):
             part = flat[start:start + step]
-            if bias is not None and bias.ndim > 1:
+            if per_item:
                 part += bias[start:start + step]
                 part = part.reshape(-1, part.shape[-1])
-            activations.apply_bias_inplace(part, bias if bias is not None and bias.ndim == 1 else None,
-                                           activation)
+            activations.apply_bias_inplace(part, None if per_item else bias, activation)
         return out
 
     def _half_gemm_epilogue(self, x, wt, bias, activation, out, widen, narrow):
