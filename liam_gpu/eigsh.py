@@ -6,7 +6,6 @@ from typing import Any
 import numpy as np
 
 from . import arrays, validation
-from .operators import DenseOperator
 from .rangefinder import ResolutionWarning, range_finder, sketch_width
 from .svd import _Matrix, _check_count, _check_normalizer, _n_iter, _resolve, seed_from_random_state
 
@@ -71,7 +70,7 @@ def randomized_eigsh(
             raise ValueError(f"M must be a square 2-D matrix, got shape {mat.shape}")
         n = mat.shape[0]
         k = validation.check_rank("n_components", n_components, n, what="n")
-        op = mat.data if mat.sparse else DenseOperator.of(backend, mat.data, mat.transposed)
+        op = mat.operator(backend)
         width = sketch_width(k, p, n)
         q = 0 if width >= n else _n_iter(n_iter, k, n)
         basis = range_finder(op, width, q, seed_from_random_state(random_state), normalizer=normalizer,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import arrays, validation
-from .operators import DenseOperator, RankOneUpdate
+from .operators import RankOneUpdate
 from .rangefinder import Plan, fixed_rank
 from .svd import _Matrix, _check_count, _check_normalizer, _mean, _n_iter, _resolve, seed_from_random_state
 
@@ -102,12 +102,11 @@ def pca(
         m, n = mat.shape
         if m < 2:
             raise ValueError(f"x must have at least 2 samples for a variance, got {m}")
-        if check_finite and not mat.sparse:
-            validation.check_finite("x", mat.data)
         mean = _mean(backend, mat, True, kind)
+        if check_finite and not np.isfinite(mean).all():  # NaN/Inf in a column reaches its mean: no extra pass
+            validation.check_finite("x", mat.data.data if mat.sparse else mat.data)
         k = validation.check_rank("n_components", n_components, min(m, n))
-        base = mat.data if mat.sparse else DenseOperator.of(backend, mat.data, mat.transposed)
-        op = RankOneUpdate.centred(base, mean)
+        op = RankOneUpdate.centred(mat.operator(backend), mean)
         plan = Plan(k=k, p=p, q=_n_iter(n_iter, k, min(m, n)), seed=seed_from_random_state(random_state),
                     normalizer=normalizer, check=bool(check_finite), flip=False)
         u, s, vt = fixed_rank(op, plan).factors(k, flip=False)

@@ -9,7 +9,6 @@ matrices get the exact SVD of the batched kernel instead.
 """
 from __future__ import annotations
 
-import math
 import numbers
 import sys
 from dataclasses import dataclass
@@ -267,12 +266,7 @@ def randomized_range_finder(
         m = mat.shape[0]
         size = validation.check_rank("size", size, m, what="m")
         mean = _mean(backend, mat, center, kind)
-        # The caller's orientation, tall or not: Q lives on a's row side.
-        if mat.sparse:
-            op = mat.data
-            op = type(op)(op.backend, op.data_t, op.data, False) if op.swapped else op
-        else:
-            op = DenseOperator(backend, mat.data, mat.transposed, False)
+        op = mat.operator(backend, tall=False)  # the caller's orientation: Q lives on a's row side
         if mean is not None:
             op = RankOneUpdate.centred(op, mean)
         basis = range_finder(op, size, q, seed_from_random_state(random_state), normalizer=normalizer,
@@ -361,6 +355,15 @@ class _Matrix:
     @property
     def min_dim(self) -> int:
         return min(self.shape[-2:])
+
+    def operator(self, backend: Any, *, tall: bool = True) -> Any:
+        """The 2-D matrix as an operator: its tall view (the engine's), or the caller's orientation."""
+        if self.sparse:
+            op = self.data
+            return op if tall or not op.swapped else SparseOperator(op.backend, op.data_t, op.data, False)
+        if tall:
+            return DenseOperator.of(backend, self.data, self.transposed)
+        return DenseOperator(backend, self.data, self.transposed, False)
 
     @classmethod
     def prepare(cls, backend: Any, a: Any, kind: arrays.ArrayKind, *, max_ndim: int = 3) -> "_Matrix":
@@ -461,7 +464,7 @@ def _factor(backend: Any, mat: _Matrix, plan: Plan, mean: np.ndarray | None = No
     """``(U, S, Vt, relative_error)`` of a prepared 2-D matrix or stack (signs flipped), centred by ``mean``."""
     xp = backend.xp
     if len(mat.shape) == 2:
-        op = mat.data if mat.sparse else DenseOperator.of(backend, mat.data, mat.transposed)
+        op = mat.operator(backend)
         return _factor_one(op if mean is None else RankOneUpdate.centred(op, mean), plan)
     batch, m, n = mat.shape
     if backend.batched_svd_fits(m, n, mat.data.dtype):
