@@ -71,6 +71,10 @@ EPILOGUE_MAX_REGISTERS = 64
 EPILOGUE_THREADS = 256
 
 
+#: The activation functors' template argument, built once (every launch names its entry).
+_ACTS = kernel_list()
+
+
 def _cbool(flag: bool) -> str:
     return "true" if flag else "false"
 
@@ -83,12 +87,12 @@ def linear_entry(dtype: str, config: TileConfig, vec: bool) -> str:
     """
     min_blocks = config.min_blocks(COMPUTE_ITEMSIZE[dtype])
     return (f"linear_kernel<{CTYPES[dtype]}, {config.bm}, {config.bn}, {config.bk}, {config.tm}, "
-            f"{config.tn}, {_cbool(vec)}, {min_blocks}, {kernel_list()}>")
+            f"{config.tn}, {_cbool(vec)}, {min_blocks}, {_ACTS}>")
 
 
 def epilogue_entry(dtype: str, vec: bool) -> str:
     """The name expression of one ``epilogue_kernel`` instantiation."""
-    return f"epilogue_kernel<{CTYPES[dtype]}, {_cbool(vec)}, {EPILOGUE_THREADS}, {kernel_list()}>"
+    return f"epilogue_kernel<{CTYPES[dtype]}, {_cbool(vec)}, {EPILOGUE_THREADS}, {_ACTS}>"
 
 
 def _family() -> KernelFamily:
