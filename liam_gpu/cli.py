@@ -284,16 +284,11 @@ class _Stages:
 
 def _load_npy(path: str) -> np.ndarray:
     """A ``.npy`` array, its declared size checked against the file and the memory first."""
-    from liam_gpu.lowrank import check_fits_in_memory
+    from liam_gpu.lowrank import check_fits_in_memory, read_npy_header
 
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            declared = f.tell() + math.prod(shape) * dtype.itemsize
+            _, shape, dtype, declared = read_npy_header(f)
             size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         raise

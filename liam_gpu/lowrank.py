@@ -439,21 +439,27 @@ def _read_lowrank_file(path: Any) -> dict[str, np.ndarray]:
     return data
 
 
+def read_npy_header(fp: BinaryIO) -> tuple[tuple[int, int], tuple[int, ...], np.dtype, int]:
+    """What an ``.npy`` stream declares: format version, shape, dtype and its size in bytes, header included.
+
+    Only the header is read (``fp`` is left at the data), so nothing is
+    allocated for a file that declares a huge array.
+    """
+    version = np.lib.format.read_magic(fp)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(fp)
+    return version, shape, dtype, fp.tell() + math.prod(shape) * dtype.itemsize
+
+
 def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, key: str,
                    file_size: int) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype an ``.npy`` member declares, checked against the member's and the file's sizes."""
     with zf.open(info) as fp:
-        version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
-        else:
-            raise ValueError(f"{name}: {key} is in .npy format {version}, which a LowRank file never uses")
-        header = fp.tell()
+        version, shape, dtype, declared = read_npy_header(fp)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"{name}: {key} is in .npy format {version}, which a LowRank file never uses")
     if dtype.hasobject:
         raise ValueError(f"{name}: {key} holds Python objects ({dtype}); they are never unpickled")
-    declared = header + math.prod(shape) * dtype.itemsize
     if info.file_size != declared:
         raise ValueError(f"{name}: {key} declares shape {shape} of {dtype} ({declared} bytes with its header), "
                          f"but the archive member holds {info.file_size} bytes")
