@@ -511,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_cli(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:  # as liam_gpu.cli.main (which imports this module)
         print(f"liam-gpu bench: error: {err}", file=sys.stderr)
         return 2
 
