@@ -23,12 +23,10 @@ import torch
 
 from .. import arrays, dispatch
 from ..backends import canonical_device
-from ..activations import ACTIVATIONS, activation_code
+from ..activations import ACTIVATIONS, TABLE, activation_code
 
 __all__ = ["TransformFunction", "activation_name", "host_linear", "result_dtype", "transform_matrix"]
 
-#: Activation code -> canonical name (the custom operator takes the name).
-_NAMES: dict[int, str | None] = {code: name for name, code in ACTIVATIONS.items()}
 #: Activations whose derivative is a function of the output; the others need
 #: the pre-activation, which backward recomputes rather than keeping it alive.
 _GRAD_FROM_OUTPUT = {ACTIVATIONS[None], ACTIVATIONS["relu"], ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]}
@@ -214,8 +212,7 @@ def transform_matrix(
         in-place result cannot be differentiated), and every error of
         :func:`liam_gpu.transform_matrix`.
     """
-    code = activation_code(activation)
-    name = _NAMES[code]
+    name = activation_name(activation)
     if arrays.needs_autograd(data, weights, bias):
         if out is not None:
             raise ValueError("out= is not supported when data, weights or bias requires grad")
@@ -363,4 +360,4 @@ def _as_tensors(*values: Any) -> list[Any]:
 
 def activation_name(activation: str | None) -> str | None:
     """The canonical name of an activation (what the custom operator takes); ValueError if unknown."""
-    return _NAMES[activation_code(activation)]
+    return TABLE[activation_code(activation)].name
