@@ -8,8 +8,9 @@ custom operator ``torch.ops.liam_gpu.transform_matrix``),
 below are re-exported here, so ``liam_gpu.torch.Linear`` and the like keep
 working.
 
-This package is the only part of liam-gpu that imports torch at import time;
-nothing below it imports it.
+This package is the only part of liam-gpu that imports torch at import time,
+with :mod:`liam_gpu.torch_ops`, which :mod:`liam_gpu.dispatch` loads only for
+torch tensors (torch is then imported already); nothing else below it does.
 """
 from .allocator import use_torch_allocator
 from .functional import TransformFunction, result_dtype, transform_matrix
