@@ -39,9 +39,15 @@ def test_wheel_ships_every_kernel_source_and_the_emulator_header(wheel):
         assert f"liam_gpu/emulator/{name}" in names
 
 
-def test_installed_package_finds_its_kernels_from_another_directory(wheel, tmp_path):
+def _unpacked(wheel: Path, tmp_path: Path) -> Path:
+    """The wheel extracted as a site-packages folder."""
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
+    return site
+
+
+def test_installed_package_finds_its_kernels_from_another_directory(wheel, tmp_path):
+    site = _unpacked(wheel, tmp_path)
     code = (
         "import liam_gpu, pathlib; from liam_gpu.launch import families; from liam_gpu.launch.family import kernel_dir;"
         "d = kernel_dir(); assert pathlib.Path(liam_gpu.__file__).parent in d.parents, d;"
@@ -77,13 +83,6 @@ def test_readme_quick_start_runs(monkeypatch):
 
     np.testing.assert_allclose(namespace["y"], namespace["data"] @ namespace["weights"].T, rtol=1e-5)
     assert namespace["approx"].shape == namespace["data"].shape
-
-
-def _unpacked(wheel: Path, tmp_path: Path) -> Path:
-    """The wheel extracted as a site-packages folder."""
-    site = tmp_path / "site"
-    zipfile.ZipFile(wheel).extractall(site)
-    return site
 
 
 def test_the_wheel_carries_the_benchmark_suite_and_not_its_results(wheel, tmp_path):
