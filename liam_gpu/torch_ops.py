@@ -64,14 +64,10 @@ def transform_matrix(data: torch.Tensor, weights: torch.Tensor, bias: torch.Tens
     views = {name: arrays.to_compute(t, kind, name=name) for name, t in named.items()}
     transform.check_shapes(views["data"], views["weights"], views.get("bias"))
 
-    def check_inputs() -> None:  # the core's checks, in its order, with its messages
-        for name, v in views.items():
-            validation.check_finite(name, v)
-
     out_shape = tuple(data.shape[:-1]) + (weights.shape[0],)
     if out is not None:
         if check_finite:
-            check_inputs()  # before out is written, as the core does
+            validation.check_all_finite(**views)  # before out is written, as the core does
         dest = arrays.to_compute(out, kind, name="out", writable=True)
         transform.check_out(dest, out_shape, np.dtype(dest.dtype))
         if validation.overlapping(dest, **views):
@@ -87,8 +83,8 @@ def transform_matrix(data: torch.Tensor, weights: torch.Tensor, bias: torch.Tens
             if check_finite:
                 with np.errstate(over="ignore", invalid="ignore"):
                     finite = np.isfinite(np.sum(y.numpy()))
-                if not finite:
-                    check_inputs()
+                if not finite:  # the core's checks, in its order, with its messages
+                    validation.check_all_finite(**views)
         else:
             y = out.view(-1, weights.shape[0])
             if bias is None:

@@ -71,6 +71,13 @@ def check_finite(name: str, x: Any, *, storage: str | None = None) -> None:
         raise ValueError(f"{name} contains NaN or Inf; pass check_finite=False to skip this check")
 
 
+def check_all_finite(**named: Any) -> None:
+    """:func:`check_finite` on each array given (None skipped), in order: the first bad one is named."""
+    for name, x in named.items():
+        if x is not None:
+            check_finite(name, x)
+
+
 def check_rank(name: str, k: Any, limit: int, *, what: str = "min(m, n)") -> int:
     """Validate a target rank ``1 <= k <= limit`` and return it as ``int``."""
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):

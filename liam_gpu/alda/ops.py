@@ -91,9 +91,7 @@ def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=No
             # The whole input, before any chunk writes out: a NaN in the last chunk
             # must not leave the first ones written (cpu and emulator check first too).
             # Every cast to the result dtype widens, so finite inputs stay finite.
-            for name, a in (("data", x), ("weights", w), ("bias", b)):
-                if a is not None:
-                    validation.check_finite(name, a)
+            validation.check_all_finite(data=x, weights=w, bias=b)
 
         def run(*chunk: Any) -> Any:
             device = backend_name(current_device())
