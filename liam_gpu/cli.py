@@ -310,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and tests)."""
     from liam_gpu import benchmarks  # the bench options are the benchmark module's own
     from liam_gpu._version import __version__
+    from liam_gpu.svd import DEFAULT_RANK
 
     parser = argparse.ArgumentParser(prog="liam-gpu", description=__doc__)
     parser.add_argument("--version", action="version", version=f"liam-gpu {__version__}")
@@ -333,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "truncated SVD factors in an .npz file (the input's dtype is recorded).")
     p.add_argument("input", help="a .npy file")
     p.add_argument("-k", type=int, default=None,
-                   help="target rank (default: 32, or min(m, n) if smaller; chosen by --tol when given)")
+                   help=f"target rank (default: {DEFAULT_RANK}, or min(m, n) if smaller; chosen by --tol when given)")
     p.add_argument("--tol", type=float, default=None,
                    help="target relative error instead of -k: the smallest rank that reaches it")
     p.add_argument("-o", "--output", required=True, help="the .npz file to write (required)")
