@@ -162,6 +162,8 @@ def apply_bias_inplace(y: np.ndarray, bias: np.ndarray | None, code: int) -> np.
     The bias is added in ``y``'s dtype before the activation, so every path
     rounds as ``y += bias`` followed by :func:`apply_inplace` does.
     """
+    if bias is None and int(code) == 0:
+        return y  # nothing to apply: no pass over y
     if int(code) == _GELU and y.dtype == np.float32 and y.ndim == 2 and y.strides[1] == y.itemsize:
         fast = fast_epilogue()
         if fast is not None:
