@@ -172,13 +172,13 @@ def _decompress(args: argparse.Namespace) -> int:
     from liam_gpu.lowrank import atomic_write, check_fits_in_memory, real_dtype
 
     lr = lg.LowRank.load(args.input)
+    factors = np.dtype(lr.dtype)
     if args.dtype is not None:
         target = real_dtype(args.dtype, "--dtype")
     else:
-        target = lr.source_dtype if lr.source_dtype is not None else np.dtype(lr.dtype)  # old files: the factors'
+        target = lr.source_dtype if lr.source_dtype is not None else factors  # old files: the factors'
     # The product in the factors' dtype, plus its conversion when the dtype changes.
-    factor_item = np.dtype(lr.dtype).itemsize
-    need = math.prod(lr.shape) * (factor_item + (target.itemsize if target != np.dtype(lr.dtype) else 0))
+    need = math.prod(lr.shape) * (factors.itemsize + (target.itemsize if target != factors else 0))
     check_fits_in_memory(need, f"{args.input}: the dense {lr.shape} matrix")
     dense = _to_dtype(np.asarray(lr), target, args.input)
     with atomic_write(args.output) as f:
