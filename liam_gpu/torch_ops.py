@@ -69,7 +69,7 @@ def transform_matrix(data: torch.Tensor, weights: torch.Tensor, bias: torch.Tens
         if check_finite:
             validation.check_all_finite(**views)  # before out is written, as the core does
         dest = arrays.to_compute(out, kind, name="out", writable=True)
-        transform.check_out(dest, out_shape, np.dtype(dest.dtype))
+        transform.check_out(dest, out_shape, np.dtype(views["data"].dtype))  # takes(): one dtype for all
         if validation.overlapping(dest, **views):
             return None  # the core writes through a separate buffer
     x2 = data.reshape(-1, data.shape[-1])
