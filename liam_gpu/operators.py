@@ -19,8 +19,9 @@ with_v)``                   ``with_v``, ``V = T^T Y`` from the same pass
 ``residual_sq(q, bt)``      ``||T - Q Bt^T||_F^2`` (float64), one pass
 ``require_finite(y)``       raise the input's error if ``y`` (made from
                             ``T``) is not finite
-``left(q, c, flip)``        ``U = Q C`` and, ``flip``, scikit-learn's column
-                            signs of ``U`` (applied)
+``left(q, c, flip)``        ``U = Q C`` (``c`` an int ``k``: ``Q[:, :k]``)
+                            and, ``flip``, scikit-learn's column signs of
+                            ``U`` (applied)
 ``transpose(x)``            ``x^T`` of a basis-space array (a swapped
                             operator's ``Vt``; lazy for Dask)
 ``dense_svd()``             the exact thin SVD of ``T`` (only operators
@@ -50,9 +51,14 @@ def _row_blocks(rows: int, cols: int):
     return ((start, min(rows, start + step)) for start in range(0, rows, step))
 
 
-def left_factor(backend: Any, dtype: Any, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
-    """``U = Q C`` in ``backend`` and, with ``flip``, scikit-learn's column signs of ``U`` (applied, and returned)."""
-    u = backend.matmul(q, backend.asarray(np.ascontiguousarray(c, dtype=dtype)))
+def left_factor(backend: Any, dtype: Any, q: Any, c: np.ndarray | int, *,
+                flip: bool) -> tuple[Any, np.ndarray | None]:
+    """``U = Q C`` in ``backend`` (``c`` an int ``k``: ``C = I[:, :k]``, a copy of ``Q``'s first
+    columns) and, with ``flip``, scikit-learn's column signs of ``U`` (applied, and returned)."""
+    if isinstance(c, int):
+        u = backend.xp.array(q[:, :c], order="C")
+    else:
+        u = backend.matmul(q, backend.asarray(np.ascontiguousarray(c, dtype=dtype)))
     if not flip:
         return u, None
     xp = backend.xp

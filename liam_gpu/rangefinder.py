@@ -160,7 +160,8 @@ class Factorization:
     def factors(self, k: int, *, flip: bool) -> tuple[Any, Any, Any]:
         """``U`` (m, k), ``S`` (k,), ``Vt`` (k, n) of the caller's matrix (scikit-learn's signs with ``flip``)."""
         op, backend, dtype = self.op, self.op.backend, self.op.dtype
-        uc = np.eye(self.q.shape[1], k) if self.uc is None else self.uc[:, :k]
+        # Uc = I (a dense factorization): the first k columns, not a product with the identity.
+        uc = k if self.uc is None else self.uc[:, :k]
         left, signs = op.left(self.q, uc, flip=flip and not op.swapped)
         if self.vc is None:
             right = backend.xp.ascontiguousarray(self.p[:, :k])
@@ -302,10 +303,11 @@ def fixed_rank(op: Any, plan: Plan, norm2: float | None = None) -> Factorization
     """
     mt, nt = op.shape
     width = min(sketch_width(plan.k, plan.p, nt), mt)  # mt < nt only for a Dask array chunked along columns
-    # A sketch as wide as the matrix spans its whole range: iterating only squares its conditioning.
+    # A sketch as wide as the matrix spans its whole range: LAPACK's SVD is exact and
+    # cheaper where the operator offers it; else no power iteration (it would only
+    # square the conditioning).
     q = 0 if width >= nt else plan.q
     if width >= nt and hasattr(op, "dense_svd"):
-        # A sketch as wide as the matrix spans its whole range: LAPACK's SVD is exact, and cheaper.
         if plan.check:  # LAPACK would answer NaN with its own message
             op.require_finite(op.data)
         return dense(op, _norm2(op, plan) if plan.estimate and norm2 is None else norm2)
@@ -333,10 +335,7 @@ def adaptive(op: Any, plan: Plan) -> tuple[Factorization, int]:
     if plan.tol < floor:
         warnings.warn(f"tol={plan.tol:g} is below the {op.dtype} error estimate's resolution {floor:g}: "
                       f"returning the rank cap {plan.k}", ResolutionWarning, stacklevel=4)
-        if min(plan.k + plan.p, nt) > DENSE_SHARE * nt and hasattr(op, "dense_svd"):
-            fact = dense(op, norm2)
-        else:
-            fact = fixed_rank(op, plan, norm2)
+        fact = fixed_rank(op, plan, norm2)  # dense when the cap's sketch spans the matrix
         return fact, min(plan.k, fact.width)
     target = plan.tol**2 * norm2
     basis = bt = None
