@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from liam_gpu.launch.family import BASE_OPTIONS, KernelBudget
-from liam_gpu.toolchain.results import CompileResult, EntryInfo, Output, Problem, is_warning_line
+from liam_gpu.toolchain.results import CompileResult, EntryInfo, Output, Problem
 
 if TYPE_CHECKING:
     from liam_gpu.launch.family import KernelFamily
