@@ -164,8 +164,8 @@ def upper_inverse(r: np.ndarray) -> np.ndarray:
 
     ``inv([[A, B], [0, C]]) = [[inv(A), -inv(A) B inv(C)], [0, inv(C)]]``,
     recursively, with numpy's LAPACK for the small diagonal blocks: ``l^3 / 3``
-    flops in GEMMs instead of a general inverse's ``2 l^3`` (0.3 against 1.3
-    ms at ``l = 210``, one thread, measured here).  numpy only, on purpose:
+    flops in GEMMs instead of a general inverse's ``2 l^3`` (0.35 against
+    1.32 ms at ``l = 210``, one thread, measured here).  numpy only, on purpose:
     scipy bundles a second OpenBLAS whose thread pool, woken between numpy's
     calls, fights numpy's for the cores (LAPACK ``trtri`` through scipy took
     35 ms a call that way).
