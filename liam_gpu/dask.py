@@ -377,7 +377,6 @@ class DaskOperator:
 
     # -- the operator protocol ---------------------------------------------------------
     sums_in_sketch = True  # ||A||^2 comes with the sketch pass (see sum_squares)
-    xp = np  # the basis-space concatenations of the engine never reach Dask (no tol mode here)
 
     @property
     def shape(self) -> tuple[int, int]:
