@@ -500,10 +500,19 @@ def _factor_one(op: DenseOperator, plan: Plan) -> tuple[Any, Any, Any, float | N
 def _small_stack(backend: Any, data: Any, plan: Plan) -> tuple[Any, Any, Any, Any]:
     """Exact truncated SVD of a stack of small matrices by the batched kernel."""
     xp = backend.xp
-    if plan.check:  # before the SVD: LAPACK would fail on NaN with its own message
+    # NaN/Inf in an item reaches its singular values (or makes LAPACK give up):
+    # only then is the stack inspected, for the input's own message.
+    try:
+        u, s, vt = backend.batched_svd(data)
+    except np.linalg.LinAlgError:
+        if plan.check:
+            validation.check_finite("a", data)
+        raise
+    s_host = backend.to_host(s)
+    if plan.check and not np.isfinite(s_host).all():
         validation.check_finite("a", data)
-    u, s, vt = backend.batched_svd(data)
-    energy = backend.to_host(s).astype(np.float64) ** 2
+        raise ValueError(f"a is finite but so large that its singular values overflow {data.dtype}; scale it down")
+    energy = s_host.astype(np.float64) ** 2
     total = energy.sum(axis=1)
     # tail[i, j] = sum of sigma^2 beyond the first j values (exact from the spectrum).
     tail = np.maximum(np.concatenate([total[:, None], total[:, None] - np.cumsum(energy, axis=1)], axis=1), 0.0)
