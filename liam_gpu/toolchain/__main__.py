@@ -19,19 +19,16 @@ def _fmt(value: int | None) -> str:
 
 def run_check(names: list[str] | None, archs: list[str], sass: bool) -> int:
     """Check the chosen families; return the process exit status."""
-    registered = families()
+    declared = families()
     if names:
-        unknown = sorted(set(names) - set(registered))
+        unknown = sorted(set(names) - set(declared))
         if unknown:
             print(f"unknown kernel family: {', '.join(unknown)} "
-                  f"(registered: {', '.join(sorted(registered)) or 'none'})", file=sys.stderr)
+                  f"(declared: {', '.join(sorted(declared))})", file=sys.stderr)
             return 2
-        chosen = [registered[n] for n in names]
+        chosen = [declared[n] for n in names]
     else:
-        chosen = [registered[n] for n in sorted(registered)]
-    if not chosen:
-        print("no kernel families registered yet")
-        return 0
+        chosen = [declared[n] for n in sorted(declared)]
     if sass:
         from liam_gpu.toolchain.sass import CuobjdumpNotFound, find_tools
 
