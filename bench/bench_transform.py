@@ -14,7 +14,11 @@ One group per shape (``--benchmark-group-by=group`` is the default grouping of
   ``liam_gpu/launch/transform_plan.py`` can be re-derived), the unfused CuPy
   pipeline, ``torch.nn.functional.linear`` + ``relu``, and cuBLAS alone
   (``x @ W.T``) on the square shape; and on bfloat16 tensors, ours against
-  ``torch.nn.functional.linear`` + ``relu``.
+  ``torch.nn.functional.linear`` + ``relu``;
+* GPU, 16-bit (issue 17's goals, ``test_cuda_16bit_gelu``): float16 and bfloat16
+  torch tensors with bias + GELU on a 4096-cube, 65536×256→256 and a batch of
+  1024 64×64 products, ours against ``F.gelu(F.linear(...))``, with the
+  fraction of the data-sheet dense 16-bit peak recorded (``fraction_of_peak``).
 
 Every GPU call synchronises before the clock stops (the ``measure`` fixture).
 ``extra_info`` records the path and tile configuration that ran and the GFLOP/s
@@ -282,6 +286,71 @@ def test_cuda_bfloat16_tensors(benchmark, describe, measure, rotation, peer, cas
 
     measure(benchmark, ours if impl == "liam_gpu" else theirs, lambda: next(tensors), backend="cuda")
     _record_rate(benchmark, case)
+
+
+# --------------------------------------------------------------------------- GPU, 16-bit with bias + GELU (issue 17)
+
+#: (batch or None, n, d_in, d_out): the tensor-core goals' shapes (a large square GEMM, where the
+#: dense rate is the goal, and two skinny ones, where fusing bias and GELU should win).
+TENSOR_CORE_SHAPES = (
+    [(None, 1024, 1024, 1024), (None, 8192, 256, 256), (128, 64, 64, 64)]
+    if QUICK
+    else [(None, 4096, 4096, 4096), (None, 65536, 256, 256), (1024, 64, 64, 64)]
+)
+
+#: Dense (no sparsity) 16-bit tensor-core peak in TFLOP/s from NVIDIA's data sheets, by a
+#: substring of the device name; the goal "60% of the GPU's dense bf16 peak" is read against it.
+DENSE_16BIT_PEAK_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.5, "H100 PCIe": 756.0,
+                           "H100": 756.0, "A100": 312.0, "L40S": 362.05, "L4": 121.0}
+
+
+def dense_16bit_peak(name: str) -> float | None:
+    """The data-sheet dense float16/bfloat16 peak (TFLOP/s) of a device name, or None if unknown."""
+    for key, tflops in DENSE_16BIT_PEAK_TFLOPS.items():  # most specific names first
+        if key in name:
+            return tflops
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["liam_gpu", "torch"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("case", TENSOR_CORE_SHAPES, ids=_id)
+def test_cuda_16bit_gelu(benchmark, describe, measure, rotation, peer, case, dtype, impl):
+    # Goals: ours <= 1.1x torch's gelu(F.linear) on the square shape and <= 0.8x on the
+    # skinny ones, and >= 60% of the dense 16-bit peak on the square shape.
+    torch = peer("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("peer torch has no CUDA device")
+    F = torch.nn.functional
+    tdtype = getattr(torch, dtype)
+    inputs = rotation(lambda: _make(case), nbytes=_bytes(case) // 2, backend="cuda")
+    tensors = itertools.cycle([tuple(torch.from_dlpack(a).to(tdtype) for a in copy) for copy in inputs.copies])
+    batch, n, d_in, d_out = case
+    x, w, b = next(tensors)
+    extra = {}
+    if impl == "liam_gpu":
+        lg.transform_matrix(x, w, b, "gelu", check_finite=False)
+        launch = transform_launch.last_launch()  # which path and tile configuration ran (MMA or SIMT)
+        extra = {"path": launch.path, "config": launch.config} if launch is not None else {}
+    else:
+        extra = {"path": "torch: F.gelu(F.linear) / baddbmm"}
+    peak = dense_16bit_peak(torch.cuda.get_device_name())
+    describe(benchmark, op="transform gelu(x@W.T+b) 16-bit", impl=impl, backend="cuda", shape=_shape(case),
+             dtype=dtype, flops=_flops(case), bytes=_bytes(case) // 2, peak_tflops=peak, **extra)
+
+    def ours(x, w, b):
+        return lg.transform_matrix(x, w, b, "gelu", check_finite=False)
+
+    def theirs(x, w, b):
+        with torch.no_grad():
+            y = torch.baddbmm(b[:, None, :], x, w.transpose(1, 2)) if w.dim() == 3 else F.linear(x, w, b)
+            return F.gelu(y)
+
+    measure(benchmark, ours if impl == "liam_gpu" else theirs, lambda: next(tensors), backend="cuda")
+    _record_rate(benchmark, case)
+    if peak is not None and "gflops" in benchmark.extra_info:
+        benchmark.extra_info["fraction_of_peak"] = benchmark.extra_info["gflops"] / (peak * 1e3)
 
 
 # --------------------------------------------------------------------------- the issue-18 table

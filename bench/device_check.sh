@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared check for a lent GPU machine (planned for an H200), under 5 minutes.
+# The one prepared check for a lent GPU machine (an H100 or H200), under 6 minutes.
 #
 #   bash bench/device_check.sh            # from the repository root, or from anywhere
 #
@@ -7,6 +7,8 @@
 # recorded and the script goes on:
 #   info       nvidia-smi, versions, `liam-gpu info`, compute-sanitizer/nvcc versions
 #   gpu-tests  python3 -m pytest -q -m gpu tests/            (the tier-3 tests)
+#   tensorcore python3 -m pytest bench/bench_transform.py -k 16bit -m gpu
+#              (issue 17's goals: 16-bit bias + GELU against torch, fraction of the 16-bit peak)
 #   memcheck   compute-sanitizer --tool memcheck on bench/sanitize_cases.py
 #              (every kernel family once on small inputs, CuPy's pool off)
 #   bench      python3 -m liam_gpu.benchmarks --backend all --out $OUT/bench
@@ -21,7 +23,7 @@
 # package registry: nothing is installed here; the working tree is used through
 # PYTHONPATH. Optional peers that are missing show up as skipped benchmarks.
 # Knobs: PYTHON (default python3), DEVICE_CHECK_BUDGET (seconds for the whole
-# script, default 280), BENCH_ARGS (default "--backend all").
+# script, default 330), BENCH_ARGS (default "--backend all").
 
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
@@ -31,7 +33,7 @@ PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-$ROOT/bench/results/$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT_DIR"
 SUMMARY="$OUT_DIR/summary.txt"
-BUDGET=${DEVICE_CHECK_BUDGET:-280}
+BUDGET=${DEVICE_CHECK_BUDGET:-330}
 KILL_GRACE=20   # seconds between the INT at a step's limit and a KILL (the bench step reports then)
 START=$(date +%s)
 : > "$SUMMARY"
@@ -78,6 +80,9 @@ export PY SANITIZER ROOT
 step info 20 bash -c info
 step gpu-tests 95 "$PY" -m pytest -q -m gpu tests/ -p no:cacheprovider -rs \
     --junitxml="$OUT_DIR/gpu-tests.xml"
+step tensorcore 45 "$PY" -m pytest -q bench/bench_transform.py -k 16bit -m gpu -p no:cacheprovider \
+    --benchmark-min-rounds=5 --benchmark-max-time=0.2 --benchmark-columns=median,rounds \
+    --benchmark-json="$OUT_DIR/tensorcore.json"
 if [ -n "$SANITIZER" ]; then
     step memcheck 60 "$SANITIZER" --tool memcheck --leak-check no --error-exitcode 86 --print-limit 40 \
         "$PY" bench/sanitize_cases.py --device cuda
