@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from . import bfloat16 as _bf16
 from .xp import array_module, is_cupy  # noqa: F401  (re-exported: callers ask arrays.is_cupy)
 
 
@@ -48,10 +49,13 @@ class ArrayKind:
     device
         ``"cpu"`` or ``"cuda:N"``.
     bfloat16
-        The caller's floating-point tensors are all ``torch.bfloat16``.  Neither
-        numpy nor CuPy has that dtype: ``transform_matrix`` computes on their
-        bits (:mod:`liam_gpu.bfloat16`), other operations in float32, and
-        floating-point results are given back as bfloat16.
+        The caller's floating-point tensors are all ``torch.bfloat16``:
+        ``transform_matrix`` computes on them as bfloat16 arrays
+        (``ml_dtypes.bfloat16``, shared zero-copy; ``uint16`` bits where the
+        array library lacks the dtype, :mod:`liam_gpu.bfloat16`), other
+        operations in float32, and floating-point results are given back as
+        bfloat16.  numpy and CuPy arrays of ``ml_dtypes.bfloat16`` carry the
+        dtype themselves and leave this False.
     """
 
     library: str
@@ -172,7 +176,7 @@ def route_to_torch(*xs: Any) -> bool:
 
 
 def to_compute(x: Any, kind: ArrayKind | None = None, *, name: str = "array", writable: bool = False,
-               bfloat16_bits: bool = False) -> Any:
+               keep_bfloat16: bool = False) -> Any:
     """Turn a caller's input into a numpy or CuPy array, without copying.
 
     CUDA tensors go through DLPack to CuPy, CPU tensors to numpy through
@@ -192,30 +196,29 @@ def to_compute(x: Any, kind: ArrayKind | None = None, *, name: str = "array", wr
     writable
         The caller will write into the result (an ``out=`` argument).  A
         bfloat16 tensor converted to float32 cannot be written through, so it
-        is a ``TypeError`` then (unless ``bfloat16_bits``).
-    bfloat16_bits
-        Give a bfloat16 tensor as a zero-copy ``uint16`` view of its bits
-        (:mod:`liam_gpu.bfloat16`), for code that computes on bfloat16 storage;
-        with ``kind.bfloat16``, a list or scalar passed among the tensors is
-        rounded to such bits too.
+        is a ``TypeError`` then (unless ``keep_bfloat16``).
+    keep_bfloat16
+        Give a bfloat16 tensor as a bfloat16 array sharing its memory, for
+        code that computes on bfloat16 storage: of the ``ml_dtypes`` dtype
+        where the array library has it (:func:`liam_gpu.bfloat16.has_dtype`),
+        else a ``uint16`` view of its bits.  With ``kind.bfloat16``, a list
+        or scalar passed among the tensors is rounded (once) to the same form.
 
     Notes
     -----
-    Without ``bfloat16_bits``, bfloat16 tensors are the one exception to
-    zero-copy: neither numpy nor CuPy (14) has a bfloat16 dtype, so they are
-    converted to float32 (one read, one write, on the caller's stream) and
-    computed there, which is also the precision every kernel accumulates
-    16-bit inputs in.
+    Without ``keep_bfloat16``, bfloat16 tensors are the one exception to
+    zero-copy: they are converted to float32 (one read, one write, on the
+    caller's stream) for the operations that compute in float32 anyway, which
+    is also the precision every kernel accumulates 16-bit inputs in.
+    numpy and CuPy arrays of ``ml_dtypes.bfloat16`` are returned as they are.
     """
     kind = kind or kind_of(x)
     if kind.library == "torch" and isinstance(x, _torch().Tensor):
-        return _tensor_to_compute(x, kind, name, writable, bfloat16_bits)
+        return _tensor_to_compute(x, kind, name, writable, keep_bfloat16)
     if kind.library == "torch":  # a list or scalar among tensors: host data, like numpy's
         a = np.asarray(x)
-        if bfloat16_bits and kind.bfloat16:
-            from . import bfloat16
-
-            return bfloat16.from_float32(a.astype(np.float32))
+        if keep_bfloat16 and kind.bfloat16 and a.dtype.kind in "biuf":
+            return _rounded_list(a, kind)
         return a
     if kind.library == "cupy":
         return x
@@ -224,7 +227,15 @@ def to_compute(x: Any, kind: ArrayKind | None = None, *, name: str = "array", wr
     return np.asarray(x)
 
 
-def _tensor_to_compute(x: Any, kind: ArrayKind, name: str, writable: bool, bfloat16_bits: bool) -> Any:
+def _rounded_list(a: np.ndarray, kind: ArrayKind) -> np.ndarray:
+    """Host values given among bfloat16 tensors, rounded once to bfloat16 in the form the tensors take."""
+    if _bf16.has_dtype(kind.on_gpu):
+        # ml_dtypes rounds float64 to bfloat16 in one step (no float32 double rounding).
+        return a.astype(np.float64, copy=False).astype(_bf16.dtype())
+    return _bf16.from_float32(a.astype(np.float32))
+
+
+def _tensor_to_compute(x: Any, kind: ArrayKind, name: str, writable: bool, keep_bfloat16: bool) -> Any:
     torch = _torch()
     t = x.detach()  # shares memory; __dlpack__ refuses tensors that require grad
     _check_strided(name, t)
@@ -234,26 +245,44 @@ def _tensor_to_compute(x: Any, kind: ArrayKind, name: str, writable: bool, bfloa
         t = t.resolve_conj()
     if t.is_neg():
         t = t.resolve_neg()
-    bits = bfloat16_bits and t.dtype == torch.bfloat16
-    if bits:
-        t = t.view(torch.int16)  # same strides and memory; DLPack and numpy know int16
-    elif t.dtype == torch.bfloat16:
+    if t.dtype == torch.bfloat16:
+        if keep_bfloat16:
+            return _bfloat16_tensor(t, kind)
         if writable:
             raise TypeError(
-                f"{name} is a bfloat16 tensor, which numpy and CuPy cannot write through; "
-                "pass a float32 or float16 tensor, or omit it and use the returned tensor"
+                f"{name} is a bfloat16 tensor, which this operation computes in float32 and cannot write "
+                "through; pass a float32 or float16 tensor, or omit it and use the returned tensor"
             )
         t = t.float()
     if kind.on_gpu:
         import cupy
 
-        a = cupy.from_dlpack(t)
+        return cupy.from_dlpack(t)
+    # On the host there is no stream to agree on, and Tensor.numpy() is the same
+    # zero-copy view as numpy.from_dlpack (strides included) at a third of the
+    # cost: no capsule is built and consumed.
+    return t.numpy()
+
+
+def _bfloat16_tensor(t: Any, kind: ArrayKind) -> Any:
+    """A bfloat16 tensor as a bfloat16 (or ``uint16`` bits) numpy/CuPy array sharing its memory."""
+    torch = _torch()
+    if kind.on_gpu:
+        import cupy
+
+        if _bf16.cupy_has_dtype():
+            # CuPy 14 with ml_dtypes imports DLPack's bfloat16 as ml_dtypes.bfloat16.
+            try:
+                a = cupy.from_dlpack(t)
+            except (TypeError, NotImplementedError, BufferError):
+                a = None  # a CuPy build that refuses it after all: the int16 view below
+            if a is not None and _bf16.is_bfloat16(a.dtype):
+                return a
+        bits = cupy.from_dlpack(t.view(torch.int16)).view(np.uint16)
     else:
-        # On the host there is no stream to agree on, and Tensor.numpy() is the same
-        # zero-copy view as numpy.from_dlpack (strides included) at a third of the
-        # cost: no capsule is built and consumed.
-        a = t.numpy()
-    return a.view(np.uint16) if bits else a
+        # Tensor.numpy() and numpy's DLPack refuse bfloat16: an int16 view has the same strides.
+        bits = t.view(torch.int16).numpy().view(np.uint16)
+    return _bf16.from_bits(bits) if _bf16.has_dtype(kind.on_gpu) else bits
 
 
 def _check_strided(name: str, t: Any) -> None:
@@ -292,6 +321,8 @@ def from_compute(y: Any, kind: ArrayKind) -> Any:
         with cupy.cuda.Device(kind.device_index):
             return cupy.asarray(y)
     torch = _torch()
+    if _bf16.is_bfloat16(y.dtype):
+        return from_bfloat16_bits(y, kind)
     if kind.on_gpu:
         if not on_gpu:
             t = torch.from_numpy(_aliasable(y)).to(kind.device)
@@ -309,12 +340,14 @@ def from_compute(y: Any, kind: ArrayKind) -> Any:
 
 
 def from_bfloat16_bits(y: Any, kind: ArrayKind) -> Any:
-    """Give ``uint16`` bfloat16 bits back as the caller's bfloat16 tensor, sharing memory.
+    """Give a bfloat16 array (or its ``uint16`` bits) back as the caller's bfloat16 tensor, sharing memory.
 
-    The counterpart of ``to_compute(..., bfloat16_bits=True)``; ``kind`` is a
-    torch kind with ``bfloat16`` set (CUDA results inside :func:`caller_stream`).
+    The counterpart of ``to_compute(..., keep_bfloat16=True)``; ``kind`` is a
+    torch kind (CUDA results inside :func:`caller_stream`).  The tensor is made
+    from an ``int16`` view: numpy's DLPack has no bfloat16, and the view costs
+    nothing on a GPU either.
     """
-    t = from_compute(y.view(np.int16), ArrayKind(kind.library, kind.device))
+    t = from_compute(_bf16.as_bits(y).view(np.int16), ArrayKind(kind.library, kind.device))
     return t.view(_torch().bfloat16)
 
 

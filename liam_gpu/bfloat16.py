@@ -1,32 +1,149 @@
-"""bfloat16 carried as ``uint16`` bits, for array modules that lack the dtype.
+"""bfloat16: the ``ml_dtypes`` dtype, and ``uint16`` bits where a library lacks it.
 
-numpy and CuPy have no bfloat16 dtype, yet torch users hand us bfloat16
-tensors and expect bfloat16 back, stored as such (half the memory traffic of
-float32).  Such a tensor is viewed, without a copy, as ``uint16`` holding the
-bits; the kernels read them as ``lg_bf16`` (``kernels/common.cuh``) and the
-CPU path widens them here.  Every function takes numpy or CuPy arrays alike.
+bfloat16 is a real dtype for the library: ``ml_dtypes.bfloat16`` (the dtype
+JAX and TensorFlow use) in numpy arrays, and the same dtype in CuPy (14 and
+newer) arrays.  Such arrays go in, and arrays of the same dtype come out,
+wherever float16 does (:func:`liam_gpu.transform_matrix`; the SVDs compute
+16-bit input in float32, as they do float16).  torch ``bfloat16`` tensors are
+shared with numpy/CuPy zero-copy as bfloat16 arrays too.
+
+Where the ``uint16`` route stays
+--------------------------------
+A value's 16 bits are carried in a ``uint16`` array only where a library has
+no bfloat16:
+
+* **the kernels** (``kernels/*.cu`` read ``lg_bf16``): the launch layer takes
+  ``uint16`` views with ``storage="bfloat16"``; the kernel backend makes those
+  views of bfloat16 arrays at its boundary (zero-copy);
+* **torch <-> numpy**: ``Tensor.numpy()`` and numpy's DLPack refuse bfloat16,
+  so a CPU tensor is viewed as ``int16`` and then as bfloat16 (and back);
+  torch <-> CuPy goes through DLPack as bfloat16 itself with CuPy 14 and
+  ``ml_dtypes``, else through the same ``int16`` view;
+* **no ml_dtypes** (a numpy without it installed, or a CuPy before 14): torch
+  bfloat16 tensors are then computed from ``uint16`` bits end to end
+  (``storage="bfloat16"`` through the transform), as before ml_dtypes.
 
 A bfloat16 value is the top 16 bits of a float32, so widening is exact and
 narrowing is a rounding of the low 16 bits: to nearest, ties to even (the rule
-of torch's ``Tensor.to(torch.bfloat16)`` and of the kernels' ``cvt.rn.bf16.f32``).
+of ``ml_dtypes``' cast, of torch's ``Tensor.to(torch.bfloat16)`` and of the
+kernels' ``cvt.rn.bf16.f32``).  Every function here takes numpy or CuPy arrays.
+
+``ml_dtypes`` is a dependency, imported lazily: its import costs about half a
+second (its extension registers a dozen dtypes), which a caller without
+bfloat16 data never pays.  Asking whether an array *is* bfloat16 never imports
+it: such an array can only exist once ``ml_dtypes`` has been imported.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 
-from .xp import array_module
+from .xp import array_module, is_cupy
 
-#: The dtype that carries bfloat16 bits.
+#: The dtype that carries bfloat16 bits where a library lacks bfloat16.
 CARRIER = np.dtype(np.uint16)
 
 _EXPONENT = 0x7F80  # all ones: inf or NaN
+_MISSING = object()
+_DTYPE: Any = _MISSING
+_CUPY: dict[str, bool] = {}
 
 
-def to_float32(bits: Any) -> Any:
-    """Widen bfloat16 bits (``uint16``) to float32 values, exactly (a new array)."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+def dtype() -> np.dtype | None:
+    """``numpy.dtype(ml_dtypes.bfloat16)``, or None where ``ml_dtypes`` is not installed.
+
+    Imports ``ml_dtypes`` on the first call (about half a second).
+    """
+    global _DTYPE
+    if _DTYPE is _MISSING:
+        try:
+            import ml_dtypes
+        except ImportError:
+            _DTYPE = None
+        else:
+            _DTYPE = np.dtype(ml_dtypes.bfloat16)
+    return _DTYPE
+
+
+def is_bfloat16(dt: Any) -> bool:
+    """Whether ``dt`` (a dtype or anything with a ``dtype``) is ``ml_dtypes.bfloat16``.
+
+    Never imports ``ml_dtypes``: without it no array can have that dtype.
+    """
+    ml = sys.modules.get("ml_dtypes")
+    if ml is None:
+        return False
+    dt = getattr(dt, "dtype", dt)
+    try:
+        return np.dtype(dt) == ml.bfloat16
+    except TypeError:  # torch dtypes and other objects numpy does not know
+        return False
+
+
+def cupy_has_dtype() -> bool:
+    """Whether CuPy arrays can hold ``ml_dtypes.bfloat16`` (CuPy 14 or newer, with ml_dtypes).
+
+    Asked only once CuPy is imported (a CuPy array or a CUDA tensor is at hand).
+    """
+    cupy = sys.modules.get("cupy")
+    if cupy is None:
+        return False
+    version = str(getattr(cupy, "__version__", "0"))
+    if version not in _CUPY:
+        try:
+            major = int(version.split(".")[0])
+        except ValueError:
+            major = 0
+        _CUPY[version] = major >= 14 and dtype() is not None
+    return _CUPY[version]
+
+
+def has_dtype(on_gpu: bool) -> bool:
+    """Whether bfloat16 arrays (not ``uint16`` bits) are available on the host (numpy) or on a GPU (CuPy)."""
+    return cupy_has_dtype() if on_gpu else dtype() is not None
+
+
+def as_bits(a: Any) -> Any:
+    """A bfloat16 array as a ``uint16`` view of its bits (no copy); ``uint16`` bits are returned as they are."""
+    return a if np.dtype(a.dtype) == CARRIER else a.view(CARRIER)
+
+
+def from_bits(bits: Any) -> Any:
+    """``uint16`` bits as a bfloat16 array (a view, no copy); needs :func:`has_dtype`."""
+    dt = dtype()
+    if dt is None:
+        raise RuntimeError("ml_dtypes is not installed, so bits cannot be viewed as bfloat16")
+    return bits.view(dt)
+
+
+def to_float32(a: Any) -> Any:
+    """Widen bfloat16 (an array of the dtype, or its ``uint16`` bits) to float32 values, exactly (a new array).
+
+    The shift of the bits is twice as fast as ``ml_dtypes``' cast here, and exact
+    like it: a bfloat16 value is the top half of a float32.
+    """
+    return (as_bits(a).astype(np.uint32) << 16).view(np.float32)
+
+
+def round_from(values: Any, out: Any | None = None) -> Any:
+    """Round float32 (or float64) values to bfloat16 once, to nearest, ties to even.
+
+    Returns bfloat16 arrays where the array library has the dtype (``ml_dtypes``'
+    own cast rounds float32 and float64 alike in one step), else ``uint16``
+    bits (:func:`from_float32`, from float32).  ``out``: a bfloat16 or
+    ``uint16`` array of the same shape to write into (and return).
+    """
+    if out is not None:
+        if is_bfloat16(out.dtype):
+            out[...] = values
+        else:
+            from_float32(values, out=out)
+        return out
+    if has_dtype(is_cupy(values)):
+        return values.astype(dtype())
+    return from_float32(values)
 
 
 def from_float32(values: Any, out: Any | None = None) -> Any:
@@ -60,6 +177,10 @@ def from_float32(values: Any, out: Any | None = None) -> Any:
     return out
 
 
-def nonfinite(bits: Any) -> Any:
-    """Boolean mask of the inf and NaN values among bfloat16 bits."""
-    return (bits & _EXPONENT) == _EXPONENT
+def nonfinite(a: Any) -> Any:
+    """Boolean mask of the inf and NaN values of a bfloat16 array (or of its ``uint16`` bits).
+
+    Reads the exponent bits, so it needs no bfloat16 arithmetic (numpy and
+    CuPy alike).
+    """
+    return (as_bits(a) & _EXPONENT) == _EXPONENT

@@ -57,8 +57,10 @@ def transform_matrix(
     array
         ``(..., d_out)`` in the caller's array type and device.  float32 and
         float64 are computed in their own precision; float16 and bfloat16
-        (torch tensors) are stored as such with float32 accumulation.  Integer
-        input computes in float64.
+        (``ml_dtypes.bfloat16`` numpy/CuPy arrays, torch bfloat16 tensors)
+        are stored as such, with float32 accumulation and one rounding of
+        each result.  A mix of a 16-bit type with another dtype computes as
+        float32 (or wider).  Integer input computes in float64.
 
     Raises
     ------
@@ -78,19 +80,23 @@ def transform_matrix(
 def _transform(data, weights, bias, code, out, kind, backend, check_finite):
     """The body of :func:`transform_matrix`, on the caller's stream.
 
-    bfloat16 tensors are computed from their bits (``uint16`` views, see
-    :mod:`liam_gpu.bfloat16`): the kernels read and write bfloat16 itself, and
-    ``out=`` works as for any other dtype.
+    bfloat16 (``ml_dtypes.bfloat16`` arrays, and torch bfloat16 tensors shared
+    as such arrays) is computed as a storage dtype of its own, like float16:
+    the kernels read and write bfloat16 itself, and ``out=`` works as for any
+    other dtype.  Where the array library lacks the dtype, torch tensors come
+    as ``uint16`` bits and go through with ``storage="bfloat16"``
+    (:mod:`liam_gpu.bfloat16`).
     """
-    storage = "bfloat16" if kind.bfloat16 else None
 
     def compute_array(a, name, writable=False):
-        return arrays.to_compute(a, kind, name=name, writable=writable, bfloat16_bits=storage is not None)
+        return arrays.to_compute(a, kind, name=name, writable=writable, keep_bfloat16=kind.bfloat16)
 
     x = compute_array(data, "data")
     w = compute_array(weights, "weights")
     b = None if bias is None else compute_array(bias, "bias")
 
+    # torch bfloat16 as bits: only where numpy (or CuPy) has no bfloat16 dtype.
+    storage = "bfloat16" if kind.bfloat16 and np.dtype(x.dtype) == bfloat16.CARRIER else None
     dtype = bfloat16.CARRIER if storage else _result_dtype(x, w, b)
     batched = check_shapes(x, w, b)
 
@@ -141,12 +147,17 @@ def check_shapes(x: Any, w: Any, b: Any | None) -> bool:
 
 
 def _result_dtype(*xs: Any) -> np.dtype:
-    """Common compute dtype: float16 only when every input is float16."""
+    """Common compute dtype: a 16-bit type (float16, bfloat16) only when every input has it.
+
+    A mix of 16-bit types, or one with wider floats, computes and returns
+    float32 or wider (each 16-bit type counts as float32); integers count as
+    float64.
+    """
     names = ("data", "weights", "bias")
     dts = [validation.float_dtype(n, x, allow_half=True) for n, x in zip(names, xs) if x is not None]
-    if all(dt == np.float16 for dt in dts):
-        return np.dtype(np.float16)
-    return np.result_type(*[np.float32 if dt == np.float16 else dt for dt in dts])
+    if validation.is_half(dts[0]) and all(dt == dts[0] for dt in dts):
+        return dts[0]
+    return np.result_type(*[np.float32 if validation.is_half(dt) else dt for dt in dts])
 
 
 def check_out(dest: Any, shape: tuple, dtype: np.dtype) -> None:

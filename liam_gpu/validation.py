@@ -9,24 +9,32 @@ from typing import Any
 
 import numpy as np
 
+from . import bfloat16
+
 #: dtypes computed in their own precision.
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-#: 16-bit storage dtypes (accumulated in float32) accepted by the transforms;
-#: bfloat16 has no numpy dtype and travels as bits (:mod:`liam_gpu.bfloat16`).
+#: 16-bit storage dtypes (accumulated in float32) accepted by the transforms,
+#: besides ``ml_dtypes.bfloat16`` (:func:`is_half`; :mod:`liam_gpu.bfloat16`).
 HALF_DTYPES = (np.dtype(np.float16),)
+
+
+def is_half(dt: Any) -> bool:
+    """Whether ``dt`` is a 16-bit float storage dtype: float16 or ``ml_dtypes.bfloat16``."""
+    return np.dtype(dt) in HALF_DTYPES or bfloat16.is_bfloat16(dt)
 
 
 def float_dtype(name: str, x: Any, *, allow_half: bool = False) -> np.dtype:
     """The dtype an operation computes in for input ``x``.
 
     Booleans and integers become float64 (like numpy's ``linalg``); float16
-    stays float16 where ``allow_half`` (transforms), else becomes float32.
-    Complex, object and string arrays are a ``TypeError``.
+    and ``ml_dtypes.bfloat16`` stay themselves where ``allow_half``
+    (transforms), else become float32.  Complex, object and string arrays
+    (and the other ``ml_dtypes`` types: float8, int4, ...) are a ``TypeError``.
     """
     dt = np.dtype(x.dtype)
     if dt in FLOAT_DTYPES:
         return dt
-    if dt in HALF_DTYPES:
+    if is_half(dt):
         return dt if allow_half else np.dtype(np.float32)
     if dt.kind in "biu":
         return np.dtype(np.float64)
@@ -59,11 +67,11 @@ def check_not_empty(name: str, x: Any) -> None:
 def check_finite(name: str, x: Any, *, storage: str | None = None) -> None:
     """Raise ``ValueError`` if ``x`` holds NaN or Inf (one pass, like scipy's ``check_finite``).
 
-    ``storage="bfloat16"``: ``x`` holds bfloat16 bits, whose exponent is read.
+    bfloat16 (the ``ml_dtypes`` dtype, or its ``uint16`` bits with
+    ``storage="bfloat16"``): the exponent bits are read, which needs no
+    bfloat16 arithmetic in numpy or CuPy.
     """
-    if storage == "bfloat16":
-        from . import bfloat16
-
+    if storage == "bfloat16" or bfloat16.is_bfloat16(x.dtype):
         bad = bool(bfloat16.nonfinite(x).any())
     else:
         bad = x.dtype.kind == "f" and not bool(_module_of(x).isfinite(x).all())
@@ -109,8 +117,6 @@ def as_float_array(
     """
     xp = _module_of(x)
     if storage == "bfloat16":
-        from . import bfloat16
-
         target = bfloat16.CARRIER
         if np.dtype(x.dtype) != target:  # a cast would turn values into bit patterns
             raise TypeError(f"{name} has dtype {x.dtype}; bfloat16 storage is carried as {target} bits")

@@ -1,11 +1,13 @@
 """bfloat16 stored as such: the bit conversions, the kernels, and torch tensors through the public API.
 
-numpy and CuPy have no bfloat16 dtype, so bfloat16 travels as ``uint16`` bits
-(:mod:`liam_gpu.bfloat16`).  The conversions are checked bit for bit against
-torch's own; the kernels (emulator, and a GPU when present) against a float64
-reference within the bfloat16 bound of ``tests/test_transform.py``; and
-``transform_matrix`` on bfloat16 tensors for zero-copy inputs, ``out=`` and
-bad input on every backend.
+The kernels read bfloat16 as ``uint16`` bits (:mod:`liam_gpu.bfloat16`); torch
+tensors reach the backends as ``ml_dtypes.bfloat16`` arrays sharing their
+memory, or as such bits where ``ml_dtypes`` is missing (simulated here).  The
+conversions are checked bit for bit against torch's own; the kernels
+(emulator, and a GPU when present) against a float64 reference within the
+bfloat16 bound of ``tests/test_transform.py``; and ``transform_matrix`` on
+bfloat16 tensors for zero-copy inputs, ``out=`` and bad input on every
+backend.  numpy ml_dtypes arrays: ``tests/test_bfloat16_dtype.py``.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from test_transform import assert_close, reference, tolerance  # tests/ is on sy
 from test_transform_kernels import CONFIG_NAMES, aligned_empty, host, rt  # noqa: F401  (rt is a fixture)
 
 torch = pytest.importorskip("torch")
+ml_dtypes = pytest.importorskip("ml_dtypes")
 
 BF16 = "bfloat16"
 
@@ -205,8 +208,8 @@ def test_inputs_are_read_in_place_and_out_is_written_in_place(backend_name, monk
     before = x.clone()
     out = torch.full((12, 8), float("nan"), dtype=torch.bfloat16)
     assert lg.transform_matrix(x, w, b, "relu", out=out, device=backend_name) is out
-    assert seen == {"x": x.data_ptr(), "w": w.data_ptr(), "out": out.data_ptr(), "storage": BF16,
-                    "dtype": np.dtype(np.uint16)}
+    assert seen == {"x": x.data_ptr(), "w": w.data_ptr(), "out": out.data_ptr(), "storage": None,
+                    "dtype": np.dtype(ml_dtypes.bfloat16)}
     assert torch.equal(x, before)
     check(out, x, w, b, "relu")
 
@@ -225,7 +228,7 @@ def test_result_is_the_buffer_the_backend_wrote(backend_name, monkeypatch):
     monkeypatch.setattr(backend_cls, "empty", spy)
     x, w, _ = tensors((6, 8), 5)
     y = lg.transform_matrix(x, w, device=backend_name)
-    assert y.dtype == torch.bfloat16 and made[-1].dtype == np.uint16
+    assert y.dtype == torch.bfloat16 and made[-1].dtype == ml_dtypes.bfloat16
     assert y.data_ptr() == made[-1].ctypes.data  # no copy on the way back
 
 

@@ -57,9 +57,11 @@ class Backend:
                storage: str | None = None) -> Any:
         """``out[:] = act(x @ w.T + bias)``; x (n, d_in), w (d_out, d_in), out (n, d_out).
 
-        All arrays are C-contiguous backend arrays of one dtype; ``activation``
-        is a code from :mod:`liam_gpu.activations`.  ``storage="bfloat16"``:
-        the arrays are ``uint16`` bfloat16 bits (:mod:`liam_gpu.bfloat16`).
+        All arrays are C-contiguous backend arrays of one dtype (float16,
+        ``ml_dtypes.bfloat16``, float32 or float64); ``activation`` is a code
+        from :mod:`liam_gpu.activations`.  ``storage="bfloat16"``: the arrays
+        are ``uint16`` bfloat16 bits, where the array library lacks the dtype
+        (:mod:`liam_gpu.bfloat16`).
         """
         raise NotImplementedError
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import activations, bfloat16, philox
+from .. import activations, bfloat16, philox, validation
 from . import _threads
 from .base import Backend, upper_inverse
 
@@ -110,7 +110,7 @@ class CpuBackend(Backend):
         return np.asarray(x)
 
     def linear(self, x, w, bias, activation, out, *, storage=None):
-        if storage is None and out.dtype != np.float16 and (bias is not None or activation):
+        if storage is None and not validation.is_half(out.dtype) and (bias is not None or activation):
             return _fused_rows(x, w.T, bias, activation, out)
         return self._gemm_epilogue(x, w.T, bias, activation, out, storage)
 
@@ -124,10 +124,12 @@ class CpuBackend(Backend):
         The GEMM is one call (BLAS loses 1.1-8x when split into row chunks,
         measured here); bias and activation then run over cache-sized chunks of
         the output so their temporaries stay small.  The 16-bit types have no
-        BLAS: they go through float32 buffers of about 4M elements.
+        BLAS: they go through float32 buffers of about 4M elements.  bfloat16
+        (the ``ml_dtypes`` dtype, or ``uint16`` bits with ``storage``) is
+        widened exactly from its bits and rounded once per output element.
         """
-        if storage == "bfloat16":
-            return self._half_gemm_epilogue(x, wt, bias, activation, out, bfloat16.to_float32, bfloat16.from_float32)
+        if storage == "bfloat16" or bfloat16.is_bfloat16(out.dtype):
+            return self._half_gemm_epilogue(x, wt, bias, activation, out, bfloat16.to_float32, bfloat16.round_from)
         if out.dtype == np.float16:
             return self._half_gemm_epilogue(x, wt, bias, activation, out, _widen_half, _narrow_half)
         np.matmul(x, wt, out=out)

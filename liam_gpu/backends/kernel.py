@@ -15,6 +15,7 @@ from ..launch import gram as gram_launch
 from ..launch import sketch as sketch_launch
 from ..launch import transform as transform_launch
 from ..launch.runtime import Runtime, cuda_runtime, emulator_runtime
+from .. import bfloat16
 from ..arrays import is_cupy as _is_cupy
 from .base import Backend, upper_inverse
 
@@ -36,10 +37,14 @@ class KernelBackend(Backend):
         return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
     def linear(self, x, w, bias, activation, out, *, storage=None):
-        return transform_launch.linear(self.runtime, x, w, bias, activation, out, storage=storage)
+        xb, wb, bb, ob, storage = _kernel_storage(x, w, bias, out, storage)
+        transform_launch.linear(self.runtime, xb, wb, bb, activation, ob, storage=storage)
+        return out
 
     def batched_linear(self, x, w, bias, activation, out, *, storage=None):
-        return transform_launch.batched_linear(self.runtime, x, w, bias, activation, out, storage=storage)
+        xb, wb, bb, ob, storage = _kernel_storage(x, w, bias, out, storage)
+        transform_launch.batched_linear(self.runtime, xb, wb, bb, activation, ob, storage=storage)
+        return out
 
     # -- randomized SVD ----------------------------------------------------------
     # Our kernels do the sketch (Omega never stored), the Gram reductions, the
@@ -76,6 +81,21 @@ class KernelBackend(Backend):
 
     def batched_svd(self, a):
         return batched_svd_launch.batched_svd(self.runtime, self.xp.ascontiguousarray(a))
+
+
+def _kernel_storage(x: Any, w: Any, bias: Any, out: Any, storage: str | None) -> tuple:
+    """The arrays as the launch layer takes them: bfloat16 arrays as ``uint16`` views of their bits.
+
+    The kernels read bfloat16 as ``lg_bf16`` bits, and the launch layer knows
+    bfloat16 only as ``uint16`` carriers with ``storage="bfloat16"``.  The views
+    share memory (numpy's and CuPy's ``view`` alike), so the kernel writes the
+    bfloat16 ``out`` itself.
+    """
+    if storage is None and bfloat16.is_bfloat16(out.dtype):
+        x, w, out = bfloat16.as_bits(x), bfloat16.as_bits(w), bfloat16.as_bits(out)
+        bias = None if bias is None else bfloat16.as_bits(bias)
+        storage = "bfloat16"
+    return x, w, bias, out, storage
 
 
 class CudaBackend(KernelBackend):
