@@ -38,9 +38,21 @@
 // grid limit (2^31 - 1 blocks on x) and the launch is still complete.  All offsets are
 // 64-bit except the k index (the launcher bounds d_in below 2^31).
 //
+// Tensor cores (linear_mma_kernel, MmaTile): for float16 and bfloat16 storage
+// on sm_80+, the launcher takes a warp-level mma.sync path when d_in % 8 == 0
+// and x and w start on 16-byte boundaries.  A block stages BM x BK tiles of x
+// and BN x BK tiles of w in shared memory as they are (k contiguous, rows
+// padded by 16 bytes so that ldmatrix reads are free of bank conflicts),
+// double-buffered through registers as above; each warp loads its A and B
+// fragments with ldmatrix.x4 and accumulates (WM/16) x (WN/8) m16n8k16 tiles
+// in float32.  The epilogue stages one m16 slice of every warp (WARPS_M x 16
+// rows) at a time in shared memory and ends in the same lg_finish_rows as the
+// SIMT tile.  Whatever the MMA path cannot take runs on the SIMT kernel.
+//
 // Also here: epilogue_kernel, bias + activation in place over a GEMM result
 // (used after cuBLAS where that path is faster).
 #include "common.cuh"
+#include "mma.cuh"
 
 // ------------------------------------------------------------------ vector access
 
@@ -146,6 +158,68 @@ __device__ __forceinline__ void lg_smem_store_group(double* p, const double* v) 
     double2 r; r.x = v[0]; r.y = v[1];
     *reinterpret_cast<double2*>(p) = r;
 }
+
+// ------------------------------------------------------------------ the fused epilogue
+
+// Bias + the activation functor Act over ROWS staged rows of an output tile
+// (c: ROWS x BN compute values, row stride LDC, 16-byte aligned rows), which
+// are output rows [row0, row0 + ROWS) and columns [col0, col0 + BN); then the
+// single store of each element.  Consecutive threads take consecutive 16-byte
+// groups of a row, so the stores coalesce; the loop is not unrolled, so each
+// activation is emitted once per GROUP elements.  Both GEMM tiles (SIMT and
+// tensor-core) end here: one source of truth for the epilogue.
+template <typename T, int BN, int LDC, int ROWS, int THREADS, typename Act>
+__device__ __forceinline__ void lg_finish_rows(
+    const typename lg_storage<T>::compute (*c)[LDC], const T* bias, T* out, long long row0, long long col0,
+    long long n, long long d_out, int has_bias, bool vec_out, int tid) {
+    typedef typename lg_storage<T>::compute Acc;
+    constexpr int G = lg_vec<T>::GROUP;
+    constexpr int GROUPS_PER_ROW = BN / G;
+    static_assert(BN % G == 0 && LDC % G == 0, "staged rows must be whole 16-byte groups");
+    const Act act;
+#pragma unroll 1
+    for (int idx = tid; idx < ROWS * GROUPS_PER_ROW; idx += THREADS) {
+        const int r = idx / GROUPS_PER_ROW;
+        const int cc = (idx % GROUPS_PER_ROW) * G;
+        const long long row = row0 + r;
+        const long long col = col0 + cc;
+        if (row >= n || col >= d_out) continue;
+        Acc v[G];
+        lg_smem_group(&c[r][cc], v);
+#pragma unroll
+        for (int e = 0; e < G; ++e) {
+            Acc t = v[e];
+            if (has_bias && col + e < d_out) t += lg_to_compute(bias[col + e]);
+            v[e] = act(t);
+        }
+        T* dst = out + row * d_out + col;
+        if (vec_out && col + G <= d_out) {
+            lg_vec<T>::store_group(dst, v);
+        } else {
+#pragma unroll
+            for (int e = 0; e < G; ++e) {
+                if (col + e < d_out) dst[e] = lg_storage<T>::from(v[e]);
+            }
+        }
+    }
+}
+
+// lg_finish_rows with its arguments bound: the body that lg_act::dispatch
+// calls with the launch's activation functor.
+template <typename T, int BN, int LDC, int ROWS, int THREADS>
+struct LgFinishRows {
+    const typename lg_storage<T>::compute (*c)[LDC];
+    const T* bias;
+    T* out;
+    long long row0, col0, n, d_out;
+    int has_bias;
+    bool vec_out;
+    int tid;
+    template <typename Act>
+    __device__ __forceinline__ void operator()(Act) const {
+        lg_finish_rows<T, BN, LDC, ROWS, THREADS, Act>(c, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid);
+    }
+};
 
 // ------------------------------------------------------------------ the GEMM tile
 
@@ -254,59 +328,8 @@ struct LinearTile {
         }
     }
 
-    // Bias + the activation functor Act over the staged rows [row0, row0 +
-    // ROW_STRIDE) of the tile, then the single store of each element.
-    // Consecutive threads take consecutive 16-byte groups of a row, so the
-    // stores coalesce; the loop is not unrolled, so each activation is
-    // emitted once per G elements.
-    template <typename Act>
-    static __device__ __forceinline__ void finish_rows(
-        const Shared& sh, const T* bias, T* out, long long row0, long long col0, long long n,
-        long long d_out, int has_bias, bool vec_out, int tid) {
-        constexpr int GROUPS_PER_ROW = BN / G;
-        const Act act;
-#pragma unroll 1
-        for (int idx = tid; idx < ROW_STRIDE * GROUPS_PER_ROW; idx += THREADS) {
-            const int r = idx / GROUPS_PER_ROW;
-            const int c = (idx % GROUPS_PER_ROW) * G;
-            const long long row = row0 + r;
-            const long long col = col0 + c;
-            if (row >= n || col >= d_out) continue;
-            Acc v[G];
-            lg_smem_group(&sh.o.c[r][c], v);
-#pragma unroll
-            for (int e = 0; e < G; ++e) {
-                Acc t = v[e];
-                if (has_bias && col + e < d_out) t += lg_to_compute(bias[col + e]);
-                v[e] = act(t);
-            }
-            T* dst = out + row * d_out + col;
-            if (vec_out && col + G <= d_out) {
-                lg_vec<T>::store_group(dst, v);
-            } else {
-#pragma unroll
-                for (int e = 0; e < G; ++e) {
-                    if (col + e < d_out) dst[e] = lg_storage<T>::from(v[e]);
-                }
-            }
-        }
-    }
-
-    // finish_rows with its arguments bound: the body that lg_act::dispatch
-    // calls with the launch's activation functor.
-    struct FinishRows {
-        const Shared& sh;
-        const T* bias;
-        T* out;
-        long long row0, col0, n, d_out;
-        int has_bias;
-        bool vec_out;
-        int tid;
-        template <typename Act>
-        __device__ __forceinline__ void operator()(Act) const {
-            finish_rows<Act>(sh, bias, out, row0, col0, n, d_out, has_bias, vec_out, tid);
-        }
-    };
+    // The epilogue over ROW_STRIDE staged rows (lg_finish_rows), bound for lg_act::dispatch.
+    typedef LgFinishRows<T, BN, BN + PAD, ROW_STRIDE, THREADS> FinishRows;
 
     // One BM x BN output tile: number `tile` in (batch item, column tile, row
     // tile) order, row tiles fastest so that consecutive blocks share w's tile.
@@ -374,7 +397,7 @@ struct LinearTile {
                 }
             }
             __syncthreads();
-            const FinishRows finish{sh, bias, out, row0 + p * ROW_STRIDE, col0, n, d_out, has_bias, vec_out, tid};
+            const FinishRows finish{sh.o.c, bias, out, row0 + p * ROW_STRIDE, col0, n, d_out, has_bias, vec_out, tid};
             lg_act::dispatch<Acts>(act, finish);
             __syncthreads();  // the staging area is rewritten by the next pass or tile
         }
@@ -392,6 +415,227 @@ linear_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restr
               T* __restrict__ out, long long batch, long long n, long long d_in, long long d_out,
               long long has_bias, long long act, long long vec_out) {
     typedef LinearTile<T, BM, BN, BK, TM, TN, VEC, Acts> Tile;
+    __shared__ typename Tile::Shared sh;
+    const long long row_tiles = lg_ceil_div(n, BM);
+    const long long col_tiles = lg_ceil_div(d_out, BN);
+    for (const long long tile : lg_block_stride(batch * row_tiles * col_tiles)) {
+        Tile::run(sh, x, w, bias, out, n, d_in, d_out, tile, row_tiles, col_tiles, has_bias != 0, (int)act,
+                  vec_out != 0);
+    }
+}
+
+// ------------------------------------------------------------------ the tensor-core tile
+
+// The tensor-core counterpart of LinearTile for 16-bit storage (T = lg_half or
+// lg_bf16): a block of WARPS_M x WARPS_N warps computes a BM x BN output tile;
+// warp (wm, wn) owns columns [wn WN, (wn + 1) WN) and the m16 row slices
+// mi WARPS_M + wm for mi < MI, so that slice mi of every warp makes up the
+// contiguous rows [mi ROWS, (mi + 1) ROWS) staged by one epilogue pass.
+//
+// Needs (the launcher checks them): d_in % 8 == 0 and x, w 16-byte aligned, so
+// every 16-byte chunk of a row is aligned and lies wholly inside or outside
+// the matrix.
+template <typename T, int BM, int BN, int BK, int WM, int WN, typename Acts>
+struct MmaTile {
+    static constexpr int WARPS_M = BM / WM;
+    static constexpr int WARPS_N = BN / WN;
+    static constexpr int THREADS = WARPS_M * WARPS_N * LG_WARP;
+    static constexpr int MI = WM / 16;  // m16 slices per warp
+    static constexpr int NI = WN / 8;   // n8 slices per warp
+    static constexpr int CHUNK = 8;     // 16-bit elements per 16-byte load
+    static constexpr int KC = BK / CHUNK;
+    // Rows padded by one chunk: the 8 rows an ldmatrix phase reads start 16
+    // bytes apart modulo 128, i.e. in 8 distinct groups of 4 banks.
+    static constexpr int LDK = BK + CHUNK;
+    static constexpr int G = lg_vec<T>::GROUP;
+    static constexpr int ROWS = WARPS_M * 16;  // rows staged per epilogue pass
+    static constexpr int LDC = BN + G;
+    static constexpr int RSTEP = THREADS / KC;  // rows between one thread's chunks
+
+    static_assert(sizeof(T) == 2, "tensor-core tile: 16-bit storage only");
+    static_assert(BM % WM == 0 && BN % WN == 0, "block tile must split evenly into warp tiles");
+    static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tile must be whole m16 slices and pairs of n8 slices");
+    static_assert(BK % 16 == 0, "k-tile must be whole k16 steps");
+    static_assert(THREADS % KC == 0 && BM % RSTEP == 0 && BN % RSTEP == 0,
+                  "each thread loads whole rows' chunks of both operands");
+
+    struct Tiles {
+        alignas(16) T a[2][BM][LDK];
+        alignas(16) T b[2][BN][LDK];
+    };
+    struct Staging {
+        alignas(16) float c[ROWS][LDC];
+    };
+    union Shared {
+        Tiles t;
+        Staging o;
+    };
+
+    // One operand's (x's or w's) share of a k-tile for this thread: L chunks,
+    // RSTEP rows apart, at the same k offset.  Loads for tile t+1 wait in
+    // `stage` while tile t is computed.
+    template <int ROWS_T>
+    struct Operand {
+        static constexpr int L = ROWS_T / RSTEP;
+        const T* ptr;        // this thread's first chunk in k-tile 0
+        long long rows_left; // rows of the matrix from this thread's first row on
+        long long step;      // elements between this thread's chunks (RSTEP rows)
+        int row, k;          // first row and k offset within the tile
+        uint4 stage[L];
+
+        __device__ __forceinline__ void init(const T* base, long long row0, long long rows, long long d_in, int tid) {
+            row = tid / KC;
+            k = (tid % KC) * CHUNK;
+            rows_left = rows - row0 - row;
+            step = (long long)RSTEP * d_in;
+            ptr = base + (row0 + row) * d_in + k;
+        }
+
+        // Global -> registers for the k-tile starting at k0 (zeros past the edges).
+        __device__ __forceinline__ void load(int k0, int d_in) {
+#pragma unroll
+            for (int l = 0; l < L; ++l) {
+                if ((long long)l * RSTEP < rows_left && k0 + k < d_in) {
+                    stage[l] = *reinterpret_cast<const uint4*>(ptr + l * step + k0);
+                } else {
+                    stage[l] = make_uint4(0u, 0u, 0u, 0u);
+                }
+            }
+        }
+
+        // Registers -> one shared buffer, as stored in global memory (k contiguous).
+        __device__ __forceinline__ void store(T (*tile)[LDK]) const {
+#pragma unroll
+            for (int l = 0; l < L; ++l) *reinterpret_cast<uint4*>(&tile[row + l * RSTEP][k]) = stage[l];
+        }
+    };
+
+    // acc += this warp's products over one shared k-tile.
+    static __device__ __forceinline__ void compute(const Shared& sh, int buf, int wm, int wn, int lane,
+                                                   float (&acc)[MI][NI][4]) {
+#pragma unroll
+        for (int ks = 0; ks < BK; ks += 16) {
+            unsigned a[MI][4], b[NI][2];
+            // A, x4: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
+            // (rows 8-15, k 8-15) of the slice = a0..a3; lane l names row l % 16, k half l / 16.
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                lg_ldmatrix_x4(a[mi], &sh.t.a[buf][(mi * WARPS_M + wm) * 16 + (lane & 15)][ks + (lane >> 4) * 8]);
+            }
+            // B, x4 over two n8 slices: (n 0-7, k 0-7), (n 0-7, k 8-15) = b0, b1 of the
+            // first; the same of n 8-15 for the second (w's rows are B's columns).
+#pragma unroll
+            for (int nj = 0; nj < NI / 2; ++nj) {
+                unsigned r[4];
+                lg_ldmatrix_x4(r, &sh.t.b[buf][wn * WN + nj * 16 + (lane >> 4) * 8 + (lane & 7)]
+                                            [ks + ((lane >> 3) & 1) * 8]);
+                b[2 * nj][0] = r[0];
+                b[2 * nj][1] = r[1];
+                b[2 * nj + 1][0] = r[2];
+                b[2 * nj + 1][1] = r[3];
+            }
+#ifdef LG_PLANT_MMA_LANE_SWAP
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) lg_plant_lane_swap(a[mi]);
+#endif
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+#pragma unroll
+                for (int ni = 0; ni < NI; ++ni) lg_mma_16816<T>(acc[mi][ni], a[mi], b[ni]);
+            }
+        }
+    }
+
+    typedef LgFinishRows<T, BN, LDC, ROWS, THREADS> FinishRows;
+
+    // One BM x BN output tile, numbered as in LinearTile::run.
+    static __device__ __forceinline__ void run(
+        Shared& sh, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+        T* __restrict__ out, long long n, long long d_in, long long d_out, long long tile,
+        long long row_tiles, long long col_tiles, int has_bias, int act, bool vec_out) {
+        const long long item_tiles = row_tiles * col_tiles;
+        const long long z = tile / item_tiles;
+        const long long in_item = tile - z * item_tiles;
+        const long long col0 = (in_item / row_tiles) * BN;
+        const long long row0 = (in_item % row_tiles) * BM;
+        x += z * n * d_in;
+        w += z * d_out * d_in;
+        out += z * n * d_out;
+        if (has_bias) bias += z * d_out;
+        const int tid = threadIdx.x;
+        const int lane = tid & (LG_WARP - 1);
+        const int warp = tid / LG_WARP;
+        const int wm = warp % WARPS_M;
+        const int wn = warp / WARPS_M;
+
+        Operand<BM> pa;  // rows of x
+        Operand<BN> pb;  // rows of w, i.e. output columns
+        pa.init(x, row0, n, d_in, tid);
+        pb.init(w, col0, d_out, d_in, tid);
+
+        float acc[MI][NI][4];
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+            }
+        }
+
+        const int kdim = (int)d_in;
+        const int k_tiles = (kdim + BK - 1) / BK;
+        pa.load(0, kdim);
+        pb.load(0, kdim);
+        pa.store(sh.t.a[0]);
+        pb.store(sh.t.b[0]);
+        __syncthreads();
+        for (int t = 0; t < k_tiles; ++t) {
+            const int buf = (int)(t & 1);
+            const bool more = t + 1 < k_tiles;
+            if (more) {  // in flight during compute
+                pa.load((t + 1) * BK, kdim);
+                pb.load((t + 1) * BK, kdim);
+            }
+            compute(sh, buf, wm, wn, lane, acc);
+            if (more) {
+                pa.store(sh.t.a[buf ^ 1]);
+                pb.store(sh.t.b[buf ^ 1]);
+            }
+            __syncthreads();
+        }
+
+        // Epilogue, one m16 slice of every warp per pass: accumulators ->
+        // staging (d0, d1 in row g, d2, d3 in row g + 8) -> lg_finish_rows.
+        // The k-loop's final barrier has retired every read of the tiles.
+        const int g = lane >> 2;
+        const int c2 = (lane & 3) * 2;
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni) {
+                const int col = wn * WN + ni * 8 + c2;
+                *reinterpret_cast<float2*>(&sh.o.c[wm * 16 + g][col]) = make_float2(acc[mi][ni][0], acc[mi][ni][1]);
+                *reinterpret_cast<float2*>(&sh.o.c[wm * 16 + g + 8][col]) =
+                    make_float2(acc[mi][ni][2], acc[mi][ni][3]);
+            }
+            __syncthreads();
+            const FinishRows finish{sh.o.c, bias, out, row0 + mi * ROWS, col0, n, d_out, has_bias, vec_out, tid};
+            lg_act::dispatch<Acts>(act, finish);
+            __syncthreads();  // the staging area is rewritten by the next pass or tile
+        }
+    }
+};
+
+// Entry point of the tensor-core path, with linear_kernel's arguments: a 1-D
+// grid over every tile of every batch item, a strided loop when there are
+// more tiles than blocks.  WM x WN: one warp's share of the BM x BN tile.
+template <typename T, int BM, int BN, int BK, int WM, int WN, int MIN_BLOCKS, typename Acts>
+__global__ void __launch_bounds__((BM / WM) * (BN / WN) * LG_WARP, MIN_BLOCKS)
+linear_mma_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                  T* __restrict__ out, long long batch, long long n, long long d_in, long long d_out,
+                  long long has_bias, long long act, long long vec_out) {
+    typedef MmaTile<T, BM, BN, BK, WM, WN, Acts> Tile;
     __shared__ typename Tile::Shared sh;
     const long long row_tiles = lg_ceil_div(n, BM);
     const long long col_tiles = lg_ceil_div(d_out, BN);

@@ -73,6 +73,7 @@
 //   emu_launch.h            a launch over the grid; the typed entry points (entry ABI)
 //   emu_sync.h              __syncthreads() and the warp intrinsics
 //   emu_device_functions.h  atomics, loads, min/max, math, conversions, 16-bit types, assert
+//   emu_mma.h               the tensor-core warp instructions (mma.sync m16n8k16, ldmatrix)
 #include "emu_builtins.h"
 
 // The engine's slow paths (fault messages, bookkeeping) are compiled at -O1:
@@ -89,3 +90,4 @@
 
 #include "emu_sync.h"
 #include "emu_device_functions.h"
+#include "emu_mma.h"

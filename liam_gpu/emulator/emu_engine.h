@@ -22,7 +22,22 @@ struct Trap {
 enum class St : unsigned char { Run, Bar, Warp, Done };
 enum class Op : unsigned char {
     Sync, Shfl, ShflUp, ShflDown, ShflXor, Ballot, Any, All, MatchAny, MatchAll,
-    RedAdd, RedMin, RedMax, RedAnd, RedOr, RedXor
+    RedAdd, RedMin, RedMax, RedAnd, RedOr, RedXor,
+    // Warp-collective instructions (emu_mma.h): all 32 lanes, one computation.
+    Mma, Ldmatrix
+};
+
+// Whether an operation is a warp-collective instruction (see Collective).
+inline bool is_collective(Op op) { return op == Op::Mma || op == Op::Ldmatrix; }
+
+// A warp-collective instruction (mma.sync, ldmatrix.sync): each lane's warp-op
+// input is the address of one of these.  When the last of the 32 lanes
+// arrives, `run` is called once with every lane's `data` (indexed by lane) and
+// the instruction's variant `arg`; all lanes are blocked meanwhile, so their
+// operands (on their own stacks) stay put.  A non-empty return is a fault.
+struct Collective {
+    std::string (*run)(void* const* lanes, int arg);
+    void* data;
 };
 
 inline const char* op_name(Op op) {
@@ -43,6 +58,8 @@ inline const char* op_name(Op op) {
         case Op::RedAnd: return "__reduce_and_sync";
         case Op::RedOr: return "__reduce_or_sync";
         case Op::RedXor: return "__reduce_xor_sync";
+        case Op::Mma: return "mma.sync.aligned.m16n8k16";
+        case Op::Ldmatrix: return "ldmatrix.sync.aligned.m8n8";
     }
     return "?";
 }
@@ -389,7 +406,9 @@ inline void try_complete_warp_locked(const Thread& me) {
         if (!((exist >> lane) & 1u)) continue;
         const Thread& o = b.t[base + lane];
         const bool named = (me.mask >> lane) & 1u;
-        if (o.st == St::Warp && (named || ((o.mask >> me.lane) & 1u)) && (o.op != me.op || o.mask != me.mask)) {
+        // Collective instructions must also agree on their variant (type, .num, .trans).
+        if (o.st == St::Warp && (named || ((o.mask >> me.lane) & 1u)) &&
+            (o.op != me.op || o.mask != me.mask || (is_collective(me.op) && o.arg != me.arg))) {
             fault_locked(&me, std::string("warp lanes disagree: lane ") + std::to_string(me.lane) + " calls " +
                                   op_name(me.op) + "(mask=" + hex(me.mask) + ") at " + fmt_site(me.where) +
                                   " but lane " + std::to_string(lane) + " calls " + op_name(o.op) + "(mask=" +
@@ -407,6 +426,22 @@ inline void try_complete_warp_locked(const Thread& me) {
     if (!all) return;
 
     const unsigned parts = me.mask & exist;
+    if (is_collective(me.op)) {
+        // .sync.aligned: the whole warp executes the one instruction.
+        if (parts != 0xffffffffu) {
+            fault_locked(&me, std::string(op_name(me.op)) + " at " + fmt_site(me.where) +
+                                  " needs all 32 lanes of a warp; lanes present: " + hex(parts));
+            return;
+        }
+        void* lanes[32];
+        for (unsigned lane = 0; lane < 32; ++lane)
+            lanes[lane] = reinterpret_cast<const Collective*>(static_cast<std::uintptr_t>(b.t[base + lane].in))->data;
+        const std::string err = reinterpret_cast<const Collective*>(static_cast<std::uintptr_t>(me.in))->run(lanes, me.arg);
+        if (!err.empty()) {
+            fault_locked(&me, std::string(op_name(me.op)) + " at " + fmt_site(me.where) + ": " + err);
+            return;
+        }
+    }
     auto in_of = [&](unsigned lane) { return b.t[base + lane].in; };
     unsigned ballot = 0;
     for (unsigned lane = 0; lane < 32; ++lane)
@@ -419,7 +454,7 @@ inline void try_complete_warp_locked(const Thread& me) {
         // (the GPU gives an undefined one).
         auto read = [&](unsigned src) { return (src < 32 && ((parts >> src) & 1u)) ? in_of(src) : o.in; };
         switch (o.op) {
-            case Op::Sync: break;
+            case Op::Sync: case Op::Mma: case Op::Ldmatrix: break;
             case Op::Shfl: o.out = read((lane & ~(w - 1)) + (static_cast<unsigned>(o.arg) & (w - 1))); break;
             case Op::ShflUp: {
                 unsigned d = static_cast<unsigned>(o.arg);

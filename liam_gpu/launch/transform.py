@@ -1,10 +1,17 @@
 """Launch wrapper of ``kernels/transform.cu``: the fused ``act(x @ w.T + bias)``.
 
-Two paths compute the same thing:
+Three paths compute the same thing:
 
 ``"kernel"``
-    Our tiled GEMM with the bias and activation fused into its epilogue
+    Our tiled SIMT GEMM with the bias and activation fused into its epilogue
     (``linear_kernel``), one of several tile configurations chosen by shape.
+``"mma"``
+    The same fused GEMM on tensor cores (``linear_mma_kernel``: warp-level
+    ``mma.sync`` m16n8k16 with ``ldmatrix`` loads, float32 accumulation) for
+    float16 and bfloat16 storage on compute capability 8.0 and newer (the
+    emulator counts as such and executes the instructions' documented
+    semantics).  Taken when ``d_in % 8 == 0`` and x and w start on 16-byte
+    boundaries; any other 16-bit launch runs on the SIMT kernel.
 ``"blas+epilogue"``
     The array module's matmul (cuBLAS on a GPU) into the output, then our
     ``epilogue_kernel`` applies bias and activation in place: one extra pass
@@ -35,13 +42,19 @@ from .runtime import Runtime, blocks_for, i64, is_aligned, require_contiguous
 from .transform_plan import (  # noqa: F401  (re-exported: the planning API of this wrapper)
     BLAS_RULES,
     MIN_TILE_FILL,
+    MMA_CONFIGS,
+    MMA_K_MULTIPLE,
+    MMA_MIN_CAPABILITY,
     PATH_BLAS,
     PATH_KERNEL,
+    PATH_MMA,
     TILE_CONFIGS,
     BlasRule,
+    MmaConfig,
     Plan,
     TileConfig,
     choose_config,
+    choose_mma_config,
     plan_shape,
 )
 
@@ -90,6 +103,17 @@ def linear_entry(dtype: str, config: TileConfig, vec: bool) -> str:
             f"{config.tn}, {_cbool(vec)}, {min_blocks}, {_ACTS}>")
 
 
+def linear_mma_entry(dtype: str, config: MmaConfig) -> str:
+    """The name expression of one ``linear_mma_kernel`` instantiation (tensor cores, 16-bit storage)."""
+    return (f"linear_mma_kernel<{CTYPES[dtype]}, {config.bm}, {config.bn}, {config.bk}, {config.wm}, "
+            f"{config.wn}, {config.min_blocks()}, {_ACTS}>")
+
+
+#: SASS every tensor-core entry must hold: the mma (HMMA), the ldmatrix
+#: shared loads (LDSM) and the 16-byte global loads of its tiles.
+MMA_SASS_REQUIRE: tuple[str, ...] = ("HMMA", "LDSM", "LDG.E.128")
+
+
 def epilogue_entry(dtype: str, vec: bool) -> str:
     """The name expression of one ``epilogue_kernel`` instantiation."""
     return f"epilogue_kernel<{CTYPES[dtype]}, {_cbool(vec)}, {EPILOGUE_THREADS}, {_ACTS}>"
@@ -111,6 +135,11 @@ def _family() -> KernelFamily:
                     # 16-byte loads are the point of the vector path.
                     sass_require=("LDG.E.128",) if vec else (),
                 )
+        for mma in MMA_CONFIGS.get(dtype, {}).values():
+            name = linear_mma_entry(dtype, mma)
+            groups[name] = dtype
+            budgets[name] = KernelBudget(max_registers=mma.max_registers(), max_shared_bytes=mma.shared_bytes(),
+                                         sass_require=MMA_SASS_REQUIRE)
         if dtype not in BLAS_RULES:
             continue  # no vendor-GEMM path (bfloat16), so no epilogue-only kernel
         for vec in (True, False):
@@ -133,21 +162,45 @@ MAX_GRID: tuple[int, int, int] = (2**31 - 1, 65535, 65535)
 MAX_D_IN = 2**31 - 1 - 64
 
 
+def compute_capability(runtime: Runtime) -> tuple[int, int]:
+    """The runtime's device compute capability; the emulator stands for an sm_90 device.
+
+    A runtime that does not say (a test double of kind "cuda") counts as
+    having no tensor cores, so nothing takes a path it cannot run.
+    """
+    cc = getattr(runtime, "compute_capability", None)
+    if cc is not None:
+        return (int(cc[0]), int(cc[1]))
+    return (9, 0) if runtime.kind == "emulator" else (0, 0)
+
+
+def has_tensor_cores(runtime: Runtime) -> bool:
+    """Whether the runtime executes mma.sync m16n8k16 for float16/bfloat16 (cc >= 8.0)."""
+    return compute_capability(runtime) >= MMA_MIN_CAPABILITY
+
+
 def plan(runtime: Runtime, n: int, d_in: int, d_out: int, dtype: Any, batch: int = 1) -> Plan:
     """The path and tile configuration :func:`linear` uses for a shape.
 
     ``dtype`` is a numpy dtype or a storage name (``"bfloat16"``).  Cached per
-    (runtime kind, SM count, shape, dtype) by :func:`~liam_gpu.launch.transform_plan.plan_shape`.
-    The emulator always plans the fused kernel (its "GEMM library" would be
-    numpy), with the same tile choice a GPU of the same SM count would make.
+    (runtime kind, SM count, tensor cores, shape, dtype) by
+    :func:`~liam_gpu.launch.transform_plan.plan_shape`.  The emulator always
+    plans a fused kernel (its "GEMM library" would be numpy), with the same
+    tile choice a GPU of the same SM count would make.  A ``"mma"`` plan
+    becomes the SIMT kernel at launch when x or w is not 16-byte aligned.
     """
     name = dtype if isinstance(dtype, str) and dtype in CTYPES else _dtype_name("x", dtype)
-    return plan_shape(runtime.kind, int(runtime.sm_count), int(n), int(d_in), int(d_out), name, int(batch))
+    return plan_shape(runtime.kind, int(runtime.sm_count), int(n), int(d_in), int(d_out), name, int(batch),
+                      has_tensor_cores(runtime))
 
 
 @dataclass(frozen=True)
 class Launch:
-    """What one :func:`linear` / :func:`batched_linear` call launched."""
+    """What one :func:`linear` / :func:`batched_linear` call launched.
+
+    ``path`` is ``"kernel"``, ``"mma"`` or ``"blas+epilogue"``; ``vec`` says
+    whether x and w were read with 16-byte loads (always on ``"mma"``).
+    """
 
     path: str
     config: str | None
@@ -258,7 +311,7 @@ def _vector_flags(runtime: Runtime, dtype: str, x: Any, w: Any, out: Any) -> tup
 # --------------------------------------------------------------------------- launches
 
 
-def _grid(config: TileConfig, batch: int, n: int, d_out: int) -> tuple[int, int, int]:
+def _grid(config: TileConfig | MmaConfig, batch: int, n: int, d_out: int) -> tuple[int, int, int]:
     """One block per output tile (all batch items), capped at grid.x's limit; the kernel loops over the rest."""
     tiles = max(1, batch) * blocks_for(n, config.bm) * blocks_for(d_out, config.bn)
     return (min(tiles, MAX_GRID[0]), 1, 1)
@@ -290,25 +343,92 @@ def _run_blas(runtime, dtype, x, w, bias, activation, out, batched: bool) -> Lau
     return launch
 
 
+def _mma_refusal(runtime: Runtime, dtype: str, x: Any, w: Any) -> str | None:
+    """Why the tensor-core kernel cannot take a launch (None when it can)."""
+    if dtype not in MMA_CONFIGS:
+        return f"the tensor-core kernel takes float16 and bfloat16, not {dtype}"
+    if not has_tensor_cores(runtime):
+        major, minor = compute_capability(runtime)
+        return f"the device's compute capability {major}.{minor} is below 8.0 (no mma.sync for 16-bit types)"
+    d_in = int(x.shape[-1])
+    if d_in % MMA_K_MULTIPLE:
+        return f"d_in={d_in} is not a multiple of {MMA_K_MULTIPLE}"
+    for name, a in (("x", x), ("w", w)):
+        if not is_aligned(runtime, a, 16):
+            return f"{name} does not start on a 16-byte boundary"
+    return None
+
+
+def _run_mma(runtime, dtype, config_name, x, w, bias, activation, out, batch, n, d_in, d_out) -> Launch:
+    config = MMA_CONFIGS[dtype][config_name]
+    _, vec_out = _vector_flags(runtime, dtype, x, w, out)
+    grid = _grid(config, batch, n, d_out)
+    block = (config.threads, 1, 1)
+    fn = runtime.function(FAMILY, linear_mma_entry(dtype, config))
+    # Without a bias the kernel never reads that pointer; x stands in for it.
+    fn(grid, block, (x, w, x if bias is None else bias, out, i64(batch), i64(n), i64(d_in), i64(d_out),
+                     i64(bias is not None), i64(activation), i64(vec_out)))
+    return Launch(PATH_MMA, config_name, True, vec_out, grid, block)
+
+
+def _choose_path(runtime, dtype, x, w, chosen: Plan, config, path) -> tuple[str, str | None]:
+    """The (path, configuration) a launch runs: forced, implied by ``config``, or planned.
+
+    A configuration name implies its kernel (the SIMT and tensor-core names
+    differ); a planned ``"mma"`` that the inputs' alignment refuses becomes
+    the SIMT kernel; a forced ``path="mma"`` that cannot run is an error.
+    """
+    known = (PATH_KERNEL, PATH_MMA, PATH_BLAS)
+    if path is not None and path not in known:
+        raise ValueError(f"path={path!r} is unknown; expected one of {', '.join(repr(p) for p in known)}")
+    mma_names = MMA_CONFIGS.get(dtype, {})
+    forced = path is not None or config in mma_names
+    if config is not None and config not in TILE_CONFIGS[dtype] and config not in mma_names:
+        names = ", ".join(repr(c) for c in (*TILE_CONFIGS[dtype], *mma_names))
+        raise ValueError(f"config={config!r} is unknown for {dtype}; expected one of {names}")
+    if path is None:
+        if config is not None and config in mma_names:
+            path = PATH_MMA
+        elif config is not None and chosen.path == PATH_MMA:
+            path = PATH_KERNEL
+        else:
+            path = chosen.path
+    if path == PATH_BLAS and dtype not in BLAS_RULES:
+        raise ValueError(f"path={PATH_BLAS!r} cannot compute {dtype}: the array module's matmul has no such dtype")
+    if path == PATH_MMA:
+        refusal = _mma_refusal(runtime, dtype, x, w)
+        if refusal is not None:
+            if forced:
+                raise ValueError(f"path={PATH_MMA!r} cannot run this launch: {refusal}")
+            path = PATH_KERNEL  # planned, but the inputs are misaligned: the SIMT kernel takes any
+    if path == PATH_MMA:
+        if config is not None and config not in mma_names:
+            raise ValueError(f"config={config!r} is a SIMT tile; path={PATH_MMA!r} takes one of "
+                             f"{', '.join(repr(c) for c in mma_names)}")
+        return path, config or (chosen.config if chosen.path == PATH_MMA else None)
+    if path == PATH_KERNEL:
+        if config is not None and config not in TILE_CONFIGS[dtype]:
+            raise ValueError(f"config={config!r} is a tensor-core tile; path={PATH_KERNEL!r} takes one of "
+                             f"{', '.join(repr(c) for c in TILE_CONFIGS[dtype])}")
+        return path, config or (chosen.config if chosen.path == PATH_KERNEL else None)
+    return path, None
+
+
 def _linear(runtime, x, w, bias, activation, out, batched, config, path, storage) -> Any:
     dtype = _check(runtime, x, w, bias, out, batched, storage)
     batch = int(x.shape[0]) if batched else 1
     n, d_in, d_out = (int(s) for s in (x.shape[-2], x.shape[-1], w.shape[-2]))
     chosen = plan(runtime, n, d_in, d_out, dtype, batch)
-    path = path or chosen.path
-    if path not in (PATH_KERNEL, PATH_BLAS):
-        raise ValueError(f"path={path!r} is unknown; expected {PATH_KERNEL!r} or {PATH_BLAS!r}")
-    if path == PATH_BLAS and dtype not in BLAS_RULES:
-        raise ValueError(f"path={PATH_BLAS!r} cannot compute {dtype}: the array module's matmul has no such dtype")
-    if config is not None and config not in TILE_CONFIGS[dtype]:
-        names = ", ".join(repr(c) for c in TILE_CONFIGS[dtype])
-        raise ValueError(f"config={config!r} is unknown; expected one of {names}")
+    path, name = _choose_path(runtime, dtype, x, w, chosen, config, path)
     if out.size == 0:
         launch = Launch(path, None, None, False, (0, 0, 0), (0, 0, 0))
     elif path == PATH_BLAS:
         launch = _run_blas(runtime, dtype, x, w, bias, activation, out, batched)
+    elif path == PATH_MMA:
+        name = name or choose_mma_config(n, d_out, dtype, batch, runtime.sm_count)
+        launch = _run_mma(runtime, dtype, name, x, w, bias, int(activation), out, batch, n, d_in, d_out)
     else:
-        name = config or chosen.config or choose_config(n, d_out, dtype, batch, runtime.sm_count)
+        name = name or choose_config(n, d_out, dtype, batch, runtime.sm_count)
         launch = _run_kernel(runtime, dtype, name, x, w, bias, int(activation), out, batch, n, d_in, d_out)
     _last.launch = launch
     return out
@@ -334,9 +454,13 @@ def linear(runtime: Runtime, x: Any, w: Any, bias: Any | None, activation: int, 
     out
         ``(n, d_out)``, same dtype, writeable, not overlapping the inputs.
     config
-        Force a tile configuration (tests, benchmarks); default from :func:`plan`.
+        Force a tile configuration (tests, benchmarks): a SIMT name of
+        :data:`TILE_CONFIGS` or a tensor-core name of :data:`MMA_CONFIGS`,
+        which also picks that kernel; default from :func:`plan`.
     path
-        Force ``"kernel"`` or ``"blas+epilogue"``; default from :func:`plan`.
+        Force ``"kernel"`` (SIMT), ``"mma"`` (tensor cores; a ValueError
+        says why when the launch does not qualify) or ``"blas+epilogue"``;
+        default from :func:`plan`.
     storage
         ``"bfloat16"`` when the arrays are ``uint16`` bfloat16 bits; None
         reads the storage type from the dtype.

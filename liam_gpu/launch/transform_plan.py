@@ -4,7 +4,8 @@ The rules live here, beside the launch wrapper (:mod:`liam_gpu.launch.transform`
 that carries them out: the tile shapes (the one table of them: the wrapper
 passes them to ``kernels/transform.cu`` as template arguments), the
 :data:`BLAS_RULES` that send large shapes to the vendor GEMM plus our epilogue,
-and :func:`choose_config`'s thresholds.  They are written from reasoning about
+and :func:`choose_config`'s thresholds; and the tensor-core tiles
+(:data:`MMA_CONFIGS`) with :func:`choose_mma_config`.  They are written from reasoning about
 an H200 until they are measured there (see ``docs/benchmarks.md``).
 """
 from __future__ import annotations
@@ -92,6 +93,96 @@ TILE_CONFIGS: dict[str, dict[str, TileConfig]] = {
     "float64": {c.name: c for c in _DOUBLE},
 }
 
+
+
+@dataclass(frozen=True)
+class MmaConfig:
+    """One instantiation of ``linear_mma_kernel``: tensor cores, ``bm x bn`` outputs per block.
+
+    Attributes
+    ----------
+    name
+        ``"mma_large"``, ``"mma_medium"`` or ``"mma_skinny"`` (distinct from the
+        SIMT names, so ``config=`` alone says which kernel runs).
+    bm, bn
+        Output rows and columns per block.
+    bk
+        Depth of one shared-memory k-tile (a multiple of 16, the mma's k).
+    wm, wn
+        Output rows and columns per warp: ``(wm / 16) x (wn / 8)`` m16n8k16 tiles.
+    """
+
+    name: str
+    bm: int
+    bn: int
+    bk: int
+    wm: int
+    wn: int
+
+    @property
+    def warps(self) -> int:
+        """Warps per block."""
+        return (self.bm // self.wm) * (self.bn // self.wn)
+
+    @property
+    def threads(self) -> int:
+        """Threads per block."""
+        return 32 * self.warps
+
+    @property
+    def mma_per_k_tile(self) -> int:
+        """m16n8k16 instructions one warp issues per k-tile (HMMA in its SASS k-loop)."""
+        return (self.bk // 16) * (self.wm // 16) * (self.wn // 8)
+
+    @property
+    def ldmatrix_per_k_tile(self) -> int:
+        """ldmatrix.x4 one warp issues per k-tile: one per m16 slice of A, one per two n8 slices of B."""
+        return (self.bk // 16) * (self.wm // 16 + self.wn // 16)
+
+    def min_blocks(self) -> int:
+        """Blocks per SM asked of ptxas (``linear_mma_kernel``'s ``MIN_BLOCKS``).
+
+        Two resident 256-thread blocks (128 registers per thread) for the
+        8-warp tile, whose 64 accumulators, fragments and staged loads fit
+        that; four 128-thread blocks for the 4-warp tiles.
+        """
+        return 1024 // (2 * self.threads)
+
+    def max_registers(self) -> int:
+        """Registers per thread that the launch bounds leave (the budget ptxas must fit)."""
+        return min(255, 65536 // (self.threads * self.min_blocks()))
+
+    def shared_bytes(self) -> int:
+        """Static shared memory: the double-buffered 16-bit tiles, or the float staging rows.
+
+        Mirrors ``MmaTile::Shared`` in transform.cu: rows of ``bk + 8``
+        16-bit values (one 16-byte chunk of padding), and ``(bm / wm) * 16``
+        staged rows of ``bn + 4`` floats.
+        """
+        tiles = 2 * (self.bm + self.bn) * (self.bk + 8) * 2
+        staging = (self.bm // self.wm) * 16 * (self.bn + 4) * 4
+        return max(tiles, staging)
+
+
+#: The tensor-core tiles, for the 16-bit storage types on compute capability
+#: 8.0 and newer (mma.sync m16n8k16 with float32 accumulation).
+_MMA = (
+    MmaConfig("mma_large", 128, 128, 32, 64, 32),  # 8 warps of 64x32: 16 mma per k16 step and warp
+    MmaConfig("mma_medium", 64, 64, 32, 32, 32),   # 4 warps of 32x32: 4x the blocks of "mma_large"
+    MmaConfig("mma_skinny", 128, 32, 32, 32, 32),  # 4 warps stacked in m: narrow outputs, many rows
+)
+MMA_CONFIGS: dict[str, dict[str, MmaConfig]] = {
+    "float16": {c.name: c for c in _MMA},
+    "bfloat16": {c.name: c for c in _MMA},
+}
+
+#: The tensor-core path needs d_in to be a multiple of this (8 16-bit values:
+#: every row's 16-byte chunks aligned, each wholly inside or outside the matrix).
+MMA_K_MULTIPLE = 8
+
+#: Oldest compute capability with mma.sync m16n8k16 for float16 and bfloat16.
+MMA_MIN_CAPABILITY = (8, 0)
+
 # --------------------------------------------------------------------------- rules
 
 
@@ -132,6 +223,7 @@ BLAS_RULES: dict[str, BlasRule] = {
 MIN_TILE_FILL = 0.75
 
 PATH_KERNEL = "kernel"
+PATH_MMA = "mma"
 PATH_BLAS = "blas+epilogue"
 
 
@@ -142,16 +234,16 @@ class Plan:
     Attributes
     ----------
     path
-        ``"kernel"`` (fused) or ``"blas+epilogue"``.
+        ``"kernel"`` (fused, SIMT), ``"mma"`` (fused, tensor cores) or ``"blas+epilogue"``.
     config
-        The tile configuration name on the kernel path, else ``None``.
+        The tile configuration name on the two kernel paths, else ``None``.
     """
 
     path: str
     config: str | None
 
 
-def _tile_fill(n: int, d_out: int, c: TileConfig) -> float:
+def _tile_fill(n: int, d_out: int, c: TileConfig | MmaConfig) -> float:
     """Fraction of the padded tile grid that holds real outputs."""
     return (n * d_out) / (blocks_for(n, c.bm) * c.bm * blocks_for(d_out, c.bn) * c.bn)
 
@@ -182,15 +274,42 @@ def choose_config(n: int, d_out: int, dtype: str, batch: int, sm_count: int) -> 
     return "medium"
 
 
+def choose_mma_config(n: int, d_out: int, dtype: str, batch: int, sm_count: int) -> str:
+    """The tensor-core tile configuration for a shape (:data:`MMA_CONFIGS`).
+
+    ``"mma_large"``, then ``"mma_medium"``: the first whose tiles are at least
+    :data:`MIN_TILE_FILL` full and that yields at least one block per SM; else
+    ``"mma_skinny"`` for a narrow output (``d_out`` within one of its tiles),
+    else ``"mma_medium"``.
+    """
+    configs = MMA_CONFIGS[dtype]
+    for name in ("mma_large", "mma_medium"):
+        c = configs[name]
+        blocks = batch * blocks_for(n, c.bm) * blocks_for(d_out, c.bn)
+        if blocks >= sm_count and _tile_fill(n, d_out, c) >= MIN_TILE_FILL:
+            return name
+    if d_out <= configs["mma_skinny"].bn:
+        return "mma_skinny"
+    return "mma_medium"
+
+
 @functools.lru_cache(maxsize=4096)
-def plan_shape(kind: str, sm_count: int, n: int, d_in: int, d_out: int, dtype: str, batch: int) -> Plan:
+def plan_shape(kind: str, sm_count: int, n: int, d_in: int, d_out: int, dtype: str, batch: int,
+               tensor_cores: bool = False) -> Plan:
     """The :class:`Plan` of one shape on a runtime of ``kind`` with ``sm_count`` SMs (cached).
 
-    ``dtype`` is a storage name (a key of :data:`TILE_CONFIGS`).  Only the
-    CUDA runtime has a vendor GEMM; the emulator always plans the fused
-    kernel, with the same tile choice a GPU of the same SM count would make.
+    ``dtype`` is a storage name (a key of :data:`TILE_CONFIGS`);
+    ``tensor_cores`` says whether the device has mma.sync for 16-bit types
+    (compute capability >= :data:`MMA_MIN_CAPABILITY`; the emulator does).
+    Only the CUDA runtime has a vendor GEMM; otherwise float16 and bfloat16
+    with ``d_in % MMA_K_MULTIPLE == 0`` plan the tensor-core kernel, the rest
+    the SIMT kernel, with the same tile choice a GPU of the same SM count
+    would make.  (The launcher still falls back to the SIMT kernel for
+    inputs that are not 16-byte aligned.)
     """
     rule = BLAS_RULES.get(dtype)
     if kind == "cuda" and batch == 1 and rule is not None and rule.applies(n, d_in, d_out):
         return Plan(PATH_BLAS, None)
+    if tensor_cores and dtype in MMA_CONFIGS and d_in % MMA_K_MULTIPLE == 0:
+        return Plan(PATH_MMA, choose_mma_config(n, d_out, dtype, batch, sm_count))
     return Plan(PATH_KERNEL, choose_config(n, d_out, dtype, batch, sm_count))

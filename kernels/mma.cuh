@@ -1,0 +1,122 @@
+// Warp-level tensor-core instructions for the 16-bit storage types (sm_80+).
+//
+// One small __device__ function per PTX instruction.  On a GPU its body is the
+// inline PTX; under the CPU emulator (LIAM_EMULATOR) it calls the emulator's
+// implementation of the same instruction (liam_gpu/emulator/emu_mma.h), which
+// follows the PTX ISA's fragment layouts, so one source runs in both places.
+//
+//   lg_mma_16816<T>(d, a, b)     d += A B for one m16n8k16 tile, float32
+//                                accumulators; T = lg_half or lg_bf16 picks the
+//                                input type of the A and B fragments.
+//   lg_ldmatrix_x{1,2,4}<TRANS>  1, 2 or 4 8x8 16-bit matrices from shared
+//                                memory; lanes 8m .. 8m + 7 name the rows
+//                                (16 bytes each, 16-byte aligned) of matrix m.
+//
+// Every lane of the warp must execute each of them (.sync.aligned): the
+// emulator faults ("lanes disagree", a lane that exited, a deadlock) where a
+// GPU's behaviour would be undefined.
+//
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating
+// point type"), with g = lane / 4 and t = lane % 4:
+//   a[i]: A row g + 8 (i % 2), columns 2t + 8 (i / 2) and + 1 (low half first)
+//   b[i]: B rows (k) 2t + 8 i and + 1, column (n) g
+//   d[i]: D row g + 8 (i / 2), column 2t + i % 2
+#pragma once
+#include "common.cuh"
+
+#ifndef LIAM_EMULATOR
+// The 32-bit shared-window address of a generic pointer into shared memory.
+__device__ __forceinline__ unsigned lg_smem_addr(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+#endif
+
+// d = A B + d, m16n8k16, A row-major and B column-major 16-bit, float32 d.
+template <typename T>
+__device__ __forceinline__ void lg_mma_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]);
+
+template <>
+__device__ __forceinline__ void lg_mma_16816<lg_half>(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#ifdef LIAM_EMULATOR
+    liam_emu::mma_m16n8k16(liam_emu::kMmaF16, d, a, b, d);
+#else
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+template <>
+__device__ __forceinline__ void lg_mma_16816<lg_bf16>(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#ifdef LIAM_EMULATOR
+    liam_emu::mma_m16n8k16(liam_emu::kMmaBF16, d, a, b, d);
+#else
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// ldmatrix: the "memory" clobber keeps the compiler from moving shared-memory
+// stores across the load (a barrier separates them in the tiles anyway).
+template <bool TRANS = false>
+__device__ __forceinline__ void lg_ldmatrix_x4(unsigned (&r)[4], const void* row) {
+#ifdef LIAM_EMULATOR
+    liam_emu::ldmatrix_m8n8(4, TRANS, r, row);
+#else
+    if constexpr (TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(lg_smem_addr(row)) : "memory");
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(lg_smem_addr(row)) : "memory");
+    }
+#endif
+}
+
+template <bool TRANS = false>
+__device__ __forceinline__ void lg_ldmatrix_x2(unsigned (&r)[2], const void* row) {
+#ifdef LIAM_EMULATOR
+    liam_emu::ldmatrix_m8n8(2, TRANS, r, row);
+#else
+    if constexpr (TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
+                     : "=r"(r[0]), "=r"(r[1]) : "r"(lg_smem_addr(row)) : "memory");
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];"
+                     : "=r"(r[0]), "=r"(r[1]) : "r"(lg_smem_addr(row)) : "memory");
+    }
+#endif
+}
+
+template <bool TRANS = false>
+__device__ __forceinline__ void lg_ldmatrix_x1(unsigned (&r)[1], const void* row) {
+#ifdef LIAM_EMULATOR
+    liam_emu::ldmatrix_m8n8(1, TRANS, r, row);
+#else
+    if constexpr (TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];"
+                     : "=r"(r[0]) : "r"(lg_smem_addr(row)) : "memory");
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];"
+                     : "=r"(r[0]) : "r"(lg_smem_addr(row)) : "memory");
+    }
+#endif
+}
+
+#ifdef LG_PLANT_MMA_LANE_SWAP
+// Test-only fault (tests/test_transform_mma.py builds with -DLG_PLANT_MMA_LANE_SWAP;
+// no production build defines it): lanes 0 and 1 exchange their A fragments,
+// the layout bug the emulator's fragment semantics must expose.
+__device__ __forceinline__ void lg_plant_lane_swap(unsigned (&a)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const unsigned other = __shfl_xor_sync(0xffffffffu, a[i], 1);
+        if ((threadIdx.x & (LG_WARP - 1)) < 2) a[i] = other;
+    }
+}
+#endif

@@ -1,0 +1,149 @@
+// emu_mma.h -- the warp-level tensor-core instructions: mma.sync m16n8k16 and ldmatrix m8n8
+//
+// Part of cuda_emu.h (the umbrella header that the build force-includes);
+// not meant to be included on its own.
+//
+// Both are warp collectives (Op::Mma, Op::Ldmatrix in emu_engine.h): each lane
+// deposits the address of its operands, and when the 32nd lane arrives the
+// instruction is computed once for the whole warp from the fragment layouts of
+// the PTX ISA ("Matrix Fragments for mma.m16n8k16 with floating point type",
+// "ldmatrix").  With groupID = lane >> 2 and threadID_in_group = lane % 4 (g, t):
+//
+//   A (16 x 16, row-major) four .b32 registers, two 16-bit values each (low
+//     half = lower column): a_i holds row g + 8 * (i % 2), columns
+//     2t + 8 * (i / 2) and that + 1.
+//   B (16 x 8, column-major) two registers: b_i holds rows (k) 2t + 8 * i and
+//     that + 1 of column (n) g.
+//   C, D (16 x 8, float) four floats: c_i is row g + 8 * (i / 2), column
+//     2t + i % 2.
+//   ldmatrix .x1/.x2/.x4: lanes 8m .. 8m + 7 give the row addresses (16 bytes,
+//     16-byte aligned) of matrix m; register m of lane l holds row l / 4,
+//     columns 2 (l % 4) and that + 1 of matrix m, or with .trans the same
+//     elements of the transposed matrix (rows 2 (l % 4), + 1 of column l / 4).
+//
+// Arithmetic: 16-bit inputs widen exactly, a product of two is exact in
+// double, and each output is C + the 16 products summed in double and rounded
+// once to float: a fused dot product.  (The hardware's internal rounding is
+// not specified by PTX; it is at least this accurate to within the float32
+// accumulation bound the tests use.)  NaN and infinities propagate.
+#pragma once
+
+namespace liam_emu {
+
+// The `arg` of an Op::Mma: the input type of A and B.
+enum MmaType : int { kMmaF16 = 0, kMmaBF16 = 1 };
+
+inline double mma_half_to_double(std::uint32_t bits) {
+    const std::uint32_t sign = bits & 0x8000u, exp = (bits >> 10) & 0x1fu, man = bits & 0x3ffu;
+    double v;
+    if (exp == 0x1fu) {
+        v = man ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
+    } else if (exp == 0u) {
+        v = std::ldexp(static_cast<double>(man), -24);  // subnormal (or zero)
+    } else {
+        v = std::ldexp(static_cast<double>(man | 0x400u), static_cast<int>(exp) - 25);
+    }
+    return sign ? -v : v;
+}
+
+inline double mma_bf16_to_double(std::uint32_t bits) {
+    const std::uint32_t u = bits << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return static_cast<double>(f);
+}
+
+struct MmaLane {
+    const std::uint32_t* a;  // [4]
+    const std::uint32_t* b;  // [2]
+    const float* c;          // [4]
+    float* d;                // [4] (may be c)
+};
+
+inline std::string mma_m16n8k16_run(void* const* lanes, int arg) {
+    double (*widen)(std::uint32_t) = arg == kMmaBF16 ? mma_bf16_to_double : mma_half_to_double;
+    double A[16][16], B[16][8], C[16][8];
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        const MmaLane& l = *static_cast<const MmaLane*>(lanes[lane]);
+        const unsigned g = lane >> 2, t = lane & 3u;
+        for (unsigned i = 0; i < 4; ++i) {
+            const unsigned row = g + 8 * (i & 1u), col = 2 * t + 8 * (i >> 1);
+            A[row][col] = widen(l.a[i] & 0xffffu);
+            A[row][col + 1] = widen(l.a[i] >> 16);
+        }
+        for (unsigned i = 0; i < 2; ++i) {
+            const unsigned k = 2 * t + 8 * i;
+            B[k][g] = widen(l.b[i] & 0xffffu);
+            B[k + 1][g] = widen(l.b[i] >> 16);
+        }
+        for (unsigned i = 0; i < 4; ++i) C[g + 8 * (i >> 1)][2 * t + (i & 1u)] = static_cast<double>(l.c[i]);
+    }
+    // Every lane's C is read before any D is written: D may alias C.
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        const MmaLane& l = *static_cast<const MmaLane*>(lanes[lane]);
+        const unsigned g = lane >> 2, t = lane & 3u;
+        for (unsigned i = 0; i < 4; ++i) {
+            const unsigned row = g + 8 * (i >> 1), col = 2 * t + (i & 1u);
+            double s = C[row][col];
+            for (unsigned k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
+            l.d[i] = static_cast<float>(s);
+        }
+    }
+    return {};
+}
+
+struct LdmatrixLane {
+    const void* addr;  // the row this lane names (lanes 8m .. 8m + 7: matrix m)
+    std::uint32_t* r;  // [num]
+};
+
+// The `arg` of an Op::Ldmatrix: .num (1, 2, 4) plus kLdmatrixTrans for .trans.
+inline constexpr int kLdmatrixTrans = 16;
+
+inline std::string ldmatrix_m8n8_run(void* const* lanes, int arg) {
+    const unsigned num = static_cast<unsigned>(arg & 7), trans = (arg & kLdmatrixTrans) != 0;
+    std::uint16_t M[4][8][8];
+    for (unsigned m = 0; m < num; ++m) {
+        for (unsigned row = 0; row < 8; ++row) {
+            const void* p = static_cast<const LdmatrixLane*>(lanes[8 * m + row])->addr;
+            if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) {
+                char buf[96];
+                std::snprintf(buf, sizeof buf, "lane %u gives row address %p, which is not 16-byte aligned",
+                              8 * m + row, p);
+                return buf;
+            }
+            std::memcpy(M[m][row], p, 16);
+        }
+    }
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        const LdmatrixLane& l = *static_cast<const LdmatrixLane*>(lanes[lane]);
+        const unsigned g = lane >> 2, t = lane & 3u;
+        for (unsigned m = 0; m < num; ++m) {
+            const std::uint32_t lo = trans ? M[m][2 * t][g] : M[m][g][2 * t];
+            const std::uint32_t hi = trans ? M[m][2 * t + 1][g] : M[m][g][2 * t + 1];
+            l.r[m] = lo | (hi << 16);
+        }
+    }
+    return {};
+}
+
+// d = A B + c for one m16n8k16 tile (f32 accumulators; A, B of `type`).
+inline void mma_m16n8k16(MmaType type, float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
+                         const float (&c)[4], std::source_location loc = std::source_location::current()) {
+    static_assert(sizeof(unsigned) == sizeof(std::uint32_t), "32-bit fragment registers");
+    MmaLane lane{reinterpret_cast<const std::uint32_t*>(a), reinterpret_cast<const std::uint32_t*>(b), c, d};
+    Collective op{&mma_m16n8k16_run, &lane};
+    warp_op(Op::Mma, 0xffffffffu, reinterpret_cast<std::uintptr_t>(&op), type, 32, loc);
+}
+
+// r[0 .. num) = this lane's share of `num` 8x8 16-bit matrices whose rows the
+// lanes address (see the layout above).
+inline void ldmatrix_m8n8(int num, bool trans, unsigned* r, const void* row,
+                          std::source_location loc = std::source_location::current()) {
+    LdmatrixLane lane{row, reinterpret_cast<std::uint32_t*>(r)};
+    Collective op{&ldmatrix_m8n8_run, &lane};
+    warp_op(Op::Ldmatrix, 0xffffffffu, reinterpret_cast<std::uintptr_t>(&op), num | (trans ? kLdmatrixTrans : 0),
+            32, loc);
+}
+
+}  // namespace liam_emu
