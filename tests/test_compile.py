@@ -316,3 +316,70 @@ def test_loops_are_backward_branches() -> None:
     assert sass.loops(code) == [(1, 3), (5, 5)]
     assert sass.fma_loop(code, 2) == code[1:4]
     assert sass.fma_loop(code, 3) is None
+
+
+# --------------------------------------------------------------------------- (d) the tensor-core k-loop
+
+
+def _mma_cases() -> list:
+    from liam_gpu.launch import transform as T
+
+    return [pytest.param(dtype, name, arch, id=f"{dtype}-{name}-{arch}")
+            for dtype, configs in T.MMA_CONFIGS.items() for name in configs for arch in CUBIN_ARCHS]
+
+
+@needs_cuobjdump
+@pytest.mark.parametrize(("dtype", "config", "arch"), _mma_cases())
+def test_transform_mma_k_loop_is_hmma_fed_by_ldsm(dtype: str, config: str, arch: str) -> None:
+    # Issue 17's speed guard for every 16-bit tensor-core entry: its k-loop
+    # holds exactly one k-tile of the warp's mma.sync (HMMA), its shared loads
+    # are all ldmatrix.x4 (LDSM.16.M88.4, exactly one per m16 slice of A and
+    # per two n8 slices of B), no local memory anywhere, and registers and
+    # static shared memory within the budget that the launch bounds and
+    # transform_plan.MmaConfig give.  Measured on NVRTC 13.0 (docs/verification.md).
+    from liam_gpu.launch import transform as T
+
+    c = T.MMA_CONFIGS[dtype][config]
+    name = T.linear_mma_entry(dtype, c)
+    result = _compiled("transform", arch)
+    code = sass.function_sass(result)[name]
+    body = sass.hmma_loop(code, c.mma_per_k_tile)
+    assert body is not None, f"{name} ({arch}): no loop holds a k-tile's {c.mma_per_k_tile} HMMA"
+    hmma = sass.count_opcode(body, "HMMA")
+    assert hmma == c.mma_per_k_tile, f"{name} ({arch}): {hmma} HMMA in the k-loop, expected {c.mma_per_k_tile}"
+    want_hmma = "HMMA.16816.F32.BF16" if dtype == "bfloat16" else "HMMA.16816.F32"
+    assert {sass.mnemonic(i) for i in body if sass.mnemonic(i).startswith("HMMA")} == {want_hmma}
+    counts = sass.mnemonic_histogram(body)
+    ldsm = {m: k for m, k in counts.items() if m.startswith("LDSM")}
+    assert ldsm == {"LDSM.16.M88.4": c.ldmatrix_per_k_tile}, f"{name} ({arch}): ldmatrix in the k-loop: {ldsm}"
+    plain = [m for m in counts if m.split(".")[0] == "LDS"]
+    assert not plain, f"{name} ({arch}): shared loads other than ldmatrix in the k-loop: {plain}"
+    hist = sass.mnemonic_histogram(code)
+    assert not [m for m in hist if m.split(".")[0] in sass.LOCAL_MEMORY], f"{name} ({arch}): local memory"
+    info = result.entries[name]
+    assert info.spill_store_bytes == info.spill_load_bytes == info.stack_frame_bytes == 0
+    assert info.registers <= c.max_registers(), f"{name} ({arch}): {info.registers} > {c.max_registers()} registers"
+    assert info.shared_bytes == c.shared_bytes(), f"{name} ({arch}): {info.shared_bytes} bytes of shared memory"
+
+
+@needs_cuobjdump
+@pytest.mark.parametrize("arch", CUBIN_ARCHS)
+def test_simt_16_bit_entries_have_no_hmma(arch: str) -> None:
+    # The check above can fail: the SIMT kernel computes 16-bit storage with
+    # FFMA, so hmma_loop finds no tensor-core k-loop there.
+    from liam_gpu.launch import transform as T
+
+    code = sass.function_sass(_compiled("transform", arch))
+    for dtype in T.MMA_CONFIGS:
+        name = T.linear_entry(dtype, T.TILE_CONFIGS[dtype]["large"], True)
+        assert sass.count_opcode(code[name], "HMMA") == 0
+        assert sass.hmma_loop(code[name], 1) is None
+
+
+def test_hmma_loop_picks_the_shortest_tensor_core_loop() -> None:
+    code = ["LDSM.16.M88.4 R4, [R2]", "HMMA.16816.F32 R8, R4, R6, R8", "@P0 BRA 0x0",
+            "HMMA.16816.F32.BF16 R8, R4, R6, R8", "HMMA.16816.F32.BF16 R12, R4, R6, R12", "BRA 0x0", "EXIT"]
+    assert sass.count_opcode(code, "HMMA") == 3 and sass.count_opcode(code, "LDSM") == 1
+    assert sass.hmma_loop(code, 1) == code[:3]
+    assert sass.hmma_loop(code, 2) == code[:6]
+    assert sass.hmma_loop(code, 4) is None

@@ -2,7 +2,8 @@
 
 The ptxas report says how many registers a kernel uses, but not *which*
 instructions it runs.  Some kernels are only fast with 128-bit loads
-(``LDG.E.128``), and none may touch local memory (``LDL``/``STL``).  Those
+(``LDG.E.128``) or on tensor cores (``HMMA`` fed by ``LDSM``, see
+:func:`hmma_loop`), and none may touch local memory (``LDL``/``STL``).  Those
 facts live in the SASS, which ``cuobjdump`` (pip ``nvidia-cuda-cuobjdump``,
 which calls ``nvdisasm`` from ``nvidia-cuda-nvdisasm``) prints without a GPU.
 """
@@ -166,6 +167,26 @@ def fma_loop(instructions: list[str], min_fma: int) -> list[str] | None:
     for first, last in loops(instructions):
         body = instructions[first:last + 1]
         if sum(mnemonic(i) in _FMA for i in body) >= min_fma and (best is None or len(body) < len(best)):
+            best = body
+    return best
+
+
+def count_opcode(instructions: Iterable[str], opcode: str) -> int:
+    """How many instructions have the opcode ``opcode`` (any modifiers): ``"HMMA"`` counts ``HMMA.16816.F32``."""
+    return sum(mnemonic(i).split(".")[0] == opcode for i in instructions)
+
+
+def hmma_loop(instructions: list[str], min_hmma: int) -> list[str] | None:
+    """The shortest loop body with at least ``min_hmma`` HMMA: a tensor-core GEMM's k-loop (None if none).
+
+    The tensor-core analogue of :func:`fma_loop`: one k-tile of a warp's
+    ``mma.sync`` instructions (``HMMA.16816.F32``, ``HMMA.16816.F32.BF16``),
+    with the ``ldmatrix`` loads (``LDSM``) that feed them.
+    """
+    best: list[str] | None = None
+    for first, last in loops(instructions):
+        body = instructions[first:last + 1]
+        if count_opcode(body, "HMMA") >= min_hmma and (best is None or len(body) < len(best)):
             best = body
     return best
 
