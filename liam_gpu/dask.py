@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -44,9 +45,10 @@ except ImportError as exc:  # dask is an optional extra
         "liam_gpu.dask needs Dask; install it with: pip install 'liam-gpu[dask]'"
     ) from exc
 
-from . import arrays, backends, validation
+from . import arrays, backends, philox, validation
 from .backends.base import upper_inverse
 from .lowrank import LowRank
+from .operators import _row_blocks, left_factor
 from .rangefinder import Plan, fixed_rank
 from .svd import DEFAULT_RANK, _check_count, _n_iter, seed_from_random_state
 from .transform import transform_matrix as _local_transform
@@ -167,6 +169,7 @@ def svd_compress(
     n_oversamples: int = 10,
     n_iter: int | str = "auto",
     random_state: Any = 0,
+    center: Any = False,
     device: Any = None,
     check_finite: bool = True,
 ) -> LowRank:
@@ -189,13 +192,14 @@ def svd_compress(
         U_i = Q_i Uc[:, :k]                                 on the workers, signs flipped
 
     so ``A`` is read ``q + 2`` times (one more per power step whose ``Y`` is
-    too ill-conditioned to orthonormalize after ``A^T Y``, and one for the
-    residual when the error is small, as on one machine) and never gathered;
-    between passes the workers hold one ``m x l`` basis, at the end the long
-    factor.  Power iterations are normalized (unlike
-    ``dask.array.linalg.svd_compressed``'s default); the result equals
-    :func:`liam_gpu.svd_compress` on the same data and seed to rounding,
-    whatever the chunking.
+    too ill-conditioned to orthonormalize after ``A^T Y``, one for the
+    residual when the error is small, as on one machine, and one for the
+    means with ``center=True``) and never gathered; between passes the
+    workers hold one ``m x l`` basis, at the end the long factor.  Power
+    iterations are normalized (unlike ``dask.array.linalg.svd_compressed``'s
+    default).  The result equals :func:`liam_gpu.svd_compress` on the same
+    data and seed to rounding, whatever the chunking: every block multiplies
+    by its rows of the same Philox ``Omega``.
 
     Parameters
     ----------
@@ -203,9 +207,12 @@ def svd_compress(
         ``dask.array.Array`` (m, n), tall or wide, chunked along one axis only
         (every chunk holds whole rows, ``x.numblocks[1] == 1``, or whole
         columns, ``x.numblocks[0] == 1``) with known chunk sizes; numpy or
-        CuPy chunks.  Never modified.  Integers compute in float64, float16
-        in float32.  Complex input is refused (the conjugate transpose this
-        would need is not implemented).
+        CuPy chunks, or scipy.sparse chunks (``da.from_array(csr_matrix)``,
+        ``x.map_blocks(scipy.sparse.csr_matrix)``: every product is scipy's
+        sparse-times-dense on the worker's CPU, no chunk is densified except
+        row pieces of one in the residual pass).  Never modified.  Integers
+        compute in float64, float16 in float32.  Complex input is refused
+        (the conjugate transpose this would need is not implemented).
     k
         Rank, ``1 <= k <= min(m, n)``; default ``min(32, m, n)``.
     n_oversamples
@@ -215,9 +222,19 @@ def svd_compress(
         ``k < 0.1 n``, else 4).  None are run when ``l = n``.
     random_state
         Seed of the Philox stream, as for :func:`liam_gpu.svd_compress`.
+    center
+        As for :func:`liam_gpu.svd_compress`: False (default); True: factor
+        ``x - 1 mean(x, axis=0)`` (PCA), the means found by one more pass;
+        or ``n`` column means to subtract (array-like, or a 1-D Dask array,
+        computed once).  The centring is applied inside every per-block
+        product (``A_i W - r_i (c^T W)``, ``A_i^T Y_i - c (r_i^T Y_i)``),
+        never materialised.  The factors and the error are those of the
+        centred matrix.
     device
         Where each chunk is computed, resolved on its worker (see
-        :func:`transform_matrix`).  The client always works on the CPU.
+        :func:`transform_matrix`); scipy.sparse chunks are computed on the
+        CPU only (``None``, ``"auto"`` or ``"cpu"``).  The client always
+        works on the CPU.
     check_finite
         Reject NaN/Inf in ``x``, found in the sketch ``A Omega`` of the first
         pass (NaN/Inf anywhere in ``A`` reaches it): no extra pass unless the
@@ -227,49 +244,76 @@ def svd_compress(
     -------
     LowRank
         For row chunks: ``U`` a ``dask.array.Array`` (m, k) in ``x``'s row
-        chunks (empty chunks left out) and chunk type, its blocks persisted
-        on the workers (the column signs, +-1, applied lazily on top); ``S``
-        (k,) and ``Vt`` (k, n) numpy arrays on the client.  For column
-        chunks: ``Vt`` the Dask array (k, n) in ``x``'s column chunks, ``U``
-        (m, k) and ``S`` on the client.  dtype float32 for float32 input,
-        else float64; ``relative_error`` the engine's estimate (within a
-        factor 2 of the truth above the dtype's resolution).
+        chunks (empty chunks left out) and chunk type (numpy for sparse
+        chunks), its blocks persisted on the workers (the column signs, +-1,
+        applied lazily on top); ``S`` (k,) and ``Vt`` (k, n) numpy arrays on
+        the client.  For column chunks: ``Vt`` the Dask array (k, n) in
+        ``x``'s column chunks, ``U`` (m, k) and ``S`` on the client.  dtype
+        float32 for float32 input, else float64; ``relative_error`` the
+        engine's estimate (within a factor 2 of the truth above the dtype's
+        resolution).
 
     Raises
     ------
     TypeError
         ``x`` not a Dask array, complex or non-numeric; non-integer ``k``,
-        ``n_oversamples``, ``n_iter`` or seed; ``device`` not a string.
+        ``n_oversamples``, ``n_iter`` or seed; ``device`` not a string;
+        ``center`` not numeric.
     ValueError
         ``x`` not 2-D, empty, chunked along both axes, of unknown chunk
-        sizes, or holding NaN/Inf; ``k``, ``n_oversamples``, ``n_iter``,
-        ``random_state`` or ``device`` out of range.
+        sizes, or holding NaN/Inf (sparse chunks too); ``k``,
+        ``n_oversamples``, ``n_iter``, ``random_state`` or ``device`` out of
+        range; ``device`` other than the CPU for sparse chunks; ``center``
+        not of length ``n``, holding NaN/Inf, or given for an ``x`` that is
+        not 2-D.
     """
     x = _check_dask_array("x", x)
+    centring = not (center is None or (isinstance(center, (bool, np.bool_)) and not center))
+    if centring and x.ndim != 2:
+        raise ValueError(f"center applies to a 2-D x (a matrix of rows to centre), got shape {tuple(x.shape)}")
     validation.check_ndim("x", x, ndim=2)
     dtype = validation.float_dtype("x", x)
-    # Blocks must hold whole rows (the operator is x) or whole columns (the operator is x.T,
-    # whose row blocks are x's column blocks, and the factors swap on the way out).
-    swapped = x.numblocks[1] > 1 or (x.numblocks[0] == 1 and x.shape[0] < x.shape[1])
-    _check_row_chunks("x", x.T if swapped else x, known_rows=True, transposed=swapped)
+    _check_svd_chunks(x)
     m, n = (int(d) for d in x.shape)
     validation.check_not_empty("x", x)
     _check_device(device)
+    sparse = _is_sparse(x._meta)
+    if sparse and device not in (None, "auto", "cpu"):
+        raise ValueError(
+            f"x has scipy.sparse chunks, which are computed on device='cpu' only, got device={device!r}"
+        )
     k = min(DEFAULT_RANK, m, n) if k is None else validation.check_rank("k", k, min(m, n))
     p = _check_count("n_oversamples", n_oversamples, minimum=0)
     q = _n_iter(n_iter, k, min(m, n))
     seed = seed_from_random_state(random_state)
     if not isinstance(check_finite, (bool, np.bool_)):
         raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
+    mean = _check_center(center, n) if centring else None
 
+    # Oriented by the shape alone, as in memory (T = x when tall, x.T when wide), so that the
+    # sketch T Omega -- and the result -- does not depend on the chunking; then T's chunks hold
+    # whole rows (the fused DaskOperator) or whole columns (through S = T^T, _ColumnBlocks).
+    swapped = m < n
     t = x.T if swapped else x
-    if any(r == 0 for r in t.chunks[0]):
-        # Zero-row chunks (left by filtering) carry nothing; dropping them moves no data.
-        t = t.rechunk({0: tuple(r for r in t.chunks[0] if r > 0)})
-    op = DaskOperator(t, dtype, device, swapped=swapped)
+    by_rows = t.numblocks[1] == 1
+    blocks = t if by_rows else t.T
+    if any(r == 0 for r in blocks.chunks[0]):
+        # Zero-size chunks (left by filtering) carry nothing; dropping them moves no data.
+        blocks = blocks.rechunk({0: tuple(r for r in blocks.chunks[0] if r > 0)})
+    inner = DaskOperator(blocks, dtype, device, swapped=swapped if by_rows else not swapped)
+    if centring:
+        inner.centre(mean, check=bool(check_finite))
+    op = inner if by_rows else _ColumnBlocks(inner, swapped=swapped)
     plan = Plan(k=k, p=p, q=q, seed=seed, check=bool(check_finite), estimate=True)
     fact = fixed_rank(op, plan)
     u, s, vt = fact.factors(k, flip=True)
+    if not by_rows:
+        # The client made both factors; the one along x's chunked axis goes back as a Dask
+        # array in x's chunks, as it comes from the row-block operator.
+        if swapped:  # x wide, in row chunks: U
+            u = da.from_array(u, chunks=(blocks.chunks[0], (k,)))
+        else:  # x tall, in column chunks: Vt
+            vt = da.from_array(vt, chunks=((k,), blocks.chunks[0]))
     return LowRank(u, s, vt, relative_error=fact.relative_error(k))
 
 
@@ -285,19 +329,12 @@ def _check_dask_array(name: str, x: Any) -> Any:
     return x
 
 
-def _check_row_chunks(name: str, x: Any, *, known_rows: bool, transposed: bool = False) -> None:
+def _check_row_chunks(name: str, x: Any, *, known_rows: bool) -> None:
     """Every chunk must hold whole rows (one chunk along the last axis) of a known width.
 
     ``known_rows``: the row chunk sizes must be known too (the SVD needs the
-    shapes of its bases; a lazy map does not).  ``transposed``: ``x`` is the
-    caller's array transposed, so its rows are the caller's columns.
+    shapes of its bases; a lazy map does not).
     """
-    if transposed and x.numblocks[-1] != 1:
-        raise ValueError(
-            f"{name} is chunked along both axes ({name}.numblocks = {x.numblocks[::-1]}); each chunk must "
-            f"hold whole rows or whole columns: rechunk with {name}.rechunk({{1: -1}}) or "
-            f"{name}.rechunk({{0: -1}}) (not done implicitly: it moves all of the array between workers)"
-        )
     axes = x.chunks if known_rows else x.chunks[-1:]
     if any(math.isnan(c) for axis in axes for c in axis):
         raise ValueError(
@@ -312,6 +349,18 @@ def _check_row_chunks(name: str, x: Any, *, known_rows: bool, transposed: bool =
         )
 
 
+def _check_svd_chunks(x: Any) -> None:
+    """Every chunk of ``x`` must hold whole rows or whole columns, and every chunk size be known."""
+    if any(math.isnan(c) for axis in x.chunks for c in axis):
+        raise ValueError(f"x has unknown chunk sizes {x.chunks}; call x.compute_chunk_sizes() first")
+    if x.numblocks[0] > 1 and x.numblocks[1] > 1:
+        raise ValueError(
+            f"x is chunked along both axes (x.numblocks = {x.numblocks}); each chunk must hold whole rows "
+            "or whole columns: rechunk with x.rechunk({1: -1}) or x.rechunk({0: -1}) (not done implicitly: "
+            "it moves all of the array between workers)"
+        )
+
+
 def _check_device(device: Any) -> None:
     """The ``device=`` name is resolved on each worker; here only its spelling is checked."""
     if device is not None and not isinstance(device, str):
@@ -320,6 +369,30 @@ def _check_device(device: Any) -> None:
             f"got {type(device).__name__}"
         )
     backends.canonical_device(device)
+
+
+def _is_sparse(block: Any) -> bool:
+    """Whether ``block`` is a scipy.sparse matrix or array (without importing scipy.sparse to ask)."""
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(block)
+
+
+def _check_center(center: Any, n: int) -> np.ndarray | None:
+    """``center=``'s column means (host float64, length ``n``), or None for ``center=True`` (computed later)."""
+    if isinstance(center, (bool, np.bool_)):
+        return None
+    if isinstance(center, da.Array):
+        center = center.compute()  # n numbers: the client holds n x l matrices anyway
+    mean = _host_copy("center", center)
+    validation.float_dtype("center", mean)  # complex, strings, objects: a TypeError naming center
+    if mean.shape != (n,):
+        raise ValueError(
+            f"center must be True, False or {n} column means (shape ({n},)), got shape {tuple(mean.shape)}"
+        )
+    mean = mean.astype(np.float64)
+    if not np.isfinite(mean).all():
+        raise ValueError("center contains NaN or Inf")
+    return mean
 
 
 def _host_copy(name: str, value: Any) -> np.ndarray:
@@ -341,16 +414,26 @@ class DaskOperator:
 
     Tall matrices (``A`` and the ``m x l`` bases) are Dask arrays in the row
     chunks of ``A``; each block is computed on its worker by the backend that
-    ``device`` names for the block's type.  ``gram`` is a tree reduction of
-    per-block Gram matrices, computed at once -- or already known, for a basis
-    made by a pass over ``A``, which sums its Gram matrices as it goes;
-    ``tri_apply`` is lazy, block by block (Dask fuses it into whatever reads it
-    next); ``householder_qr`` is a TSQR.  The ``n x l`` and ``l x l`` matrices
-    live on the client and are handled by the CPU backend (:attr:`local`).
+    ``device`` names for the block's type (scipy.sparse blocks: scipy on the
+    CPU).  ``gram`` is a tree reduction of per-block Gram matrices, computed
+    at once -- or already known, for a basis made by a pass over ``A``, which
+    sums its Gram matrices as it goes; ``tri_apply`` is lazy, block by block
+    (Dask fuses it into whatever reads it next); ``householder_qr`` is a
+    TSQR.  The ``n x l`` and ``l x l`` matrices live on the client and are
+    handled by the CPU backend (:attr:`backend`).
 
     Every per-block result keeps the block's columns as axes of its own (none
     is contracted), so that Dask fuses the reading (or generating) of a block
     of ``A`` into the task that uses it: no block of ``A`` is ever stored.
+
+    After :meth:`centre` the operator is ``T = A - r c^T`` (the rank-one
+    update of :class:`liam_gpu.operators.RankOneUpdate`), applied inside each
+    block's products: ``(r, c) = (1, mu)`` for row chunks of the caller's
+    matrix, ``(mu, 1)`` for column chunks (``A`` is then the caller's
+    transpose).  Unlike the in-memory update, each pass still reads a block
+    once for ``Y_i`` and ``A_i^T Y_i``: ``Y_i`` is centred on the worker
+    before ``A_i^T Y_i`` is formed, and ``c (r_i^T Y_i)`` is subtracted from
+    the sum on the client.
 
     Parameters
     ----------
@@ -360,6 +443,8 @@ class DaskOperator:
         The dtype computed in (blocks of ``a`` are converted on use).
     device
         The ``device=`` argument, resolved on the workers.
+    swapped
+        ``a`` is the caller's matrix transposed (the factors swap on the way out).
     """
 
     def __init__(self, a: Any, dtype: np.dtype, device: Any, *, swapped: bool = False) -> None:
@@ -368,12 +453,48 @@ class DaskOperator:
         self.dtype = np.dtype(dtype)
         self.device = device
         self.backend = backends.get_backend("cpu")
-        self.meta = meta_from_array(a, ndim=2, dtype=self.dtype)
+        # Bases of sparse blocks are dense numpy arrays; else of the blocks' own type.
+        self.meta = (np.empty((0, 0), dtype=self.dtype) if _is_sparse(a._meta)
+                     else meta_from_array(a, ndim=2, dtype=self.dtype))
         # The Gram accumulation cholqr asks for, summed as each basis is made.
         self.accumulations = (np.dtype(np.float64),)
         self._grams: dict[tuple[str, np.dtype], np.ndarray] = {}
         self._norm2: float | None = None
         self._sketch_finite = True
+        # The centring T = A - r c^T (see centre): c on the client (None: ones), r on the
+        # workers in A's row chunks (None: ones).
+        self.centred = False
+        self._c: np.ndarray | None = None
+        self._r: Any = None
+
+    def centre(self, mean: np.ndarray | None, *, check: bool) -> None:
+        """Factor ``A - 1 mu^T`` of the caller's matrix from now on (``mean`` None: its column means).
+
+        ``mean`` is ``mu`` (host float64, one per column of the caller's
+        matrix).  Row chunks: ``c = mu`` lives on the client and travels to
+        every task (one graph key); ``mean=None`` sums the columns in one pass
+        (a mean not finite is ``A``'s NaN/Inf, reported as such when
+        ``check``).  Column chunks: ``r = mu`` is a Dask array in ``A``'s row
+        chunks, each task reading its part; ``mean=None`` makes it from the
+        row means of each block, persisted on the workers (one pass).
+        """
+        mt, nt = self.shape
+        if not self.swapped:
+            if mean is None:
+                parts = self._per_block(_column_sums_part, "a", [(self.a, "ia")], {"a": nt}, self.dtype)
+                mean = np.asarray(parts.sum(axis=0, split_every=FAN_IN).compute(), dtype=np.float64) / mt
+                if not np.isfinite(mean).all():
+                    if check:
+                        self.check_finite()  # raises for NaN/Inf in x
+                    raise ValueError("x's column sums are not finite (NaN/Inf, or finite values whose sum "
+                                     "overflows float64); pass its means as center= or scale it down")
+            self._c = np.ascontiguousarray(mean, dtype=np.float64)
+        elif mean is None:
+            self._r = self.a.map_blocks(_row_means_block, self.dtype, self.device, drop_axis=1,
+                                        dtype=np.float64, meta=np.empty((0,))).persist()
+        else:
+            self._r = da.from_array(np.ascontiguousarray(mean, dtype=np.float64), chunks=(self.a.chunks[0],))
+        self.centred = True
 
     # -- the operator protocol ---------------------------------------------------------
     sums_in_sketch = True  # ||A||^2 comes with the sketch pass (see sum_squares)
@@ -396,17 +517,18 @@ class DaskOperator:
         return self.power_pass(w, with_v=with_v)
 
     def sum_squares(self) -> float:
-        """``||A||_F^2``: summed by the sketch pass, else one pass of its own."""
+        """``||T||_F^2``: summed by the sketch pass, else one pass of its own."""
         if self._norm2 is None:
-            parts = self._per_block(_sum_squares_part, "a", [(self.a, "a")], {"a": 1}, self.dtype)
+            parts = self._per_block(_sum_squares_part, "a", [(self.a, "ia"), (self._r, "i")], {"a": 1},
+                                    self._shift(), self.dtype)
             self._norm2 = float(parts.sum().compute())
         return self._norm2
 
     def residual_sq(self, q: Any, bt: np.ndarray) -> float:
-        """``||A - Q Bt^T||_F^2``: one pass, block by block on the workers."""
+        """``||T - Q Bt^T||_F^2``: one pass, block by block on the workers."""
         small = delayed(np.ascontiguousarray(bt, dtype=self.dtype))
-        parts = self._per_block(_residual_part, "ab", [(self.a, "a"), (q, "b")], {"a": 1, "b": 1},
-                                small, self.dtype)
+        parts = self._per_block(_residual_part, "ab", [(self.a, "ia"), (self._r, "i"), (q, "ib")],
+                                {"a": 1, "b": 1}, small, self._shift(), self.dtype)
         return float(parts.sum().compute())
 
     def require_finite(self, y: Any) -> None:
@@ -430,33 +552,40 @@ class DaskOperator:
 
     # -- passes over A -------------------------------------------------------------------
     def _sketch(self, seed: int, width: int, *, with_v: bool) -> tuple[Any, np.ndarray | None, float, bool]:
-        """``Y = A Omega`` (persisted, its Gram matrices known), ``V = A^T Y``, ``||A||_F^2``: one pass.
+        """``Y = T Omega`` (persisted, its Gram matrices known), ``V = T^T Y``, ``||T||_F^2``: one pass.
 
         Also whether ``Y`` is finite (NaN/Inf in ``A`` always reach it: no
         entry of ``Omega`` is zero).  ``V`` only ``with_v`` (else None).
         """
-        y, stats = self._basis_pass(_sketch_block, width, seed, width, leading=2, with_v=with_v)
+        c_omega = None
+        if self.centred:  # c^T Omega, from the same Philox stream the blocks use
+            c_omega = self._c_times(_omega_rows(seed, self.shape[1], width, self.dtype, self._c))
+        y, stats = self._basis_pass(_sketch_block, width, seed, width, shift=self._shift(c_omega), leading=2,
+                                    with_v=with_v)
         return y, stats.v, float(stats.leading[0]), not stats.leading[1]
 
     def power_pass(self, c: np.ndarray, *, with_v: bool) -> tuple[Any, np.ndarray | None]:
-        """``Y = A @ C`` for a client matrix ``C`` (persisted, its Gram matrices known) and ``V = A^T Y``.
+        """``Y = T @ C`` for a client matrix ``C`` (persisted, its Gram matrices known) and ``V = T^T Y``.
 
         One pass over ``A``; ``V`` only ``with_v`` (else None).
         """
         small = delayed(np.ascontiguousarray(c, dtype=self.dtype))
-        y, stats = self._basis_pass(_power_block, int(c.shape[1]), small, leading=0, with_v=with_v)
+        shift = self._shift(self._c_times(np.asarray(c, dtype=np.float64)) if self.centred else None)
+        y, stats = self._basis_pass(_power_block, int(c.shape[1]), small, shift=shift, leading=0, with_v=with_v)
         return y, stats.v
 
     def t_times(self, y: Any) -> Any:
-        """``A^T Y`` on the client in the compute dtype: one pass over ``A``."""
+        """``T^T Y`` on the client in the compute dtype: one pass over ``A``."""
         n, l = int(self.a.shape[1]), int(y.shape[1])
-        product = self._per_block(_t_times_part, "ab", [(self.a, "a"), (y, "b")], {"a": n, "b": l},
-                                  self.dtype)
-        return np.ascontiguousarray(product.sum(axis=0, split_every=FAN_IN).compute(), dtype=self.dtype)
+        rows = n + 1 if self.centred else n  # A_i^T Y_i, then r_i^T Y_i
+        product = self._per_block(_t_times_part, "ab", [(self.a, "ia"), (self._r, "i"), (y, "ib")],
+                                  {"a": rows, "b": l}, self._shift(), self.dtype)
+        total = np.asarray(product.sum(axis=0, split_every=FAN_IN).compute(), dtype=np.float64)
+        return np.ascontiguousarray(self._minus_c(total), dtype=self.dtype)
 
     def check_finite(self) -> None:
         """Raise ``ValueError`` if ``A`` holds NaN/Inf (one more pass, only after a non-finite sum)."""
-        finite = self._per_block(_finite_part, "a", [(self.a, "a")], {"a": 1}, self.dtype)
+        finite = self._per_block(_finite_part, "a", [(self.a, "ia")], {"a": 1}, self.dtype)
         if not bool(finite.min().compute()):
             raise ValueError("x contains NaN or Inf; pass check_finite=False to skip this check")
 
@@ -516,29 +645,55 @@ class DaskOperator:
         signs = np.where(value < 0, -1.0, 1.0)
         return u.map_blocks(_scale_columns_block, signs, dtype=self.dtype, meta=self.meta), signs
 
+    # -- centring on the client ------------------------------------------------------------
+    def _shift(self, c_times: np.ndarray | None = None) -> Any:
+        """What every task needs of the centring (one graph key), or None without centring."""
+        if not self.centred:
+            return None
+        c = None if self._c is None else self._c.astype(self.dtype)
+        cx = None if c_times is None else np.ascontiguousarray(c_times, dtype=self.dtype)
+        return delayed(_Shift(c, cx))
+
+    def _c_times(self, x: np.ndarray) -> np.ndarray:
+        """``c^T X`` as a (1, l) host float64 row (``c`` the means, or ones)."""
+        return (x.sum(axis=0) if self._c is None else self._c @ x)[None, :]
+
+    def _minus_c(self, total: np.ndarray) -> np.ndarray:
+        """``sum_i A_i^T Y_i - c sum_i r_i^T Y_i`` from their stacked sums (no-op without centring)."""
+        if not self.centred:
+            return total
+        v, rty = total[:-1], total[-1:]
+        return v - (rty if self._c is None else self._c[:, None] * rty)
+
     # -- helpers ---------------------------------------------------------------------------
-    def _basis_pass(self, fn: Callable, cols: int, *args: Any, leading: int,
+    def _basis_pass(self, fn: Callable, cols: int, *args: Any, shift: Any, leading: int,
                     with_v: bool) -> tuple[Any, "_Stats"]:
         """A pass over ``A`` that makes a basis ``Y`` (``cols`` columns) and sums per-block statistics.
 
-        ``fn(block, *args, with_v, dtype, accumulations, device)`` returns
-        ``(Y_i, stats_i)``, ``stats_i`` a row of ``leading`` numbers, then
-        ``A_i^T Y_i`` (``with_v``), then the Gram matrices of ``Y_i`` for each
-        of :attr:`accumulations`.  ``Y`` is persisted, the sums come back, and
+        ``fn(block, r_i, *args, shift, with_v, dtype, accumulations, device)``
+        returns ``(Y_i, stats_i)``, ``stats_i`` a row of ``leading`` numbers,
+        then ``T_i^T Y_i`` (``with_v``; with centring ``A_i^T Y_i`` and
+        ``r_i^T Y_i``), then the Gram matrices of ``Y_i`` for each of
+        :attr:`accumulations`.  ``Y`` is persisted, the sums come back, and
         the Gram matrices are remembered for :meth:`gram`.  One task per block
         computes all of it, so a block of ``A`` is read once however many
         results use it.
         """
         n = int(self.a.shape[1])
-        layout = _Stats.layout(leading, n * cols if with_v else 0, len(self.accumulations) * cols * cols)
-        pairs = self.a.map_blocks(fn, *args, with_v, self.dtype, self.accumulations, self.device,
-                                  dtype=self.dtype, meta=self.meta)
+        v_rows = n + 1 if self.centred else n
+        layout = _Stats.layout(leading, v_rows * cols if with_v else 0, len(self.accumulations) * cols * cols)
+        pairs = da.blockwise(fn, "ij", self.a, "ij", self._r, None if self._r is None else "i",
+                             *[v for arg in (*args, shift, with_v, self.dtype, self.accumulations, self.device)
+                               for v in (arg, None)],
+                             dtype=self.dtype, meta=self.meta)
         y = pairs.map_blocks(operator.getitem, 0, chunks=(self.a.chunks[0], (cols,)), dtype=self.dtype,
                              meta=self.meta)
         stats = pairs.map_blocks(operator.getitem, 1, chunks=((1,) * self.a.numblocks[0], (layout[-1],)),
                                  dtype=np.float64, meta=np.empty((0, 0)))
         y, total = dask.persist(y, stats.sum(axis=0, split_every=FAN_IN))
-        sums = _Stats.split(np.asarray(total.compute(), dtype=np.float64), layout, (n, cols), self.dtype)
+        sums = _Stats.split(np.asarray(total.compute(), dtype=np.float64), layout, (v_rows, cols))
+        if sums.v is not None:
+            sums = _Stats(sums.leading, np.ascontiguousarray(self._minus_c(sums.v), dtype=self.dtype), sums.grams)
         grams = sums.grams.reshape(len(self.accumulations), cols, cols)
         self._grams = {(y.name, acc): g for acc, g in zip(self.accumulations, grams)}
         return y, sums
@@ -547,19 +702,20 @@ class DaskOperator:
                    *args: Any) -> Any:
         """``fn`` on each row block: one host float64 array per block, stacked along a new first axis.
 
-        ``inputs`` are ``(array, letter)`` pairs, the letter naming the
-        array's column axis; ``out`` names the axes of one block's result and
+        ``inputs`` are ``(array, index)`` pairs, ``"i"`` naming the row
+        blocks and one more letter an array's column axis (``(None, "i")``:
+        ``fn`` gets None); ``out`` names the axes of one block's result and
         ``sizes`` their lengths.  Every input letter must be in ``out`` (no
         axis is contracted, so Dask can fuse the production of the input
         blocks into these tasks).  ``fn`` gets the input blocks, then ``args``
         and ``device``.
         """
         pairs: list[Any] = []
-        for arr, letter in inputs:
-            pairs += [arr, "i" + letter]
+        for arr, index in inputs:
+            pairs += [arr, None if arr is None else index]
         for value in (*args, self.device):
             pairs += [value, None]
-        present = {letter for _, letter in inputs}
+        present = {letter for arr, index in inputs if arr is not None for letter in index[1:]}
         return da.blockwise(
             fn, "i" + out, *pairs,
             new_axes={ax: size for ax, size in sizes.items() if ax not in present},
@@ -569,8 +725,116 @@ class DaskOperator:
 
     def _gram_sum(self, y: Any, accumulate: Any) -> Any:
         l = int(y.shape[1])
-        parts = self._per_block(_gram_part, "ab", [(y, "a")], {"a": l, "b": l}, np.dtype(accumulate))
+        parts = self._per_block(_gram_part, "ab", [(y, "ia")], {"a": l, "b": l}, np.dtype(accumulate))
         return parts.sum(axis=0, split_every=FAN_IN)
+
+
+class _ColumnBlocks:
+    """A tall operator ``T`` whose Dask blocks hold whole columns, for the engine, on the client.
+
+    The engine orients a matrix by its shape alone (``T`` is the caller's
+    matrix when tall, its transpose when wide), as in memory, so that the
+    sketch ``T Omega`` -- and with it the result -- does not depend on the
+    chunking.  When ``T``'s chunks hold whole columns (a tall matrix in column
+    chunks, a wide one in row chunks) the products go through ``S = T^T``, a
+    :class:`DaskOperator` over those blocks as row blocks (``S``'s centring
+    is ``T``'s, transposed)::
+
+        T X = S^T X      one pass: sum_j S_j^T X_j, X in S's row chunks (Omega: made per block)
+        T^T Y = S Y      one pass: S_j Y per block, gathered
+        ||T - Q Bt^T||   = ||S - Bt Q^T||, one pass
+
+    The ``mt x l`` bases (the long side) and the ``nt x l`` ones live on the
+    client (the CPU backend is :attr:`space` and :attr:`backend`); ``T X``
+    must be summed before ``T^T Y`` can start, so a power step reads ``A``
+    twice where :class:`DaskOperator` reads it once.
+    """
+
+    def __init__(self, s: DaskOperator, *, swapped: bool) -> None:
+        self.s = s
+        self.swapped = swapped
+        self.dtype = s.dtype
+        self.backend = s.backend
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        nt, mt = self.s.shape
+        return mt, nt
+
+    @property
+    def space(self) -> Any:
+        return self.backend
+
+    def _in_s_chunks(self, x: np.ndarray) -> Any:
+        """A client ``nt x l`` matrix as a Dask array in ``S``'s row chunks (one graph key per block)."""
+        return da.from_array(np.ascontiguousarray(x, dtype=self.dtype), chunks=(self.s.a.chunks[0], x.shape[1]))
+
+    def _t_side(self, y: np.ndarray) -> np.ndarray:
+        """``T^T Y = S Y``: one pass, its blocks gathered to the client."""
+        blocks, _ = self.s.power_pass(np.asarray(y), with_v=False)
+        return np.ascontiguousarray(blocks.compute(), dtype=self.dtype)
+
+    def sketch(self, seed: int, l: int, col0: int = 0, *, with_v: bool = False) -> tuple[Any, Any | None]:
+        if col0:
+            raise ValueError("the Dask operator sketches from the first column of Omega only")
+        omega = da.map_blocks(_omega_block, seed, l, self.dtype, chunks=(self.s.a.chunks[0], (l,)),
+                              dtype=self.dtype, meta=np.empty((0, 0), dtype=self.dtype))
+        with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf: reported by the caller, from Y
+            y = self.s.t_times(omega)
+        return y, (self._t_side(y) if with_v else None)
+
+    def power(self, w: Any, *, with_v: bool = False) -> tuple[Any, Any | None]:
+        y = self.s.t_times(self._in_s_chunks(w))
+        return y, (self._t_side(y) if with_v else None)
+
+    def t_times(self, y: Any) -> Any:
+        return self._t_side(y)
+
+    def sum_squares(self) -> float:
+        return self.s.sum_squares()
+
+    def residual_sq(self, q: Any, bt: Any) -> float:
+        return self.s.residual_sq(self._in_s_chunks(bt), q)
+
+    def require_finite(self, y: Any) -> None:
+        if bool(np.isfinite(y).all()):
+            return
+        self.s.check_finite()  # raises for NaN/Inf in x
+        raise ValueError(f"x is finite but so large that its products overflow {self.dtype}; scale it down")
+
+    def left(self, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
+        return left_factor(self.backend, self.dtype, q, c, flip=flip)
+
+    def transpose(self, x: Any) -> Any:
+        return np.ascontiguousarray(x.T)
+
+
+def _omega_block(seed: int, width: int, dtype: np.dtype, block_info: dict | None = None) -> np.ndarray:
+    """Rows ``lo:hi`` of the Philox ``Omega`` (``block_info`` is passed by ``map_blocks``)."""
+    lo, hi = block_info[None]["array-location"][0]
+    return philox.omega(seed, hi - lo, width, dtype, row0=lo)
+
+
+def _omega_rows(seed: int, rows: int, width: int, dtype: np.dtype, c: np.ndarray | None) -> np.ndarray:
+    """``c^T Omega`` needs ``Omega``'s rows: all of them for ``c = mu``; for ``c = 1`` their column
+    sums, generated in pieces of ``width``-column rows so that a long side never lives on the client
+    whole.  Returns an ``X`` with ``c^T X = c^T Omega`` (float64, ``Omega`` as the blocks make it)."""
+    if c is not None:
+        return philox.omega(seed, rows, width, dtype).astype(np.float64)
+    step = max(1, (1 << 20) // max(1, width))
+    total = np.zeros((1, width))
+    for row0 in range(0, rows, step):
+        piece = philox.omega(seed, min(step, rows - row0), width, dtype, row0=row0)
+        total += piece.sum(axis=0, dtype=np.float64)
+    return total
+
+
+@dataclass(frozen=True)
+class _Shift:
+    """The centring as one task sees it: ``c`` (None: ones) and ``c^T X`` of the pass's ``X`` (or None)."""
+
+    c: np.ndarray | None
+    cx: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -587,10 +851,9 @@ class _Stats:
         return leading, leading + v, leading + v + grams
 
     @classmethod
-    def split(cls, row: np.ndarray, layout: tuple[int, int, int], v_shape: tuple[int, int],
-              dtype: np.dtype) -> "_Stats":
+    def split(cls, row: np.ndarray, layout: tuple[int, int, int], v_shape: tuple[int, int]) -> "_Stats":
         lead, v_end, end = layout
-        v = None if v_end == lead else np.ascontiguousarray(row[lead:v_end].reshape(v_shape), dtype=dtype)
+        v = None if v_end == lead else row[lead:v_end].reshape(v_shape)
         return cls(row[:lead], v, row[v_end:end])
 
 
@@ -620,54 +883,163 @@ class _Worker:
 
 @contextlib.contextmanager
 def _worker(block: Any, device: Any) -> Iterator[_Worker]:
+    if _is_sparse(block):  # scipy's SpMM on the CPU; the client refused any other device
+        yield _Worker(arrays.NUMPY, backends.get_backend("cpu"))
+        return
     kind = arrays.kind_of(block)
     backend = backends.resolve(device, kind)
     with arrays.caller_stream(kind):
         yield _Worker(kind, backend)
 
 
-def _stats_row(w: _Worker, leading: Sequence[float], v: Any | None, y: Any,
+class _Block:
+    """Row block ``T_i = A_i - r_i c^T`` of the operator, on its worker.
+
+    ``A_i`` is a backend array, or a scipy.sparse CSR matrix whose products are
+    scipy's sparse-times-dense (never densified but for row pieces in
+    :meth:`residual_sq`).  Without centring (``shift`` None) ``T_i = A_i``;
+    with it ``r_i`` is the block's part of ``r`` (None: ones) and ``c`` comes
+    with ``shift`` (None: ones), both in the compute dtype.
+    """
+
+    def __init__(self, w: _Worker, a: Any, dtype: np.dtype, r: np.ndarray | None = None,
+                 shift: _Shift | None = None) -> None:
+        self.w, self.dtype, self.shift = w, np.dtype(dtype), shift
+        self.sparse = _is_sparse(a)
+        if self.sparse:
+            x = a.tocsr().astype(self.dtype, copy=False)
+            if not x.has_canonical_format:  # summed duplicates for sum_squares, on a copy: x is the caller's
+                x = x.copy()
+                x.sum_duplicates()
+            self.x = x
+        else:
+            self.x = w.load(a, dtype)
+        rows, cols = (int(d) for d in self.x.shape)
+        self.r64 = self.c64 = None
+        if shift is not None:
+            self.r64 = np.ones(rows) if r is None else np.asarray(r, dtype=np.float64)
+            self.c64 = np.ones(cols) if shift.c is None else np.asarray(shift.c, dtype=np.float64)
+
+    @property
+    def xp(self) -> Any:
+        return self.w.backend.xp
+
+    def _vec(self, v: np.ndarray) -> Any:
+        return self.w.backend.asarray(np.ascontiguousarray(v, dtype=self.dtype))
+
+    def _centred(self, y: Any) -> Any:
+        """``A_i X - r_i (c^T X)`` from ``A_i X`` (``c^T X`` came with the shift)."""
+        if self.shift is None:
+            return y
+        return y - self._vec(self.r64)[:, None] * self._vec(self.shift.cx)
+
+    def _pass(self, y: Any, with_v: bool) -> tuple[Any, Any | None]:
+        """``Y_i`` centred, and ``T_i^T Y_i``'s parts (``A_i^T Y_i`` then ``r_i^T Y_i``) when ``with_v``."""
+        y = self._centred(y)
+        return y, (self.t_times(y) if with_v else None)
+
+    def sketch(self, seed: int, width: int, with_v: bool) -> tuple[Any, Any | None]:
+        """``Y_i = T_i Omega`` (``Omega``'s rows are ``A``'s columns: the same for every block)."""
+        if self.sparse:
+            omega = philox.omega(seed, self.x.shape[1], width, self.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):  # reported by the caller, from Y
+                return self._pass(np.ascontiguousarray(self.x @ omega, dtype=self.dtype), with_v)
+        if self.shift is None and with_v:  # the backend's fused pass: A_i read once for both
+            y, v = self.w.backend.sketch_pass(self.x, seed, width)
+            return y, self.w.host(v)
+        return self._pass(self.w.backend.sketch(self.x, seed, width), with_v)
+
+    def times(self, c: Any, with_v: bool) -> tuple[Any, Any | None]:
+        """``Y_i = T_i C`` for a backend matrix ``C``."""
+        if self.sparse:
+            return self._pass(np.ascontiguousarray(self.x @ c, dtype=self.dtype), with_v)
+        if self.shift is None and with_v:
+            y, v = self.w.backend.power_pass(self.x, c)
+            return y, self.w.host(v)
+        return self._pass(self.w.backend.matmul(self.x, c), with_v)
+
+    def t_times(self, y: Any) -> np.ndarray:
+        """``A_i^T Y_i`` and, with centring, the row ``r_i^T Y_i`` under it: host float64."""
+        v = self.x.T @ y if self.sparse else self.w.backend.matmul(self.x, y, trans=True)
+        if self.shift is None:
+            return self.w.host(v)
+        return np.vstack([self.w.host(v), self.w.host(self._vec(self.r64)[None, :] @ y)])
+
+    def sum_squares(self) -> float:
+        """``||T_i||_F^2`` (float64)."""
+        if self.sparse:
+            values = self.x.data.astype(np.float64)
+            total = float(np.dot(values, values))
+            if self.shift is None:
+                return total
+            # ||A_i - r c^T||^2 = ||A_i||^2 - 2 r^T A_i c + ||r||^2 ||c||^2 in float64, as in memory
+            # (operators.RankOneUpdate): the sparse product with a float64 vector is float64.
+            value = total - 2.0 * float(self.r64 @ (self.x @ self.c64)) \
+                + float(self.r64 @ self.r64) * float(self.c64 @ self.c64)
+            return max(value, 0.0)
+        if self.shift is None:
+            return self.w.backend.sum_squares(self.x)
+        # Entry by entry: T_ij = A_ij - r_i c_j rounds like an explicit centring.
+        part = self.x - self._vec(self.r64)[:, None] * self._vec(self.c64)[None, :]
+        return self.w.backend.sum_squares(self.xp.ascontiguousarray(part))
+
+    def residual_sq(self, q: Any, bt: Any) -> float:
+        """``||T_i - Q_i Bt^T||_F^2`` (float64): dense, or row pieces of a sparse block made dense."""
+        backend = self.w.backend
+        if not self.sparse:
+            part = self.x - backend.matmul(q, bt.T)
+            if self.shift is not None:
+                part = part - self._vec(self.r64)[:, None] * self._vec(self.c64)[None, :]
+            return backend.sum_squares(self.xp.ascontiguousarray(part))
+        total = 0.0
+        for lo, hi in _row_blocks(*(int(d) for d in self.x.shape)):
+            part = self.x[lo:hi].toarray() - q[lo:hi] @ bt.T
+            if self.shift is not None:
+                part -= (self.r64[lo:hi, None] * self.c64[None, :]).astype(self.dtype)
+            total += backend.sum_squares(np.ascontiguousarray(part))
+        return total
+
+    def finite(self) -> bool:
+        values = self.x.data if self.sparse else self.x
+        return bool(self.xp.isfinite(values).all())
+
+
+def _stats_row(w: _Worker, leading: Sequence[float], v: np.ndarray | None, y: Any,
                accumulations: Sequence[np.dtype]) -> np.ndarray:
     """``[leading..., V_i..., Gram matrices of Y_i...]`` as one host float64 row (see :class:`_Stats`)."""
     parts = [np.asarray(leading, dtype=np.float64)]
     if v is not None:
-        parts.append(w.host(v).ravel())
+        parts.append(np.ravel(v))
     parts += [np.ravel(w.backend.gram(y, accumulate=acc)) for acc in accumulations]
     return np.concatenate(parts)[None]
 
 
-def _sketch_block(a: Any, seed: int, width: int, with_v: bool, dtype: np.dtype,
-                  accumulations: Sequence[np.dtype], device: Any) -> tuple[Any, np.ndarray]:
-    """``Y_i = A_i Omega`` and ``[||A_i||_F^2, Y_i not finite, A_i^T Y_i (with_v), Gram matrices of Y_i]``.
+def _sketch_block(a: Any, r: np.ndarray | None, seed: int, width: int, shift: _Shift | None, with_v: bool,
+                  dtype: np.dtype, accumulations: Sequence[np.dtype], device: Any) -> tuple[Any, np.ndarray]:
+    """``Y_i = T_i Omega`` and ``[||T_i||_F^2, Y_i not finite, T_i^T Y_i's parts (with_v), Gram matrices of Y_i]``.
 
     ``Omega``'s rows are ``A``'s columns, so every block multiplies by the same ``Omega``.
     """
     with _worker(a, device) as w:
-        x = w.load(a, dtype)
-        if with_v:
-            y, v = w.backend.sketch_pass(x, seed, width)
-        else:
-            y, v = w.backend.sketch(x, seed, width), None
+        block = _Block(w, a, dtype, r, shift)
+        y, v = block.sketch(seed, width, with_v)
         not_finite = float(not bool(w.backend.xp.isfinite(y).all()))
-        return w.give_back(y), _stats_row(w, [w.backend.sum_squares(x), not_finite], v, y, accumulations)
+        return w.give_back(y), _stats_row(w, [block.sum_squares(), not_finite], v, y, accumulations)
 
 
-def _power_block(a: Any, c: np.ndarray, with_v: bool, dtype: np.dtype, accumulations: Sequence[np.dtype],
-                 device: Any) -> tuple[Any, np.ndarray]:
-    """``Y_i = A_i C`` for a client matrix ``C``, and ``[A_i^T Y_i (with_v), Gram matrices of Y_i]``."""
+def _power_block(a: Any, r: np.ndarray | None, c: np.ndarray, shift: _Shift | None, with_v: bool,
+                 dtype: np.dtype, accumulations: Sequence[np.dtype], device: Any) -> tuple[Any, np.ndarray]:
+    """``Y_i = T_i C`` for a client matrix ``C``, and ``[T_i^T Y_i's parts (with_v), Gram matrices of Y_i]``."""
     with _worker(a, device) as w:
-        x, small = w.load(a, dtype), w.backend.asarray(c)
-        if with_v:
-            y, v = w.backend.power_pass(x, small)
-        else:
-            y, v = w.backend.matmul(x, small), None
+        y, v = _Block(w, a, dtype, r, shift).times(w.backend.asarray(c), with_v)
         return w.give_back(y), _stats_row(w, [], v, y, accumulations)
 
 
-def _t_times_part(a: Any, y: Any, dtype: np.dtype, device: Any) -> np.ndarray:
-    """``A_i^T Y_i`` (summed across blocks in float64)."""
+def _t_times_part(a: Any, r: np.ndarray | None, y: Any, shift: _Shift | None, dtype: np.dtype,
+                  device: Any) -> np.ndarray:
+    """``A_i^T Y_i`` (and ``r_i^T Y_i`` under it, with centring), summed across blocks in float64."""
     with _worker(a, device) as w:
-        return w.host(w.backend.matmul(w.load(a, dtype), w.load(y), trans=True))[None]
+        return _Block(w, a, dtype, r, shift).t_times(w.load(y, dtype))[None]
 
 
 def _gram_part(y: Any, accumulate: np.dtype, device: Any) -> np.ndarray:
@@ -712,17 +1084,18 @@ def _scale_columns_block(u: Any, signs: np.ndarray) -> Any:
         return u * arrays.from_compute(signs.astype(u.dtype), kind)
 
 
-def _sum_squares_part(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
+def _sum_squares_part(a: Any, r: np.ndarray | None, shift: _Shift | None, dtype: np.dtype,
+                      device: Any) -> np.ndarray:
     with _worker(a, device) as w:
-        return np.array([[w.backend.sum_squares(w.load(a, dtype))]])
+        return np.array([[_Block(w, a, dtype, r, shift).sum_squares()]])
 
 
-def _residual_part(a: Any, q: Any, bt: np.ndarray, dtype: np.dtype, device: Any) -> np.ndarray:
-    """``||A_i - Q_i Bt^T||_F^2`` of one row block."""
+def _residual_part(a: Any, r: np.ndarray | None, q: Any, bt: np.ndarray, shift: _Shift | None,
+                   dtype: np.dtype, device: Any) -> np.ndarray:
+    """``||T_i - Q_i Bt^T||_F^2`` of one row block."""
     with _worker(a, device) as w:
-        x = w.load(a, dtype)
-        part = x - w.backend.matmul(w.load(q), w.backend.asarray(bt).T)
-        return np.array([[[w.backend.sum_squares(w.backend.xp.ascontiguousarray(part))]]])
+        block = _Block(w, a, dtype, r, shift)
+        return np.array([[[block.residual_sq(w.load(q, dtype), w.backend.asarray(bt))]]])
 
 
 def _matmul_block(q: Any, c: np.ndarray, device: Any) -> Any:
@@ -732,4 +1105,22 @@ def _matmul_block(q: Any, c: np.ndarray, device: Any) -> Any:
 
 def _finite_part(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
     with _worker(a, device) as w:
-        return np.array([[float(bool(w.backend.xp.isfinite(w.load(a, dtype)).all()))]])
+        return np.array([[float(_Block(w, a, dtype).finite())]])
+
+
+def _column_sums_part(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
+    """The column sums of one row block in float64 (``center=True`` on row chunks)."""
+    with _worker(a, device) as w:
+        x = _Block(w, a, dtype).x
+        if _is_sparse(x):
+            return np.asarray(x.sum(axis=0, dtype=np.float64)).reshape(1, -1)
+        return w.host(w.backend.xp.sum(x, axis=0, dtype=np.float64))[None]
+
+
+def _row_means_block(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
+    """The row means of one row block of ``x.T`` in float64 (``center=True`` on column chunks)."""
+    with _worker(a, device) as w:
+        x = _Block(w, a, dtype).x
+        if _is_sparse(x):
+            return np.asarray(x.sum(axis=1, dtype=np.float64)).ravel() / x.shape[1]
+        return w.host(w.backend.xp.mean(x, axis=1, dtype=np.float64))
