@@ -109,6 +109,8 @@ def pca(
         op = RankOneUpdate.centred(mat.operator(backend), mean)
         plan = Plan(k=k, p=p, q=_n_iter(n_iter, k, min(m, n)), seed=seed_from_random_state(random_state),
                     normalizer=normalizer, check=bool(check_finite), flip=False)
+        if arrays.needs_autograd(x):
+            return _recorded(x, mat, mean, op, plan, kind)
         u, s, vt = fixed_rank(op, plan).factors(k, flip=False)
         total = op.sum_squares()
         xp = backend.xp
@@ -122,3 +124,31 @@ def pca(
         out = [vt, backend.asarray(variance.astype(dtype)), backend.asarray(ratio.astype(dtype)), s,
                backend.asarray(mean.astype(dtype))]
         return PCAResult(*(arrays.from_compute(v, kind) for v in out), n_samples=m)
+
+
+def _recorded(x: Any, mat: Any, mean: np.ndarray, op: Any, plan: Plan, kind: arrays.ArrayKind) -> PCAResult:
+    """:func:`pca` of a tensor that requires grad: every field but ``n_samples`` recorded by autograd.
+
+    The engine's basis (of the centred operator ``op``) is a constant; the mean, the factors
+    (:func:`liam_gpu._svd_grad.project`) and the variances are torch
+    operations on ``x``.
+    """
+    from . import _svd_grad
+
+    if mat.sparse:
+        raise ValueError("x is a sparse tensor that requires grad: differentiable PCA of sparse input is not "
+                         "supported; pass x.detach() for a result without a graph")
+    t = _svd_grad.source(x, mat.data.dtype)
+    m = int(t.shape[0])
+    mu = _svd_grad.centre_of(t, True, mean)
+    _, s, vt = _svd_grad.project(t, mu, fixed_rank(op, plan), plan.k)
+    vt = _svd_grad.flip_rows(vt)
+    # ||X - mean||_F^2 of the ratio's denominator, in float64 (the engine's sum_squares is float64).
+    total = (t - mu).double().square().sum()
+    s2 = s.double().square()
+    variance = (s2 / (m - 1)).to(s.dtype)
+    # A constant x has no variance to share: zeros, as the unrecorded path.
+    ratio = s2 / total if float(total.detach()) > 0 else s2.new_zeros(s2.shape)
+    out = (vt, variance, ratio.to(s.dtype), s, mu)
+    return PCAResult(*(_svd_grad.as_result(v, kind) for v in out), n_samples=m)
+

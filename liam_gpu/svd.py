@@ -18,7 +18,8 @@ import numpy as np
 
 from . import arrays, backends, validation
 from .operators import DenseOperator, RankOneUpdate, SparseOperator
-from .rangefinder import Plan, ResolutionWarning, adaptive, fixed_rank, flip_signs, range_finder, resolution
+from .rangefinder import (Factorization, Plan, ResolutionWarning, adaptive, fixed_rank, flip_signs, range_finder,
+                          resolution)
 
 __all__ = ["randomized_svd", "randomized_range_finder", "svd_compress", "seed_from_random_state",
            "ResolutionWarning"]
@@ -141,6 +142,11 @@ def randomized_svd(
         seed = seed_from_random_state(random_state)
         plan = Plan(k=k, p=p, q=q, normalizer=normalizer, seed=seed, check=bool(check_finite),
                     flip=bool(flip_sign), driver=svd_lapack_driver)
+        if arrays.needs_autograd(a, center):
+            u, s, vt, _ = _factor_recorded(backend, mat, plan, mean, a, center, kind)
+            if lead is not None:
+                u, s, vt = (x.reshape(lead + tuple(x.shape[1:])) for x in (u, s, vt))
+            return u, s, vt
         u, s, vt, _ = _factor(backend, mat, plan, mean)
         if lead is not None:  # (B1, B2, ..., m, n) in: the same leading axes out
             u, s, vt = (x.reshape(lead + tuple(x.shape[1:])) for x in (u, s, vt))
@@ -231,6 +237,9 @@ def svd_compress(
             cap = mat.min_dim if max_rank is None else validation.check_rank("max_rank", max_rank, mat.min_dim)
             q = ADAPTIVE_N_ITER if n_iter == "auto" else _check_count("n_iter", n_iter, minimum=0)
             plan = Plan(k=cap, p=p, q=q, seed=seed, check=bool(check_finite), estimate=True, tol=tol)
+        if arrays.needs_autograd(a, center):
+            u, s, vt, err = _factor_recorded(backend, mat, plan, mean, a, center, kind)
+            return LowRank(u, s, vt, relative_error=err)
         u, s, vt, err = _factor(backend, mat, plan, mean)
         factors = [arrays.from_compute(x, kind) for x in (u, s, vt)]
         return LowRank(*factors, relative_error=err)
@@ -464,21 +473,13 @@ def _factor(backend: Any, mat: _Matrix, plan: Plan, mean: np.ndarray | None = No
     """``(U, S, Vt, relative_error)`` of a prepared 2-D matrix or stack (signs flipped), centred by ``mean``."""
     xp = backend.xp
     if len(mat.shape) == 2:
-        op = mat.operator(backend)
-        return _factor_one(op if mean is None else RankOneUpdate.centred(op, mean), plan)
+        (fact,), k = _engine(backend, mat, plan, mean)
+        u, s, vt = fact.factors(k, flip=plan.flip)
+        return u, s, vt, (fact.relative_error(k) if plan.estimate else None)
     batch, m, n = mat.shape
     if backend.batched_svd_fits(m, n, mat.data.dtype):
         return _small_stack(backend, mat.data, plan)
-    ops = [DenseOperator.of(backend, mat.data[i]) for i in range(batch)]
-    if plan.tol is None:
-        facts, k = [fixed_rank(op, plan) for op in ops], plan.k
-    else:
-        # One rank for the stack: what the most demanding item needs.  Items
-        # whose basis is narrower than that are factored again at that rank.
-        found = [adaptive(op, plan) for op in ops]
-        k = max(rank for _, rank in found)
-        again = Plan(k=k, p=plan.p, q=plan.q, seed=plan.seed, check=False, estimate=True)
-        facts = [fact if fact.width >= k else fixed_rank(op, again) for (fact, _), op in zip(found, ops)]
+    facts, k = _engine(backend, mat, plan, mean)
     u = xp.empty((batch, m, k), dtype=mat.data.dtype)
     s = xp.empty((batch, k), dtype=mat.data.dtype)
     vt = xp.empty((batch, k, n), dtype=mat.data.dtype)
@@ -490,11 +491,62 @@ def _factor(backend: Any, mat: _Matrix, plan: Plan, mean: np.ndarray | None = No
     return u, s, vt, errors
 
 
-def _factor_one(op: DenseOperator, plan: Plan) -> tuple[Any, Any, Any, float | None]:
-    """``(U, S, Vt, relative_error)`` of one matrix."""
-    fact, k = adaptive(op, plan) if plan.tol is not None else (fixed_rank(op, plan), plan.k)
-    u, s, vt = fact.factors(k, flip=plan.flip)
-    return u, s, vt, (fact.relative_error(k) if plan.estimate else None)
+def _factor_recorded(backend: Any, mat: _Matrix, plan: Plan, mean: np.ndarray | None, a: Any, center: Any,
+                     kind: arrays.ArrayKind) -> tuple[Any, Any, Any, Any]:
+    """:func:`_factor` for a tensor ``a`` (or ``center``) that requires grad: factors recorded by autograd.
+
+    The engine gives the range basis, torch the factors (:mod:`liam_gpu._svd_grad`);
+    stacks the batched kernel would take get torch's exact SVD instead.
+    Returns torch tensors in the caller's dtype.
+    """
+    from . import _svd_grad
+
+    if mat.sparse:
+        raise ValueError("a is a sparse tensor that requires grad: differentiable factors of sparse input are "
+                         "not supported; pass a.detach() for factors without a graph")
+    x = _svd_grad.source(a, mat.data.dtype)
+    mu = None if mean is None else _svd_grad.centre_of(x, center, mean)
+    if len(mat.shape) == 3 and backend.batched_svd_fits(*mat.shape[1:], mat.data.dtype):
+        if plan.check:
+            validation.check_finite("a", mat.data)
+        u, s, vt = _svd_grad.exact(x)
+        k, errors = _spectrum_rank(s.detach().cpu().numpy(), plan, mat.data.dtype)
+        u, s, vt = u[..., :k], s[..., :k], vt[..., :k, :]
+    else:
+        facts, k = _engine(backend, mat, plan, mean)
+        items = [_svd_grad.project(x if len(mat.shape) == 2 else x[i], mu, fact, k) for i, fact in enumerate(facts)]
+        if len(mat.shape) == 2:
+            (u, s, vt), = items
+            errors = facts[0].relative_error(k) if plan.estimate else None
+        else:
+            u, s, vt = (_svd_grad.stack(parts) for parts in zip(*items))
+            errors = np.array([fact.relative_error(k) for fact in facts]) if plan.estimate else None
+    if plan.flip:
+        u, vt = _svd_grad.flip_columns(u, vt)
+    return (*(_svd_grad.as_result(t, kind) for t in (u, s, vt)), errors)
+
+
+def _engine(backend: Any, mat: _Matrix, plan: Plan, mean: np.ndarray | None = None) -> tuple[list[Factorization], int]:
+    """The engine's factorizations (one per item; one for a 2-D matrix) and the rank to keep.
+
+    Not for stacks that the batched kernel takes (:func:`_small_stack`).
+    """
+    if len(mat.shape) == 2:
+        op = mat.operator(backend)
+        op = op if mean is None else RankOneUpdate.centred(op, mean)
+        if plan.tol is not None:
+            fact, k = adaptive(op, plan)
+            return [fact], k
+        return [fixed_rank(op, plan)], plan.k
+    ops = [DenseOperator.of(backend, mat.data[i]) for i in range(mat.shape[0])]
+    if plan.tol is None:
+        return [fixed_rank(op, plan) for op in ops], plan.k
+    # One rank for the stack: what the most demanding item needs.  Items
+    # whose basis is narrower than that are factored again at that rank.
+    found = [adaptive(op, plan) for op in ops]
+    k = max(rank for _, rank in found)
+    again = Plan(k=k, p=plan.p, q=plan.q, seed=plan.seed, check=False, estimate=True)
+    return [fact if fact.width >= k else fixed_rank(op, again) for (fact, _), op in zip(found, ops)], k
 
 
 def _small_stack(backend: Any, data: Any, plan: Plan) -> tuple[Any, Any, Any, Any]:
@@ -512,6 +564,18 @@ def _small_stack(backend: Any, data: Any, plan: Plan) -> tuple[Any, Any, Any, An
     if plan.check and not np.isfinite(s_host).all():
         validation.check_finite("a", data)
         raise ValueError(f"a is finite but so large that its singular values overflow {data.dtype}; scale it down")
+    k, errors = _spectrum_rank(s_host, plan, data.dtype)
+    u = xp.ascontiguousarray(u[:, :, :k])
+    s = xp.ascontiguousarray(s[:, :k])
+    vt = xp.ascontiguousarray(vt[:, :k, :])
+    if plan.flip:
+        u, vt = flip_signs(xp, u, vt)
+    return u, s, vt, errors
+
+
+def _spectrum_rank(s_host: np.ndarray, plan: Plan, dtype: Any) -> tuple[int, np.ndarray | None]:
+    """The rank to keep of a stack's exact spectra ``s_host`` (B, min(m, n)) and, with
+    ``plan.estimate``, each item's relative error at that rank (exact from the spectrum)."""
     energy = s_host.astype(np.float64) ** 2
     total = energy.sum(axis=1)
     # tail[i, j] = sum of sigma^2 beyond the first j values (exact from the spectrum).
@@ -523,14 +587,9 @@ def _small_stack(backend: Any, data: Any, plan: Plan) -> tuple[Any, Any, Any, An
         need[:, -1] = True  # the full rank always meets it (its tail is rounding)
         first = np.argmax(need[:, 1:], axis=1) + 1  # smallest j >= 1 meeting the target
         k = min(plan.k, int(first.max()))
-    u = xp.ascontiguousarray(u[:, :, :k])
-    s = xp.ascontiguousarray(s[:, :k])
-    vt = xp.ascontiguousarray(vt[:, :k, :])
-    if plan.flip:
-        u, vt = flip_signs(xp, u, vt)
     errors = None
     if plan.estimate:
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = np.sqrt(tail[:, k] / np.where(total > 0, total, 1.0))
-        errors = np.where(total > 0, np.maximum(rel, resolution(data.dtype)), 0.0)
-    return u, s, vt, errors
+        errors = np.where(total > 0, np.maximum(rel, resolution(dtype)), 0.0)
+    return k, errors
