@@ -14,6 +14,7 @@ torch tensors (torch is then imported already); nothing else below it does.
 """
 from .allocator import use_torch_allocator
 from .functional import TransformFunction, result_dtype, transform_matrix
+from .lowrank import pca_lowrank, svd_lowrank
 from .nn import CompressionReport, Linear, LowRankLinear
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "Linear",
     "LowRankLinear",
     "TransformFunction",
+    "pca_lowrank",
+    "svd_lowrank",
     "transform_matrix",
     "use_torch_allocator",
 ]
