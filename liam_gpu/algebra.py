@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import api, arrays, backends, validation
+from . import api, arrays, backends, bfloat16, validation
 from .dispatch import scheduler_of
 
 #: Bits per value of :meth:`BinaryAlgebra.binary_encode` (two's complement int64).
@@ -205,6 +205,8 @@ class BinaryAlgebra:
         b = backend.asarray(arrays.to_compute(bits, kind, name="bits"))
         if b.ndim < 1 or b.shape[-1] != BITS:
             raise ValueError(f"bits must have a last axis of length {BITS}, got shape {tuple(b.shape)}")
+        if bfloat16.is_bfloat16(b.dtype):
+            b = b.astype(np.float32)  # exact; numpy and CuPy compare float32 without ml_dtypes' loops
         if b.dtype.kind not in "biuf":
             raise TypeError(f"bits must be a numeric 0/1 array, got dtype {b.dtype}")
         if not bool(((b == 0) | (b == 1)).all()):
@@ -278,6 +280,8 @@ _INT64_LIMIT = 2.0**63
 
 def _as_int64(name: str, v: Any, xp: Any) -> Any:
     """Exact int64 values from integer or whole-valued float input."""
+    if bfloat16.is_bfloat16(v.dtype):
+        v = v.astype(np.float32)  # exact: a bfloat16 value is the top half of a float32
     if v.dtype.kind in "iub":
         if v.dtype == np.uint64 and v.size and int(v.max()) >= 2**63:
             raise ValueError(f"{name} holds values above the int64 range")

@@ -19,14 +19,14 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from . import arrays, validation
+from . import arrays, bfloat16, validation
 
 #: Marker and version stored in every saved file.
 FORMAT = "liam_gpu.LowRank"
 FORMAT_VERSION = 1
 _KEYS = ("format", "version", "U", "S", "Vt", "relative_error")
 #: Keys a file may hold beyond :data:`_KEYS` (absent from files of older versions).
-_OPTIONAL_KEYS = ("source_dtype",)
+_OPTIONAL_KEYS = ("source_dtype", "factor_dtype")
 #: The most a deflated zip member can expand (deflate's limit is about 1032:1).
 _DEFLATE_MAX_RATIO = 1100
 
@@ -142,18 +142,24 @@ class LowRank:
 
     # -- dense views -----------------------------------------------------------------
     def to_dense(self) -> Any:
-        """``U @ diag(S) @ Vt`` in the factors' array type and device."""
+        """``U @ diag(S) @ Vt`` in the factors' array type and device.
+
+        bfloat16 factors (``ml_dtypes``) are multiplied in float32 and the
+        result rounded once to bfloat16 (numpy and CuPy have no bfloat16 GEMM).
+        """
         with arrays.caller_stream(self._kind):
             u, s, vt = (arrays.to_compute(x, self._kind) for x in (self.U, self.S, self.Vt))
             xp = arrays.array_module(u)
-            return arrays.from_compute(xp.matmul(u * s[..., None, :], vt), self._kind)
+            u, s, vt, half = _widened(u, s, vt)
+            return arrays.from_compute(_narrowed(xp.matmul(u * s[..., None, :], vt), half), self._kind)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         # The reconstruction is computed afresh: there is no stored array that
         # copy=False could refer to, so every value of copy gets this new array.
         with arrays.caller_stream(self._kind):
             u, s, vt = (_host(arrays.to_compute(x, self._kind)) for x in (self.U, self.S, self.Vt))
-        dense = np.matmul(u * s[..., None, :], vt)
+        u, s, vt, half = _widened(u, s, vt)
+        dense = _narrowed(np.matmul(u * s[..., None, :], vt), half)
         return dense if dtype is None else dense.astype(dtype, copy=False)
 
     def project(self, x: Any) -> Any:
@@ -175,7 +181,10 @@ class LowRank:
             if self.batched and (xc.ndim != 3 or int(xc.shape[0]) != int(vt.shape[0])):
                 raise ValueError(f"x must be ({vt.shape[0]}, p, {n}) for this stack, got {tuple(xc.shape)}")
             xp = arrays.array_module(vt)
-            return arrays.from_compute(xp.matmul(xc.astype(vt.dtype, copy=False), xp.swapaxes(vt, -1, -2)), kind)
+            vt, half = _widened(vt)
+            xc = bfloat16.to_float32(xc) if bfloat16.is_bfloat16(xc.dtype) else xc
+            y = xp.matmul(xc.astype(vt.dtype, copy=False), xp.swapaxes(vt, -1, -2))
+            return arrays.from_compute(_narrowed(y, half), kind)
 
     # -- files -------------------------------------------------------------------------
     def save(self, path: Any) -> None:
@@ -193,7 +202,11 @@ class LowRank:
         with arrays.caller_stream(self._kind):
             u, s, vt = (_host(arrays.to_compute(x, self._kind)) for x in (self.U, self.S, self.Vt))
         err = np.asarray(np.nan if self.relative_error is None else self.relative_error, dtype=np.float64)
-        extra = {} if self.source_dtype is None else {"source_dtype": np.asarray(self.source_dtype.str)}
+        extra = {} if self.source_dtype is None else {"source_dtype": np.asarray(_dtype_name(self.source_dtype))}
+        if bfloat16.is_bfloat16(u.dtype):
+            # .npy has no bfloat16 (it would write raw 'V2' records): the bits, and the dtype's name.
+            u, s, vt = (bfloat16.as_bits(a) for a in (u, s, vt))
+            extra["factor_dtype"] = np.asarray("bfloat16")
         with atomic_write(path) as f:
             np.savez(f, format=np.asarray(FORMAT), version=np.asarray(FORMAT_VERSION), U=u, S=s, Vt=vt,
                      relative_error=err, **extra)
@@ -220,6 +233,11 @@ class LowRank:
         if err.ndim == 0:
             err = None if np.isnan(err) else float(err)
         source = data.get("source_dtype")
+        if "factor_dtype" in data:
+            if bfloat16.dtype() is None:
+                raise ValueError(f"{name} holds bfloat16 factors, which need ml_dtypes (pip install ml_dtypes)")
+            for key in ("U", "S", "Vt"):
+                data[key] = bfloat16.from_bits(data[key])
         try:
             return cls(data["U"], data["S"], data["Vt"], relative_error=err,
                        source_dtype=None if source is None else str(source))
@@ -436,6 +454,8 @@ def _read_lowrank_file(path: Any) -> dict[str, np.ndarray]:
             _source_dtype(str(data["source_dtype"]))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{name}: source_dtype: {exc}") from exc
+    if "factor_dtype" in data and str(data["factor_dtype"]) != "bfloat16":
+        raise ValueError(f"{name}: factor_dtype must be 'bfloat16', got {str(data['factor_dtype'])!r}")
     return data
 
 
@@ -477,14 +497,17 @@ def _check_headers(headers: dict[str, tuple[tuple[int, ...], np.dtype]], name: s
         shape, dtype = headers[key]
         raise ValueError(f"{name}: {key} must be {expected}, got shape {shape} of dtype {dtype}")
 
-    for key in ("format", "source_dtype"):
+    for key in ("format", "source_dtype", "factor_dtype"):
         if key in headers and (headers[key][1].kind != "U" or headers[key][0] != ()):
             fail(key, "a string (0-d array)")
     if headers["version"][1].kind not in "iu" or headers["version"][0] != ():
         fail("version", "an integer (0-d array)")
     dtypes = {headers[k][1] for k in ("U", "S", "Vt")}
     for key in ("U", "S", "Vt"):
-        if headers[key][1].kind != "f" or headers[key][1].itemsize not in (2, 4, 8):
+        if "factor_dtype" in headers:  # bfloat16 factors, stored as their bits
+            if headers[key][1] != bfloat16.CARRIER:
+                fail(key, "uint16 (the bits of bfloat16 factors)")
+        elif headers[key][1].kind != "f" or headers[key][1].itemsize not in (2, 4, 8):
             fail(key, "float16, float32 or float64")
     if len(dtypes) != 1:
         raise ValueError(f"{name}: U, S, Vt must share one dtype, got {sorted(str(d) for d in dtypes)}")
@@ -501,7 +524,26 @@ def _check_headers(headers: dict[str, tuple[tuple[int, ...], np.dtype]], name: s
 
 
 def _source_dtype(value: Any) -> np.dtype | None:
+    if isinstance(value, str) and value == "bfloat16" and bfloat16.dtype() is not None:
+        return bfloat16.dtype()  # the name numpy knows only once ml_dtypes is imported
     return None if value is None else real_dtype(value, "source_dtype")
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    """How a source dtype is saved: its ``str`` (``'<f4'``), or ``'bfloat16'`` (whose ``str`` is a raw ``'|V2'``)."""
+    return "bfloat16" if bfloat16.is_bfloat16(dtype) else dtype.str
+
+
+def _widened(*factors: Any) -> tuple:
+    """The factors as float32 when they are bfloat16 (exact), and the bfloat16 dtype (else None) last."""
+    if not bfloat16.is_bfloat16(factors[0].dtype):
+        return (*factors, None)
+    return (*(bfloat16.to_float32(f) for f in factors), factors[0].dtype)
+
+
+def _narrowed(y: Any, half: Any) -> Any:
+    """``y`` rounded once to ``half`` (bfloat16), or ``y`` itself when ``half`` is None."""
+    return y if half is None else y.astype(half)
 
 
 def real_dtype(value: Any, name: str) -> np.dtype:
@@ -518,7 +560,7 @@ def real_dtype(value: Any, name: str) -> np.dtype:
         dtype = np.dtype(value)
     except TypeError as exc:
         raise TypeError(f"{name} must be a numpy dtype (e.g. uint8, float32), got {value!r}") from exc
-    if dtype.kind not in "biuf":
+    if dtype.kind not in "biuf" and not bfloat16.is_bfloat16(dtype):
         raise ValueError(f"{name} must be a boolean, integer or float dtype, got {dtype}")
     return dtype
 

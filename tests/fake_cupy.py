@@ -29,6 +29,9 @@ lenient fails here as it would on a GPU:
   other device's streams), as does a kernel launch with such an argument.
   Views, ``get()``, ``copy()`` and ``asarray`` (which copies another
   device's array to the current one, as CuPy's does) work across devices.
+* ``ml_dtypes.bfloat16`` arrays work as in CuPy 14 (numpy's own, with
+  ml_dtypes' casts), and ``from_dlpack`` imports a torch bfloat16 tensor as
+  one, sharing its memory, as CuPy 14 does with ml_dtypes installed.
 * ``cupy.linalg`` follows cuSOLVER where it differs from LAPACK: ``eig``
   always returns complex arrays, and a singular matrix gives NaN from
   ``inv``/``solve``/``matrix_power(n < 0)`` instead of ``LinAlgError``.
@@ -60,6 +63,7 @@ lenient fails here as it would on a GPU:
 from __future__ import annotations
 
 import operator
+import sys
 import threading
 import types
 from typing import Any
@@ -684,6 +688,9 @@ class RawCalls:
 
 RAW_CALLS = RawCalls()
 
+#: The dtype of every array ``cupy.from_dlpack`` made (cleared by :func:`make`).
+DLPACK_IMPORTS: list[np.dtype] = []
+
 #: Emulator builds by (code, name expressions, options), shared by every RawModule of the process.
 _EMULATOR_MODULES: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
 _EMULATOR_LOCK = threading.Lock()
@@ -886,6 +893,31 @@ class _FakeCupy(types.ModuleType):
     def asnumpy(a: Any, stream: Any = None, order: str = "C", out: Any = None) -> np.ndarray:
         return a.get(order=order, out=out) if isinstance(a, ndarray) else np.asarray(a, order=order)
 
+    @staticmethod
+    def from_dlpack(x: Any, *, device: Any = None, copy: Any = None) -> ndarray:
+        """The producer's memory as an array of the current device, shared (no copy).
+
+        numpy's DLPack importer stands in for CuPy's.  A torch bfloat16 tensor
+        (DLPack's ``kDLBfloat``, 16 bits), which numpy refuses, comes in as an
+        ``ml_dtypes.bfloat16`` array, as CuPy 14 imports it when ml_dtypes is
+        installed (CuPy PR 9670); without ml_dtypes it is CuPy's
+        ``NotImplementedError``.  :data:`DLPACK_IMPORTS` records the dtype of
+        each import.
+        """
+        _refuse_host("cupy.from_dlpack", [x])
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(x, torch.Tensor) and x.dtype == torch.bfloat16:
+            try:
+                import ml_dtypes
+            except ImportError:
+                raise NotImplementedError("CuPy does not support bfloat16. Please install ml_dtypes "
+                                          "to use bfloat16.") from None
+            a = np.from_dlpack(x.view(torch.int16)).view(ml_dtypes.bfloat16)
+        else:
+            a = np.from_dlpack(x)
+        DLPACK_IMPORTS.append(np.dtype(a.dtype))
+        return ndarray(a)
+
 
 _MODULE = _FakeCupy("cupy")
 
@@ -896,6 +928,7 @@ def make(device_count: int = 1) -> types.ModuleType:
     _device_count = int(device_count)
     _state.device = 0
     RAW_CALLS.clear()
+    DLPACK_IMPORTS.clear()
     return _MODULE
 
 
