@@ -772,7 +772,9 @@ class _ColumnBlocks:
     def _t_side(self, y: np.ndarray) -> np.ndarray:
         """``T^T Y = S Y``: one pass, its blocks gathered to the client."""
         blocks, _ = self.s.power_pass(np.asarray(y), with_v=False)
-        return np.ascontiguousarray(blocks.compute(), dtype=self.dtype)
+        host = blocks.map_blocks(arrays.from_compute, arrays.NUMPY, dtype=self.dtype,
+                                 meta=np.empty((0, 0), dtype=self.dtype))  # CuPy blocks come to the host
+        return np.ascontiguousarray(host.compute(), dtype=self.dtype)
 
     def sketch(self, seed: int, l: int, col0: int = 0, *, with_v: bool = False) -> tuple[Any, Any | None]:
         if col0:

@@ -347,3 +347,263 @@ def test_svd_compress_of_wide_or_column_chunked_arrays_equals_the_in_memory_call
     assert lr.relative_error == pytest.approx(ref.relative_error, rel=1e-9)
     # The long side stays on the workers: U for row chunks, Vt for column chunks.
     assert isinstance(lr.Vt if "column" in layout else lr.U, da.Array)
+
+
+# --------------------------------------------------------------------------- centring, sparse chunks, any chunking
+
+sp = pytest.importorskip("scipy.sparse")
+
+MC, NC, KC = 240, 72, 5
+
+
+def _slow_spectrum(m: int, n: int, dtype=np.float64, shift: float = 0.0, seed: int = 30) -> np.ndarray:
+    """``U diag(1 / (1 + 0.3 j)) V^T + shift``: a slow decay, so a different sketch gives a visibly
+    different answer at ``n_iter=1``; the gaps among the leading singular values stay ~0.02."""
+    rng = np.random.default_rng(seed)
+    r = min(m, n)
+    u, _ = np.linalg.qr(rng.standard_normal((m, r)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, r)))
+    return ((u / (1.0 + 0.3 * np.arange(r))) @ v.T + shift).astype(dtype)
+
+
+def _sparse(m: int, n: int, seed: int = 31) -> "sp.csr_matrix":
+    """Density 0.1, a decaying column scale (a TF-IDF-like, slowly decaying spectrum)."""
+    a = sp.random(m, n, density=0.1, format="csr", random_state=seed)
+    return a.multiply(np.exp(-0.01 * np.arange(n))[None, :]).tocsr() * 10
+
+
+def _centred_truth(dense: np.ndarray, center) -> np.ndarray:
+    a = np.asarray(dense, dtype=np.float64)
+    if center is True:
+        return a - a.mean(axis=0)
+    return a if center is False else a - np.asarray(center, dtype=np.float64)
+
+
+def _halko_bound(s: np.ndarray, k: int, l: int, q: int) -> float:
+    """A bound on ``||A_c - U S Vt||_2`` that the randomized SVD meets with probability ``>= 1 - 6 (l-k)^-(l-k)``.
+
+    Halko, Martinsson & Tropp (2011), Theorem 10.8 for the Gaussian sketch of
+    ``B = (A A^T)^q A`` (singular values ``s^(2q+1)``), Proposition 8.6 to come
+    back to ``A`` (power ``1 / (2q+1)``), and Theorem 9.3 for the truncation
+    to rank ``k`` (``+ s_(k+1)``).  ``l - k >= 4`` oversampling columns.
+    """
+    p = l - k
+    e = 2 * q + 1
+    tail = float(np.sqrt(np.sum(s[k:] ** (2 * e))))
+    basis = ((1 + 17 * math.sqrt(1 + k / p)) * s[k] ** e + 8 * math.sqrt(k + p) / (p + 1) * tail) ** (1 / e)
+    return float(s[k]) + basis
+
+
+def _as_dense(x):
+    return x.compute() if isinstance(x, da.Array) else np.asarray(x)
+
+
+def _chunkings(m: int, n: int) -> list:
+    """Rows (one chunk, regular, irregular with a small and an empty chunk) and columns (regular, irregular)."""
+    return [
+        (m, n),
+        (m // 4, n),
+        ((3, m // 2 - 3, 0, m - m // 2), n),
+        (m, -(-n // 3)),
+        (m, (1, n // 2 - 1, n - n // 2)),
+    ]
+
+
+CASES = [
+    pytest.param(kind, center, tall, id=f"{kind}-{'tall' if tall else 'wide'}-center={center_id}")
+    for kind in ("dense", "sparse")
+    for center, center_id in ((False, "no"), (True, "yes"), ("given", "given"))
+    for tall in (True, False)
+]
+
+
+@pytest.mark.parametrize("kind, center, tall", CASES)
+def test_svd_compress_is_independent_of_the_chunking_and_near_optimal(client, kind, center, tall):
+    m, n = (MC, NC) if tall else (NC, MC)
+    if kind == "dense":
+        a = _slow_spectrum(m, n, shift=3.0)
+        dense = a
+    else:
+        a = _sparse(m, n)
+        dense = a.toarray()
+    mean = np.random.default_rng(32).uniform(0.5, 1.5, n) if center == "given" else center
+    truth = _centred_truth(dense, mean)
+    s_true = np.linalg.svd(truth, compute_uv=False)
+    q = 1
+    ref = liam_gpu.svd_compress(a, KC, n_iter=q, random_state=9, center=mean, device="cpu")
+    # Products of the uncentred matrix round at its own scale: the perturbation is eps sqrt(mn) ||A||_2,
+    # and singular vectors move by that over the smallest gap of the centred spectrum (Wedin).
+    perturbation = np.finfo(np.float64).eps * math.sqrt(m * n) * np.linalg.norm(dense, 2)
+    vec_tol = perturbation / float(np.min(s_true[:KC] - s_true[1:KC + 1]))
+    l = 16  # k + p = 15, rounded up to a multiple of 8 (rangefinder.sketch_width)
+    bound = _halko_bound(s_true, KC, l, q) + perturbation
+    for chunks in _chunkings(m, n):
+        x = da.from_array(a, chunks=chunks)
+        lr = liam_gpu.dask.svd_compress(x, KC, n_iter=q, random_state=9, center=mean)
+        u, vt = _as_dense(lr.U), _as_dense(lr.Vt)
+        # The factor along x's chunked axis (the long one for a single chunk) is a Dask array.
+        along_rows = x.numblocks[0] > 1 or (x.numblocks[1] == 1 and tall)
+        assert isinstance(lr.U if along_rows else lr.Vt, da.Array), chunks
+        assert u.dtype == vt.dtype == lr.S.dtype == np.float64
+        # Same factors as in memory (so as for every other chunking), to rounding.
+        np.testing.assert_allclose(lr.S, ref.S, rtol=0, atol=perturbation, err_msg=str(chunks))
+        np.testing.assert_allclose(u, ref.U, rtol=0, atol=vec_tol, err_msg=str(chunks))
+        np.testing.assert_allclose(vt, ref.Vt, rtol=0, atol=vec_tol, err_msg=str(chunks))
+        # Against the float64 truth: within the algorithm's error bound, singular values below
+        # the true ones (Cauchy interlacing: U^T A_c V is a compression of A_c) and orthonormal factors.
+        err = np.linalg.norm(truth - (u * lr.S) @ vt, 2)
+        assert err <= bound, (chunks, err, bound, s_true[KC])
+        assert np.all(lr.S <= s_true[:KC] + perturbation)
+        assert np.abs(u.T @ u - np.eye(KC)).max() <= 100 * np.finfo(np.float64).eps * math.sqrt(m)
+        # The error estimate: within a factor 2 of the truth (the engine's contract).
+        true_rel = np.linalg.norm(truth - (u * lr.S) @ vt) / np.linalg.norm(truth)
+        assert true_rel / 2 <= lr.relative_error <= 2 * true_rel
+
+
+def test_centred_float32_is_independent_of_the_chunking(client):
+    a = _slow_spectrum(MC, NC, np.float32, shift=3.0, seed=33)
+    ref = liam_gpu.svd_compress(a, KC, n_iter=2, random_state=1, center=True, device="cpu")
+    s_true = np.linalg.svd(_centred_truth(a, True), compute_uv=False)
+    perturbation = np.finfo(np.float32).eps * math.sqrt(a.size) * np.linalg.norm(a.astype(np.float64), 2)
+    vec_tol = perturbation / float(np.min(s_true[:KC] - s_true[1:KC + 1]))
+    for chunks in [(60, NC), (MC, 24)]:
+        lr = ldask.svd_compress(da.from_array(a, chunks=chunks), KC, n_iter=2, random_state=1, center=True)
+        assert lr.S.dtype == np.float32
+        np.testing.assert_allclose(lr.S, ref.S, rtol=0, atol=perturbation)
+        np.testing.assert_allclose(_as_dense(lr.U), ref.U, rtol=0, atol=vec_tol)
+        np.testing.assert_allclose(_as_dense(lr.Vt), ref.Vt, rtol=0, atol=vec_tol)
+
+
+def test_center_removes_the_mean_direction_and_matches_the_centred_copy(client):
+    # Without centring the first right singular vector is the mean direction; with it the
+    # factors are those of the centred copy, and U's columns sum to zero (to rounding).
+    a = _slow_spectrum(MC, NC, shift=3.0, seed=34)
+    x = da.from_array(a, chunks=(50, NC))
+    centred = a - a.mean(axis=0)
+    s_true = np.linalg.svd(centred, compute_uv=False)
+    plain = ldask.svd_compress(x, KC, n_iter=4)
+    mean_dir = a.mean(axis=0) / np.linalg.norm(a.mean(axis=0))
+    assert abs(plain.Vt[0] @ mean_dir) > 0.99
+    lr = ldask.svd_compress(x, KC, n_iter=4, center=True)
+    copy = ldask.svd_compress(da.from_array(centred, chunks=(50, NC)), KC, n_iter=4)
+    eps = np.finfo(np.float64).eps
+    perturbation = eps * math.sqrt(a.size) * np.linalg.norm(a, 2)
+    np.testing.assert_allclose(lr.S, copy.S, rtol=0, atol=perturbation)
+    np.testing.assert_allclose(lr.S, s_true[:KC], rtol=0, atol=perturbation + s_true[KC] * 0.05)
+    u = lr.U.compute()
+    assert np.all(np.abs(u.sum(axis=0)) <= 8 * eps * math.sqrt(MC) * np.linalg.norm(a, 2) / lr.S)
+
+
+def test_centring_a_matrix_of_equal_rows_gives_zero_to_rounding(client):
+    # The centred matrix is exactly zero; what comes back is the rounding of the uncentred one.
+    a = np.tile(np.random.default_rng(35).standard_normal(40), (200, 1))
+    scale = np.finfo(np.float64).eps * math.sqrt(a.size) * np.linalg.norm(a, 2)
+    for chunks in [(50, 40), (200, 10)]:
+        lr = ldask.svd_compress(da.from_array(a, chunks=chunks), 3, center=True)
+        u = _as_dense(lr.U)
+        assert np.all(lr.S <= scale)
+        assert np.abs(u.T @ u - np.eye(3)).max() <= 100 * np.finfo(np.float64).eps * math.sqrt(200)
+
+
+def test_sparse_chunks_from_map_blocks_and_of_every_layout_equal_the_scipy_call(client):
+    a = _sparse(MC, NC, seed=36)
+    ref = liam_gpu.svd_compress(a, KC, n_iter=3, random_state=2)
+    dense_x = da.from_array(a.toarray(), chunks=(70, NC))
+    for x in [dense_x.map_blocks(sp.csr_matrix), da.from_array(sp.csr_array(a), chunks=(MC, 30)),
+              da.from_array(a.tocoo().tocsc(), chunks=(100, NC))]:
+        assert sp.issparse(x._meta)
+        lr = ldask.svd_compress(x, KC, n_iter=3, random_state=2)
+        s_true = np.linalg.svd(a.toarray(), compute_uv=False)
+        perturbation = np.finfo(np.float64).eps * math.sqrt(a.size) * s_true[0]
+        vec_tol = perturbation / float(np.min(s_true[:KC] - s_true[1:KC + 1]))
+        np.testing.assert_allclose(lr.S, ref.S, rtol=0, atol=perturbation)
+        np.testing.assert_allclose(_as_dense(lr.U), ref.U, rtol=0, atol=vec_tol)
+        np.testing.assert_allclose(_as_dense(lr.Vt), ref.Vt, rtol=0, atol=vec_tol)
+        if isinstance(lr.U, da.Array):
+            assert type(lr.U._meta) is np.ndarray  # dense factors from sparse chunks
+
+
+@pytest.mark.filterwarnings("ignore:Running on a single-machine scheduler:UserWarning")
+def test_sparse_chunks_are_never_densified_nor_modified(monkeypatch):
+    # In this process (the synchronous scheduler), so that the refusal reaches every task.
+    a = _sparse(400, 90, seed=37)
+    # Duplicate entries (not canonical): summed on a copy, the caller's matrix kept as it is.
+    coo = a.tocoo()
+    dup = sp.csr_matrix((np.concatenate([coo.data, [1.0, 2.0]]),
+                         (np.concatenate([coo.row, [5, 5]]), np.concatenate([coo.col, [7, 7]]))), shape=a.shape)
+    dup.has_canonical_format = False
+    before = (dup.data.copy(), dup.indices.copy(), dup.indptr.copy())
+    truth = dup.toarray()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a sparse chunk was densified")
+
+    for cls in (sp.csr_matrix, sp.csc_matrix):
+        monkeypatch.setattr(cls, "toarray", refuse)
+        monkeypatch.setattr(cls, "todense", refuse)
+    with dask.config.set(scheduler="synchronous"):
+        for chunks in [(400, 90), (100, 90), (400, 30)]:
+            for center in (False, True):
+                lr = ldask.svd_compress(da.from_array(dup, chunks=chunks), 4, n_iter=2, center=center)
+                u, vt = _as_dense(lr.U), _as_dense(lr.Vt)
+                centred = _centred_truth(truth, center)
+                assert lr.relative_error > 0.5  # a large error: the energy balance, no residual pass
+                true_rel = np.linalg.norm(centred - (u * lr.S) @ vt) / np.linalg.norm(centred)
+                assert true_rel / 2 <= lr.relative_error <= 2 * true_rel
+    for got, want in zip((dup.data, dup.indices, dup.indptr), before):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_low_rank_sparse_takes_the_residual_pass_and_is_exact(client):
+    # Rank 3 (plus its mean): the energy balance cancels, the residual is measured, row piece by
+    # row piece of each sparse block; the answer is exact to rounding.
+    rng = np.random.default_rng(38)
+    rows = sp.random(300, 3, density=0.3, random_state=1, format="csr")
+    a = (rows @ sp.csr_matrix(rng.standard_normal((3, 50)))).tocsr()
+    for chunks in [(75, 50), (300, 20)]:
+        lr = ldask.svd_compress(da.from_array(a, chunks=chunks), 4, n_iter=1, center=True)
+        truth = _centred_truth(a.toarray(), True)
+        s_true = np.linalg.svd(truth, compute_uv=False)
+        scale = np.finfo(np.float64).eps * math.sqrt(a.shape[0] * a.shape[1]) * np.linalg.norm(a.toarray(), 2)
+        np.testing.assert_allclose(lr.S, s_true[:4], rtol=0, atol=scale)
+        u, vt = _as_dense(lr.U), _as_dense(lr.Vt)
+        assert np.linalg.norm(truth - (u * lr.S) @ vt) <= 10 * scale
+        assert lr.relative_error <= 10 * scale / np.linalg.norm(truth) + 1e-13
+
+
+def test_centred_and_sparse_bad_input_is_refused_naming_the_argument(client):
+    a = _slow_spectrum(MC, NC, seed=39)
+    x = da.from_array(a, chunks=(60, NC))
+    with pytest.raises(ValueError, match=rf"center must be True, False or {NC} column means .*got shape \(71,\)"):
+        ldask.svd_compress(x, KC, center=np.zeros(NC - 1))
+    with pytest.raises(ValueError, match=rf"center must be True, False or {NC} column means"):
+        ldask.svd_compress(x, KC, center=np.zeros((1, NC)))
+    with pytest.raises(ValueError, match="center contains NaN or Inf"):
+        ldask.svd_compress(x, KC, center=np.full(NC, np.inf))
+    with pytest.raises(TypeError, match="center is complex"):
+        ldask.svd_compress(x, KC, center=np.zeros(NC, dtype=np.complex128))
+    with pytest.raises(TypeError, match="center has dtype"):
+        ldask.svd_compress(x, KC, center=["a"] * NC)
+    with pytest.raises(ValueError, match="center applies to a 2-D x"):
+        ldask.svd_compress(da.ones((4, 5, 6), chunks=2), 2, center=True)
+    with pytest.raises(ValueError, match="center applies to a 2-D x"):
+        ldask.svd_compress(x[:, 0], 1, center=np.zeros(1))
+    # The means of a matrix holding NaN are NaN: the input's own error, not a wrong answer.
+    nan = da.where(da.arange(MC, chunks=60)[:, None] == 100, np.nan, x)
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        ldask.svd_compress(nan, KC, center=True)
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        ldask.svd_compress(nan.rechunk((MC, 24)), KC, center=True)
+    s = _sparse(MC, NC, seed=40)
+    bad = s.copy()
+    bad.data[17] = np.nan
+    for chunks in [(60, NC), (MC, 24)]:
+        with pytest.raises(ValueError, match="x contains NaN or Inf"):
+            ldask.svd_compress(da.from_array(bad, chunks=chunks), KC)
+    with pytest.raises(ValueError, match="scipy.sparse chunks.*device='cpu' only"):
+        ldask.svd_compress(da.from_array(s, chunks=(60, NC)), KC, device="emulator")
+    # A mean given as a Dask array is computed once; the same answer as the numpy one.
+    mu = a.mean(axis=0)
+    by_dask = ldask.svd_compress(x, KC, center=da.from_array(mu, chunks=20))
+    by_numpy = ldask.svd_compress(x, KC, center=mu)
+    np.testing.assert_array_equal(by_dask.S, by_numpy.S)
