@@ -520,3 +520,21 @@ def test_simulated_cuda_bfloat16_takes_mma(cp, rng):  # noqa: F811
     T.batched_linear(runtime, xd, wd, bd, ACTIVATIONS["gelu_tanh"], outd, storage="bfloat16")
     assert T.last_launch().path == "mma"
     check(outd.get(), x, w, b, "gelu_tanh", "bfloat16")
+
+
+@pytest.mark.parametrize("mode", ["address", "thread"])
+def test_ldmatrix_and_mma_under_the_sanitizers(rng, mode):
+    # The thread engine runs each lane as an OS thread: the collective reads
+    # and writes the other lanes' operands while they wait, which neither
+    # sanitizer may report.
+    from liam_gpu.emulator import EmulatorModule, sanitizer_available
+
+    if not sanitizer_available(mode):
+        pytest.skip(f"the compiler has no {mode} sanitizer runtime")
+    module = EmulatorModule(PRIMITIVES, name_expressions=["ldsm_mma<lg_bf16>"], options=compile_options(),
+                            sanitize=mode)
+    a = rng.integers(-4, 5, (16, 16)).astype(np.float64)
+    w = rng.integers(-4, 5, (8, 16)).astype(np.float64)
+    d = np.full((16, 8), np.nan, np.float32)
+    module.get_function("ldsm_mma<lg_bf16>")((1,), (32,), (bits16(a, "bfloat16"), bits16(w, "bfloat16"), d, 0))
+    np.testing.assert_array_equal(d, (a @ w.T).astype(np.float32))
