@@ -574,14 +574,20 @@ class DaskOperator:
         y, stats = self._basis_pass(_power_block, int(c.shape[1]), small, shift=shift, leading=0, with_v=with_v)
         return y, stats.v
 
-    def t_times(self, y: Any) -> Any:
-        """``T^T Y`` on the client in the compute dtype: one pass over ``A``."""
+    def t_times(self, y: Any, *, with_norm: bool = False) -> Any:
+        """``T^T Y`` on the client in the compute dtype: one pass over ``A``.
+
+        ``with_norm``: also ``||T||_F^2`` from the same pass, returned second.
+        """
         n, l = int(self.a.shape[1]), int(y.shape[1])
-        rows = n + 1 if self.centred else n  # A_i^T Y_i, then r_i^T Y_i
+        rows = n + int(self.centred) + int(with_norm)  # A_i^T Y_i, then r_i^T Y_i, then ||T_i||^2
         product = self._per_block(_t_times_part, "ab", [(self.a, "ia"), (self._r, "i"), (y, "ib")],
-                                  {"a": rows, "b": l}, self._shift(), self.dtype)
+                                  {"a": rows, "b": l}, self._shift(), with_norm, self.dtype)
         total = np.asarray(product.sum(axis=0, split_every=FAN_IN).compute(), dtype=np.float64)
-        return np.ascontiguousarray(self._minus_c(total), dtype=self.dtype)
+        if with_norm:
+            total, norm2 = total[:-1], float(total[-1, 0])
+        result = np.ascontiguousarray(self._minus_c(total), dtype=self.dtype)
+        return (result, norm2) if with_norm else result
 
     def check_finite(self) -> None:
         """Raise ``ValueError`` if ``A`` holds NaN/Inf (one more pass, only after a non-finite sum)."""
@@ -747,7 +753,8 @@ class _ColumnBlocks:
     The ``mt x l`` bases (the long side) and the ``nt x l`` ones live on the
     client (the CPU backend is :attr:`space` and :attr:`backend`); ``T X``
     must be summed before ``T^T Y`` can start, so a power step reads ``A``
-    twice where :class:`DaskOperator` reads it once.
+    twice where :class:`DaskOperator` reads it once: ``2 q + 2`` passes in
+    all (``||T||_F^2`` comes with the sketch).
     """
 
     def __init__(self, s: DaskOperator, *, swapped: bool) -> None:
@@ -755,6 +762,7 @@ class _ColumnBlocks:
         self.swapped = swapped
         self.dtype = s.dtype
         self.backend = s.backend
+        self._norm2: float | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -782,7 +790,7 @@ class _ColumnBlocks:
         omega = da.map_blocks(_omega_block, seed, l, self.dtype, chunks=(self.s.a.chunks[0], (l,)),
                               dtype=self.dtype, meta=np.empty((0, 0), dtype=self.dtype))
         with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf: reported by the caller, from Y
-            y = self.s.t_times(omega)
+            y, self._norm2 = self.s.t_times(omega, with_norm=True)
         return y, (self._t_side(y) if with_v else None)
 
     def power(self, w: Any, *, with_v: bool = False) -> tuple[Any, Any | None]:
@@ -792,8 +800,11 @@ class _ColumnBlocks:
     def t_times(self, y: Any) -> Any:
         return self._t_side(y)
 
+    sums_in_sketch = True  # ||T||^2 comes with the sketch pass (see sum_squares)
+
     def sum_squares(self) -> float:
-        return self.s.sum_squares()
+        """``||T||_F^2``: summed by the sketch pass, else one pass of its own."""
+        return self.s.sum_squares() if self._norm2 is None else self._norm2
 
     def residual_sq(self, q: Any, bt: Any) -> float:
         return self.s.residual_sq(self._in_s_chunks(bt), q)
@@ -1037,11 +1048,18 @@ def _power_block(a: Any, r: np.ndarray | None, c: np.ndarray, shift: _Shift | No
         return w.give_back(y), _stats_row(w, [], v, y, accumulations)
 
 
-def _t_times_part(a: Any, r: np.ndarray | None, y: Any, shift: _Shift | None, dtype: np.dtype,
-                  device: Any) -> np.ndarray:
-    """``A_i^T Y_i`` (and ``r_i^T Y_i`` under it, with centring), summed across blocks in float64."""
+def _t_times_part(a: Any, r: np.ndarray | None, y: Any, shift: _Shift | None, with_norm: bool,
+                  dtype: np.dtype, device: Any) -> np.ndarray:
+    """``A_i^T Y_i`` (and ``r_i^T Y_i`` under it, with centring; then a row ``[||T_i||_F^2, 0...]``
+    ``with_norm``), summed across blocks in float64."""
     with _worker(a, device) as w:
-        return _Block(w, a, dtype, r, shift).t_times(w.load(y, dtype))[None]
+        block = _Block(w, a, dtype, r, shift)
+        part = block.t_times(w.load(y, dtype))
+        if with_norm:
+            norm = np.zeros((1, part.shape[1]))
+            norm[0, 0] = block.sum_squares()
+            part = np.vstack([part, norm])
+        return part[None]
 
 
 def _gram_part(y: Any, accumulate: np.dtype, device: Any) -> np.ndarray:

@@ -607,3 +607,25 @@ def test_centred_and_sparse_bad_input_is_refused_naming_the_argument(client):
     by_dask = ldask.svd_compress(x, KC, center=da.from_array(mu, chunks=20))
     by_numpy = ldask.svd_compress(x, KC, center=mu)
     np.testing.assert_array_equal(by_dask.S, by_numpy.S)
+
+
+def _log_column_read(block: np.ndarray, path: str, block_info=None) -> np.ndarray:
+    """Record which column block was read."""
+    with open(path, "a") as f:
+        f.write(f"{block_info[0]['array-location'][1][0]}\n")
+    return block
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_column_chunks_of_a_tall_matrix_are_read_twice_per_power_step(client, tmp_path, center):
+    # T = x (tall) in column blocks: T W must be summed before T^T (T W) can start, so
+    # the sketch pass (with ||T||^2), its T^T Y, 2 passes per power step but the last,
+    # and T^T Q: 2 q + 2 passes, each block once per pass (one more for center=True's means).
+    a = _decaying(M, N, seed=41)
+    log = tmp_path / "reads.txt"
+    x = da.from_array(a, chunks=(M, 20)).map_blocks(_log_column_read, str(log), dtype=a.dtype)
+    q = 2
+    ldask.svd_compress(x, K, n_iter=q, center=center)
+    reads = log.read_text().split()
+    assert sorted(set(reads), key=int) == ["0", "20", "40"]
+    assert all(reads.count(start) == 2 * q + 2 + int(center) for start in set(reads))
