@@ -230,9 +230,10 @@ def to_compute(x: Any, kind: ArrayKind | None = None, *, name: str = "array", wr
 def _rounded_list(a: np.ndarray, kind: ArrayKind) -> np.ndarray:
     """Host values given among bfloat16 tensors, rounded once to bfloat16 in the form the tensors take."""
     if _bf16.has_dtype(kind.on_gpu):
-        # ml_dtypes rounds float64 to bfloat16 in one step (no float32 double rounding).
+        # ml_dtypes rounds float64 to bfloat16 in one step, and so does from_float32:
+        # never float64 -> float32 -> bfloat16 (a tie made by the first rounding).
         return a.astype(np.float64, copy=False).astype(_bf16.dtype())
-    return _bf16.from_float32(a.astype(np.float32))
+    return _bf16.from_float32(a.astype(np.float64, copy=False))
 
 
 def _tensor_to_compute(x: Any, kind: ArrayKind, name: str, writable: bool, keep_bfloat16: bool) -> Any:

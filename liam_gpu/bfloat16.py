@@ -19,19 +19,24 @@ no bfloat16:
   so a CPU tensor is viewed as ``int16`` and then as bfloat16 (and back);
   torch <-> CuPy goes through DLPack as bfloat16 itself with CuPy 14 and
   ``ml_dtypes``, else through the same ``int16`` view;
-* **no ml_dtypes** (a numpy without it installed, or a CuPy before 14): torch
-  bfloat16 tensors are then computed from ``uint16`` bits end to end
-  (``storage="bfloat16"`` through the transform), as before ml_dtypes.
+* **ml_dtypes not loaded** (not installed, or not imported by anyone yet; or a
+  CuPy before 14): torch bfloat16 tensors are then computed from ``uint16``
+  bits end to end (``storage="bfloat16"`` through the transform).  The two
+  routes give the same bits (both widen exactly and round once, to nearest
+  even; ``tests/test_bfloat16.py`` compares them).
 
 A bfloat16 value is the top 16 bits of a float32, so widening is exact and
 narrowing is a rounding of the low 16 bits: to nearest, ties to even (the rule
 of ``ml_dtypes``' cast, of torch's ``Tensor.to(torch.bfloat16)`` and of the
 kernels' ``cvt.rn.bf16.f32``).  Every function here takes numpy or CuPy arrays.
 
-``ml_dtypes`` is a dependency, imported lazily: its import costs about half a
-second (its extension registers a dozen dtypes), which a caller without
-bfloat16 data never pays.  Asking whether an array *is* bfloat16 never imports
-it: such an array can only exist once ``ml_dtypes`` has been imported.
+``ml_dtypes`` is a dependency, but never imported by ``import liam_gpu``, nor
+for torch tensors: its import took 1.2 s here (0.5 s in its extension's
+initialisation; ``liam_gpu`` itself imports in 0.02 s), which a torch user who
+never asked for it should not pay on the first bfloat16 call.  CuPy 14
+imports it itself, and a numpy bfloat16 array can only exist once it is
+imported; so asking whether an array *is* bfloat16 never imports it, and
+torch tensors use the dtype where it is loaded (:func:`has_dtype`).
 """
 from __future__ import annotations
 
@@ -101,8 +106,15 @@ def cupy_has_dtype() -> bool:
 
 
 def has_dtype(on_gpu: bool) -> bool:
-    """Whether bfloat16 arrays (not ``uint16`` bits) are available on the host (numpy) or on a GPU (CuPy)."""
-    return cupy_has_dtype() if on_gpu else dtype() is not None
+    """Whether torch tensors are shared as bfloat16 arrays (else as ``uint16`` bits), on a GPU or the host.
+
+    On a GPU: CuPy 14 or newer with ``ml_dtypes`` (which CuPy imports itself).
+    On the host: ``ml_dtypes`` is imported already (never imported here: see
+    the module's notes on its import time).
+    """
+    if on_gpu:
+        return cupy_has_dtype()
+    return "ml_dtypes" in sys.modules and dtype() is not None
 
 
 def as_bits(a: Any) -> Any:
@@ -154,7 +166,8 @@ def from_float32(values: Any, out: Any | None = None) -> Any:
     Parameters
     ----------
     values
-        float32 array.
+        float32 array; or float64, also rounded once (through float32
+        rounded to odd, which keeps the information a second rounding needs).
     out
         Optional ``uint16`` array of the same shape to write the bits into.
 
@@ -164,6 +177,8 @@ def from_float32(values: Any, out: Any | None = None) -> Any:
         ``uint16`` bits (``out`` when given).
     """
     xp = array_module(values)
+    if np.dtype(values.dtype) == np.float64:
+        values = _to_odd_float32(values)
     u = xp.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
     # Adding 0x7fff plus the lowest kept bit carries into the kept bits exactly
     # when the dropped half is above one half, or equal to it with the kept part odd.
@@ -175,6 +190,25 @@ def from_float32(values: Any, out: Any | None = None) -> Any:
         return result
     out[...] = result
     return out
+
+
+def _to_odd_float32(values: Any) -> Any:
+    """float64 to float32 rounded to odd: truncated, with the last bit set when inexact.
+
+    Rounding that to bfloat16 (to nearest even) equals rounding the float64
+    value once: float32 keeps 16 more bits than bfloat16, and the sticky last
+    bit tells a tie from values above or below it.
+    """
+    xp = array_module(values)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and overflow: handled below
+        f = values.astype(np.float32)
+        # float32's round to nearest may have gone away from zero: step back to truncate
+        # (inf from a finite value steps back to the largest float32).
+        away = xp.isfinite(values) & (xp.abs(f.astype(np.float64)) > xp.abs(values))
+        f = xp.where(away, xp.nextafter(f, np.float32(0)), f)
+        inexact = xp.isfinite(values) & (f.astype(np.float64) != values)
+    bits = f.view(np.uint32) | inexact.astype(np.uint32)
+    return bits.view(np.float32)
 
 
 def nonfinite(a: Any) -> Any:

@@ -325,3 +325,76 @@ def test_cuda_tensors_in_place_views_and_out():
     out = torch.full((64, 24), float("nan"), device="cuda", dtype=torch.bfloat16)
     assert lg.transform_matrix(x, w, b, "silu", out=out) is out
     check(out.cpu(), x.cpu(), w.cpu(), b.cpu(), "silu")
+
+
+# --------------------------------------------------------------------------- the two routes of a tensor
+
+
+def test_bits_route_gives_the_bits_of_the_dtype_route(backend_name, monkeypatch):
+    # Where ml_dtypes is not loaded, tensors travel as uint16 bits with storage="bfloat16";
+    # both routes widen exactly and round once to nearest even, so the bits agree.
+    if backend_name.startswith("cuda"):
+        pytest.skip("host tensors")
+    backend_cls = type(lg.backends.resolve(backend_name, None))
+    seen = []
+    real = backend_cls.linear
+
+    def spy(self, x, w, bias, activation, out, *, storage=None):
+        seen.append((x.dtype, storage))
+        return real(self, x, w, bias, activation, out, storage=storage)
+
+    monkeypatch.setattr(backend_cls, "linear", spy)
+    x, w, b = tensors((33, 40), 21, seed=5)
+    by_dtype = lg.transform_matrix(x, w, b, "gelu", device=backend_name)
+    monkeypatch.setattr(bfloat16, "has_dtype", lambda on_gpu: False)
+    by_bits = lg.transform_matrix(x, w, b, "gelu", device=backend_name)
+    out = torch.full((33, 21), float("nan"), dtype=torch.bfloat16)
+    assert lg.transform_matrix(x, w, b, "gelu", out=out, device=backend_name) is out
+    assert seen == [(np.dtype(ml_dtypes.bfloat16), None)] + [(np.dtype(np.uint16), BF16)] * 2
+    assert torch.equal(by_bits.view(torch.int16), by_dtype.view(torch.int16))
+    assert torch.equal(out.view(torch.int16), by_dtype.view(torch.int16))
+    check(by_bits, x, w, b, "gelu")
+
+
+@pytest.mark.parametrize("route", ["dtype", "bits"])
+def test_lists_among_tensors_are_rounded_once_from_float64(route, monkeypatch):
+    # 1 + 2^-8 + 2^-30: rounded to float32 first it is the tie 1 + 2^-8, which goes to
+    # even (1.0); rounded once it is above the tie: 1 + 2^-7.
+    if route == "bits":
+        monkeypatch.setattr(bfloat16, "has_dtype", lambda on_gpu: False)
+    x = torch.ones(1, 1, dtype=torch.bfloat16)
+    y = lg.transform_matrix(x, [[1 + 2.0 ** -8 + 2.0 ** -30], [1 + 2.0 ** -8]], device="cpu")
+    assert y.dtype == torch.bfloat16 and y.view(torch.int16)[0].tolist() == [0x3F81, 0x3F80]
+
+
+def test_float64_rounds_once_to_bits(rng):
+    # Every float64 value rounded once by ml_dtypes, bit for bit: near ties at every scale,
+    # subnormals, overflow to inf, signed zero, inf; NaN stays a quiet NaN.
+    u = rng.integers(0, 2**64, size=200_000, dtype=np.uint64)
+    v = u.view(np.float64)
+    # float32-range values with a tie of bfloat16 perturbed by the low float64 bits
+    near = (rng.integers(0x0080, 0x7F80, size=50_000).astype(np.uint64) << 48) | (np.uint64(0x8000) << 32)
+    near |= rng.integers(0, 3, size=50_000).astype(np.uint64) * rng.integers(0, 2**20, size=50_000).astype(np.uint64)
+    v = np.concatenate([v, near.view(np.float64), -near.view(np.float64),
+                        [2.0 ** -134, 2.0 ** -134 * (1 + 2.0 ** -40), 3.4e38, 1e300, -1e300, 0.0, -0.0, np.inf]])
+    finite = ~np.isnan(v)
+    got = bfloat16.from_float32(v)
+    with np.errstate(over="ignore"):  # the values beyond bfloat16's range: inf, as wanted
+        want = v[finite].astype(ml_dtypes.bfloat16).view(np.uint16)
+    np.testing.assert_array_equal(got[finite], want)
+    assert np.all((got[~finite] & 0x7FC0) == 0x7FC0)
+
+
+def test_neither_import_nor_a_tensor_call_imports_ml_dtypes():
+    # Its import costs about a second here; torch users who never asked for it do not pay it.
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, liam_gpu as lg\n"
+            "x = torch.randn(4, 8).bfloat16()\n"
+            "y = lg.transform_matrix(x, x[:3], device='cpu')\n"
+            "assert y.dtype == torch.bfloat16\n"
+            "print('ml_dtypes' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
