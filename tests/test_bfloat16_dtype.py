@@ -481,3 +481,34 @@ def test_cuda_torch_bfloat16_without_cupy_bfloat16_is_a_uint16_view(cp, monkeypa
     a = arrays.to_compute(t, arrays.ArrayKind("torch", "cuda:0", True), name="data", keep_bfloat16=True)
     assert a.dtype == np.uint16 and a.data.ptr == t.data_ptr()
     assert fake_cupy.DLPACK_IMPORTS == [np.dtype(np.int16)]
+
+
+def test_lowrank_bfloat16_files_are_checked(rng, tmp_path, monkeypatch):
+    import zipfile
+
+    u, s, vt = (rng.standard_normal(shape).astype(BF16) for shape in ((6, 2), (2,), (2, 5)))
+    path = tmp_path / "f.npz"
+    lg.LowRank(u, s, vt).save(path)
+    with zipfile.ZipFile(path) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+
+    def rewrite(target, **replace):
+        import io
+
+        with zipfile.ZipFile(target, "w") as zf:
+            for name, data in members.items():
+                key = name[:-4]
+                if key in replace:
+                    buf = io.BytesIO()
+                    np.save(buf, replace[key])
+                    data = buf.getvalue()
+                zf.writestr(name, data)
+        return target
+
+    with pytest.raises(ValueError, match="factor_dtype must be 'bfloat16', got 'float8'"):
+        lg.LowRank.load(rewrite(tmp_path / "a.npz", factor_dtype=np.asarray("float8")))
+    with pytest.raises(ValueError, match=r"U must be uint16 \(the bits of bfloat16 factors\)"):
+        lg.LowRank.load(rewrite(tmp_path / "b.npz", U=f64(u).astype(np.float32)))
+    monkeypatch.setattr(bfloat16, "_DTYPE", None)  # as without ml_dtypes installed
+    with pytest.raises(ValueError, match="holds bfloat16 factors, which need ml_dtypes"):
+        lg.LowRank.load(path)
