@@ -444,8 +444,9 @@ struct MmaTile {
     static constexpr int NI = WN / 8;   // n8 slices per warp
     static constexpr int CHUNK = 8;     // 16-bit elements per 16-byte load
     static constexpr int KC = BK / CHUNK;
-    // Rows padded by one chunk: the 8 rows an ldmatrix phase reads start 16
-    // bytes apart modulo 128, i.e. in 8 distinct groups of 4 banks.
+    // Rows padded by one chunk (80-byte rows for BK = 32): the 8 rows one
+    // ldmatrix matrix reads start at 8 distinct multiples of 16 bytes modulo
+    // 128, i.e. in 8 distinct groups of 4 banks: no bank conflicts.
     static constexpr int LDK = BK + CHUNK;
     static constexpr int G = lg_vec<T>::GROUP;
     static constexpr int ROWS = WARPS_M * 16;  // rows staged per epilogue pass
