@@ -512,3 +512,13 @@ def test_lowrank_bfloat16_files_are_checked(rng, tmp_path, monkeypatch):
     monkeypatch.setattr(bfloat16, "_DTYPE", None)  # as without ml_dtypes installed
     with pytest.raises(ValueError, match="holds bfloat16 factors, which need ml_dtypes"):
         lg.LowRank.load(path)
+
+
+@needs_emulator
+def test_cuda_svd_of_cupy_bfloat16_is_that_of_its_float32_widening(cp, rng):
+    a = rng.standard_normal((50, 30)).astype(BF16)
+    got = lg.randomized_svd(cp.asarray(a), 4, random_state=3)
+    want = lg.randomized_svd(cp.asarray(a.astype(np.float32)), 4, random_state=3)
+    for g, w_ in zip(got, want):
+        assert isinstance(g, cp.ndarray) and g.dtype == np.float32
+        np.testing.assert_array_equal(g.get(), w_.get())
