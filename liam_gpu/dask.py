@@ -13,16 +13,20 @@ its own.
   :func:`liam_gpu.svd_compress` with each pass over ``A`` one Dask
   computation: per-chunk sketches, products and Gram matrices, summed across
   chunks by a tree reduction; the small matrices (``l x l`` factors, the
-  ``n x l`` right-hand bases) are handled on the client.  ``A`` is read once
-  per pass (``q + 2`` passes) and never gathered; the ``m x l`` bases stay on
-  the workers, in the row chunks of ``A``.
+  ``n x l`` right-hand bases) are handled on the client.  For a tall matrix
+  in row chunks (or a wide one in column chunks) ``A`` is read once per pass
+  (``q + 2`` passes) and never gathered, and the ``m x l`` bases stay on the
+  workers, in the chunks of ``A``; chunks along the other axis take ``2 q +
+  2`` passes with the long bases on the client.  Centring (``center=``) and
+  scipy.sparse chunks are applied inside each block's products.
 
-The sketch ``Omega`` is the Philox stream of :mod:`liam_gpu.philox`, indexed
-by ``(seed, column of A, sketch column)``: every row chunk multiplies by the
-same ``Omega`` the whole matrix would, so the result does not depend on the
-chunking or on the backend of the workers, and equals the single-machine
-``svd_compress`` on the same data and seed to rounding.  ``docs/distributed.md``
-covers deployment and measurements.
+The operator is oriented by the shape alone, as in memory, and the sketch
+``Omega`` is the Philox stream of :mod:`liam_gpu.philox`, indexed by
+``(seed, column of the operator, sketch column)``: every chunk multiplies by
+its rows of the same ``Omega`` the whole matrix would, so the result does not
+depend on the chunking or on the backend of the workers, and equals the
+single-machine ``svd_compress`` on the same data and seed to rounding.
+``docs/distributed.md`` covers deployment and measurements.
 """
 from __future__ import annotations
 
@@ -176,10 +180,11 @@ def svd_compress(
     """Rank-``k`` :class:`~liam_gpu.LowRank` of a Dask array, one Dask reduction per pass.
 
     The engine of :func:`liam_gpu.svd_compress` (:mod:`liam_gpu.rangefinder`,
-    fixed rank) run over :class:`DaskOperator`: the operator is ``x`` when its
-    chunks hold whole rows, ``x.T`` when they hold whole columns (the factors
-    swap on the way out), and each product with it is one pass of per-block
-    tasks summed by a tree reduction::
+    fixed rank).  As in memory the operator ``T`` is ``x`` when it is tall and
+    ``x.T`` when it is wide (the factors swap on the way out).  When ``T``'s
+    chunks hold whole rows (a tall ``x`` in row chunks, a wide one in column
+    chunks) it is a :class:`DaskOperator` and each product with it is one
+    pass of per-block tasks summed by a tree reduction::
 
         pass          Y_i = A_i Omega, V_i = A_i^T Y_i,     Y kept on the workers; V, ||A||^2
                       ||A_i||_F^2, Y_i^T Y_i                 and Y^T Y summed to the client
@@ -195,7 +200,11 @@ def svd_compress(
     too ill-conditioned to orthonormalize after ``A^T Y``, one for the
     residual when the error is small, as on one machine, and one for the
     means with ``center=True``) and never gathered; between passes the
-    workers hold one ``m x l`` basis, at the end the long factor.  Power
+    workers hold one ``m x l`` basis, at the end the long factor.  When
+    ``T``'s chunks hold whole columns (a tall ``x`` in column chunks, a wide
+    one in row chunks), the products go through ``S = T^T`` (``_ColumnBlocks``):
+    ``T X`` must be summed before ``T^T (T X)``, so ``2 q + 2`` passes, and
+    the ``m x l`` bases live on the client.  Power
     iterations are normalized (unlike ``dask.array.linalg.svd_compressed``'s
     default).  The result equals :func:`liam_gpu.svd_compress` on the same
     data and seed to rounding, whatever the chunking: every block multiplies
@@ -244,11 +253,13 @@ def svd_compress(
     -------
     LowRank
         For row chunks: ``U`` a ``dask.array.Array`` (m, k) in ``x``'s row
-        chunks (empty chunks left out) and chunk type (numpy for sparse
-        chunks), its blocks persisted on the workers (the column signs, +-1,
-        applied lazily on top); ``S`` (k,) and ``Vt`` (k, n) numpy arrays on
-        the client.  For column chunks: ``Vt`` the Dask array (k, n) in
-        ``x``'s column chunks, ``U`` (m, k) and ``S`` on the client.  dtype
+        chunks (empty chunks left out), ``S`` (k,) and ``Vt`` (k, n) numpy
+        arrays on the client; for column chunks ``Vt`` is the Dask array (k,
+        n) in ``x``'s column chunks, ``U`` (m, k) and ``S`` numpy (for one
+        chunk: the longer side is the Dask array).  Where ``T`` is in row
+        blocks the Dask factor's blocks are persisted on the workers in the
+        chunks' type (numpy for sparse chunks), the column signs (+-1)
+        applied lazily on top; else it is made on the client.  dtype
         float32 for float32 input, else float64; ``relative_error`` the
         engine's estimate (within a factor 2 of the truth above the dtype's
         resolution).
