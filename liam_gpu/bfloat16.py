@@ -77,14 +77,15 @@ def is_bfloat16(dt: Any) -> bool:
 
     Never imports ``ml_dtypes``: without it no array can have that dtype.
     """
-    ml = sys.modules.get("ml_dtypes")
-    if ml is None:
+    if "ml_dtypes" not in sys.modules:
         return False
     dt = getattr(dt, "dtype", dt)
-    try:
-        return np.dtype(dt) == ml.bfloat16
-    except TypeError:  # torch dtypes and other objects numpy does not know
-        return False
+    if not isinstance(dt, np.dtype):
+        try:
+            dt = np.dtype(dt)
+        except TypeError:  # torch dtypes and other objects numpy does not know
+            return False
+    return dt == dtype()  # dtype() is cached, and imports nothing here
 
 
 def cupy_has_dtype() -> bool:
