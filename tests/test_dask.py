@@ -63,6 +63,14 @@ def _rounding_bounds(a: np.ndarray, k: int) -> tuple[float, float]:
     return perturbation, perturbation / gap
 
 
+def _centred_bounds(a: np.ndarray, k: int) -> tuple[float, float]:
+    """:func:`_rounding_bounds` for ``a - mean(a, axis=0)`` factored without forming it: the products
+    round at the scale of the uncentred ``a``, the singular vectors move by that over the centred gaps."""
+    s = np.linalg.svd(a - a.mean(axis=0), compute_uv=False)
+    perturbation = np.finfo(a.dtype).eps * math.sqrt(a.size) * np.linalg.norm(a.astype(np.float64), 2)
+    return perturbation, perturbation / float(np.min(s[:k] - s[1:k + 1]))
+
+
 def _assert_same_lowrank(lr, ref, a: np.ndarray, k: int) -> None:
     s_tol, vec_tol = _rounding_bounds(a, k)
     u = lr.U.compute()
@@ -286,6 +294,15 @@ def test_svd_compress_with_our_kernels_on_the_workers_equals_cpu(client):
     lr = ldask.svd_compress(x, K, n_iter=1, random_state=4, device="emulator")
     ref = liam_gpu.svd_compress(a, K, n_iter=1, random_state=4, device="cpu")
     _assert_same_lowrank(lr, ref, a, K)
+    # Centred, in row chunks and in column chunks: the centring runs on the emulator's arrays too.
+    ref = liam_gpu.svd_compress(a, K, n_iter=1, random_state=4, center=True, device="cpu")
+    s_tol, vec_tol = _centred_bounds(a, K)
+    for chunks in [((150, 250), N), (M, (20, 40))]:
+        lr = ldask.svd_compress(da.from_array(a, chunks=chunks), K, n_iter=1, random_state=4, center=True,
+                                device="emulator")
+        np.testing.assert_allclose(lr.S, ref.S, rtol=0, atol=s_tol)
+        np.testing.assert_allclose(np.asarray(lr.U), ref.U, rtol=0, atol=vec_tol)
+        np.testing.assert_allclose(np.asarray(lr.Vt), ref.Vt, rtol=0, atol=vec_tol)
 
 
 # --------------------------------------------------------------------------- GPU workers
@@ -313,6 +330,16 @@ def _check_cupy_chunks_on(cluster) -> None:
         np.testing.assert_allclose(lr.S, cupy.asnumpy(ref_lr.S), rtol=0, atol=s_tol)
         np.testing.assert_allclose(cupy.asnumpy(lr.U.compute()), cupy.asnumpy(ref_lr.U), rtol=0, atol=vec_tol)
         np.testing.assert_allclose(lr.Vt, cupy.asnumpy(ref_lr.Vt), rtol=0, atol=vec_tol)
+
+        # Centred, in row chunks and in column chunks (the long bases then on the client).
+        ref_c = liam_gpu.svd_compress(cupy.asarray(a), 6, random_state=2, center=True)
+        s_tol, vec_tol = _centred_bounds(a, 6)
+        for xc in [x, da.from_array(cupy.asarray(a), chunks=(2000, 16), asarray=False)]:
+            lr = ldask.svd_compress(xc, 6, random_state=2, center=True)
+            u, vt = (f.compute() if isinstance(f, da.Array) else f for f in (lr.U, lr.Vt))
+            np.testing.assert_allclose(lr.S, cupy.asnumpy(ref_c.S), rtol=0, atol=s_tol)
+            np.testing.assert_allclose(cupy.asnumpy(u), cupy.asnumpy(ref_c.U), rtol=0, atol=vec_tol)
+            np.testing.assert_allclose(cupy.asnumpy(vt), cupy.asnumpy(ref_c.Vt), rtol=0, atol=vec_tol)
 
 
 @pytest.mark.gpu
