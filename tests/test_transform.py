@@ -422,22 +422,32 @@ def test_torch_cpu_tensors_take_torch_ops_with_the_same_values(monkeypatch, acti
     np.testing.assert_array_equal(out.numpy(), y.numpy())
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["numba", "torch-erfc"])
-def test_torch_cpu_gelu_keeps_the_relative_tail(monkeypatch, compiled):
-    # Unlike F.gelu (1 + erf, 12% off at -4 and 0 at -12), the erfc form: within gelu's
-    # bound of 4 + 3 x^2 ulps (tests/test_activations.py) far below zero, on both paths.
+def test_torch_cpu_gelu_keeps_the_relative_tail():
+    # Unlike F.gelu (1 + erf, 12% off at -4 and 0 at -12), the erfc form by blocks
+    # (torch_ops.gelu_): within gelu's bound of 4 + 3 x^2 ulps (tests/test_activations.py).
     torch = _torch_or_skip()
-    if compiled:
-        if activations.fast_epilogue() is None:
-            pytest.skip("numba (the fast extra) is not installed")
-    else:
-        monkeypatch.setattr(activations, "_fast", False)
     x = torch.linspace(-12, -4, 64, dtype=torch.float32)[:, None]
     got = lg.transform_matrix(x, torch.ones(1, 1), None, "gelu", device="cpu")[:, 0].numpy()
     pre = x.double().numpy()[:, 0]
     want = activations.reference(pre, "gelu")
     allowed = (4 + 3 * pre ** 2) * np.spacing(np.abs(got))
     assert np.all(np.abs(got - want) <= allowed)
+
+
+@pytest.mark.parametrize("block", [1, 7, 1000, 1 << 20])
+def test_torch_cpu_gelu_bits_do_not_depend_on_the_block(monkeypatch, block):
+    # One temporary reused block after block (ragged last block included): the same bits
+    # as the whole tensor in one block.
+    torch = _torch_or_skip()
+    from liam_gpu import torch_ops
+
+    y = torch.randn(37, 29, generator=torch.Generator().manual_seed(5)) * 4
+    monkeypatch.setattr(torch_ops, "_BLOCK_ELEMENTS", 1 << 20)
+    whole = torch_ops.gelu_(y.clone())
+    monkeypatch.setattr(torch_ops, "_BLOCK_ELEMENTS", block)
+    assert torch.equal(torch_ops.gelu_(y.clone()), whole)
+    ref = activations.reference(y.double().numpy(), "gelu")
+    assert np.all(np.abs(whole.numpy() - ref) <= (4 + 3 * y.double().numpy() ** 2) * np.spacing(np.abs(whole.numpy())))
 
 
 def test_torch_cpu_errors_are_the_cores():
