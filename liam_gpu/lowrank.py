@@ -146,7 +146,10 @@ class LowRank:
 
         bfloat16 factors (``ml_dtypes``) are multiplied in float32 and the
         result rounded once to bfloat16 (numpy and CuPy have no bfloat16 GEMM).
+        Factors recorded by autograd are multiplied by torch, so the product is too.
         """
+        if arrays.needs_autograd(self.U, self.S, self.Vt):
+            return (self.U * self.S[..., None, :]) @ self.Vt
         with arrays.caller_stream(self._kind):
             u, s, vt = (arrays.to_compute(x, self._kind) for x in (self.U, self.S, self.Vt))
             xp = arrays.array_module(u)
