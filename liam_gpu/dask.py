@@ -482,12 +482,13 @@ class DaskOperator:
         """Factor ``A - 1 mu^T`` of the caller's matrix from now on (``mean`` None: its column means).
 
         ``mean`` is ``mu`` (host float64, one per column of the caller's
-        matrix).  Row chunks: ``c = mu`` lives on the client and travels to
-        every task (one graph key); ``mean=None`` sums the columns in one pass
-        (a mean not finite is ``A``'s NaN/Inf, reported as such when
-        ``check``).  Column chunks: ``r = mu`` is a Dask array in ``A``'s row
-        chunks, each task reading its part; ``mean=None`` makes it from the
-        row means of each block, persisted on the workers (one pass).
+        matrix).  ``A`` the caller's matrix: ``c = mu`` lives on the client
+        and travels to every task (one graph key); ``mean=None`` sums the
+        columns in one pass (means that are not finite are refused: ``A``'s
+        NaN/Inf, named as such when ``check``).  ``A`` its transpose
+        (``swapped``): ``r = mu`` is a Dask array in ``A``'s row chunks, each
+        task reading its part; ``mean=None`` makes it from the row means of
+        each block, persisted on the workers (one pass).
         """
         mt, nt = self.shape
         if not self.swapped:
