@@ -727,3 +727,105 @@ def test_use_torch_allocator_puts_results_in_torchs_pool():
         assert torch.cuda.memory_allocated() - before >= y.numel() * y.element_size()
     finally:
         cupy.cuda.set_allocator(cupy.get_default_memory_pool().malloc)
+
+
+# --- torch.svd_lowrank / torch.pca_lowrank's contract (liam_gpu.torch.lowrank) ----------------
+
+
+def test_svd_lowrank_and_pca_lowrank_have_torchs_signatures():
+    import inspect
+
+    for ours, theirs in ((lt.svd_lowrank, torch.svd_lowrank), (lt.pca_lowrank, torch.pca_lowrank)):
+        mine = [(p.name, p.default) for p in inspect.signature(ours).parameters.values()]
+        torchs = [(p.name, p.default) for p in inspect.signature(theirs).parameters.values()]
+        assert mine == torchs
+
+
+def _lowrank_matrix(m, n, r, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, r, dtype=torch.float64, generator=g) @ torch.randn(r, n, dtype=torch.float64, generator=g)
+
+
+@pytest.mark.parametrize("layout", ["dense", "coo", "csr"])
+@pytest.mark.parametrize("mean", ["row", "column", "scalar", "full"])
+def test_svd_lowrank_subtracts_m_as_a_dense_a_minus_m(layout, mean):
+    a = _lowrank_matrix(40, 15, 4)
+    m = {"row": a.mean(0, keepdim=True), "column": a.mean(1, keepdim=True),
+         "scalar": torch.tensor(0.7, dtype=torch.float64), "full": _lowrank_matrix(40, 15, 2, seed=1)}[mean]
+    given = {"dense": a, "coo": a.to_sparse(), "csr": a.to_sparse_csr()}[layout]
+    # A - M has rank <= 4 + 2 and q = 8 (sketch 18 >= 15): the factors reproduce it to rounding.
+    u, s, v = lt.svd_lowrank(given, q=8, M=m)
+    assert (u.shape, s.shape, v.shape) == ((40, 8), (8,), (15, 8))
+    expected = a - m
+    tol = 64 * torch.finfo(torch.float64).eps * math.sqrt(40 * 15) * float(torch.linalg.matrix_norm(expected, 2))
+    assert float((u @ torch.diag(s) @ v.mT - expected).abs().max()) <= tol
+    torch.testing.assert_close(s, torch.linalg.svdvals(expected)[:8], rtol=0, atol=tol)
+
+
+def test_svd_lowrank_repeats_under_torch_manual_seed_and_leaves_a_alone():
+    a = torch.randn(300, 80, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    before = a.clone()
+    torch.manual_seed(5)
+    first = lt.svd_lowrank(a, q=5, niter=1)
+    torch.manual_seed(5)
+    again = lt.svd_lowrank(a, q=5, niter=1)
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    assert torch.equal(a, before)
+
+
+def test_pca_lowrank_is_svd_lowrank_of_the_centred_matrix_and_defaults_q_to_six():
+    a = _lowrank_matrix(50, 20, 9) + 3.0
+    u, s, v = lt.pca_lowrank(a)
+    assert (u.shape, s.shape, v.shape) == ((50, 6), (6,), (20, 6))
+    expected = torch.linalg.svdvals(a - a.mean(0))[:6]
+    tol = 64 * torch.finfo(torch.float64).eps * math.sqrt(50 * 20) * float(expected[0])
+    torch.testing.assert_close(s, expected, rtol=0, atol=tol)
+    _, s_raw, _ = lt.pca_lowrank(a, center=False)
+    torch.testing.assert_close(s_raw, torch.linalg.svdvals(a)[:6], rtol=0, atol=tol * 10)
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda a: lt.svd_lowrank(a.numpy(), 2), TypeError, "A must be a torch.Tensor"),
+    (lambda a: lt.svd_lowrank(a[0], 2), ValueError, "A must have at least 2 dimensions"),
+    (lambda a: lt.svd_lowrank(a, 11), ValueError, "q must be between 0 and min"),
+    (lambda a: lt.svd_lowrank(a, 2.5), TypeError, "q must be an integer"),
+    (lambda a: lt.svd_lowrank(a, 2, niter=-1), ValueError, "niter must be >= 0"),
+    (lambda a: lt.svd_lowrank(a, 2, M=torch.zeros(3, 10, dtype=torch.float64)), ValueError, "M of shape"),
+    (lambda a: lt.svd_lowrank(a, 2, M=torch.zeros(2, 12, 10, dtype=torch.float64)), ValueError, "M of shape"),
+    (lambda a: lt.pca_lowrank(a, 2, center=1), TypeError, "center must be a bool"),
+    (lambda a: lt.pca_lowrank(a, 13), ValueError, "q must be between 0 and min"),
+    (lambda a: lt.svd_lowrank(a * float("nan"), 2), ValueError, "NaN or Inf"),
+])
+def test_svd_lowrank_bad_input_names_the_argument(call, error, match):
+    a = torch.randn(12, 10, dtype=torch.float64)
+    with pytest.raises(error, match=match):
+        call(a)
+
+
+def test_svd_lowrank_q_zero_gives_empty_factors_as_torch():
+    u, s, v = lt.svd_lowrank(torch.randn(2, 7, 5, dtype=torch.float64), q=0)
+    ref = torch.svd_lowrank(torch.randn(2, 7, 5, dtype=torch.float64), q=0)
+    assert (u.shape, s.shape, v.shape) == tuple(t.shape for t in ref) == ((2, 7, 0), (2, 0), (2, 5, 0))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_randomized_svd_records_gradients_like_torchs_svd():
+    import liam_gpu as lg
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    a = torch.randn(200, 6, device="cuda", dtype=torch.float64, generator=g) @ torch.randn(
+        6, 80, device="cuda", dtype=torch.float64, generator=g)
+    ours = a.clone().requires_grad_()
+    u, s, vt = lg.randomized_svd(ours, 6)
+    assert u.is_cuda and u.requires_grad
+    (s.sum() + vt.abs().sum()).backward()
+    ref = a.clone().requires_grad_()
+    _, s_ref, vh_ref = torch.linalg.svd(ref, full_matrices=False)
+    (s_ref[:6].sum() + vh_ref[:6].abs().sum()).backward()
+    # Rounding of an SVD gradient: u sqrt(mn) relative, amplified by (sigma_max / gap)^2 (the
+    # rank-6 spectrum's smallest gap, sigma_6 itself against the zeros included).
+    sv = torch.cat([s_ref[:6].detach(), s_ref.new_zeros(1)])
+    gap = float((sv[:-1] - sv[1:]).min())
+    tol = 64 * torch.finfo(torch.float64).eps * math.sqrt(200 * 80) * (float(sv[0]) / gap) ** 2
+    torch.testing.assert_close(ours.grad, ref.grad, rtol=0, atol=tol * float(ref.grad.abs().max()))
