@@ -15,7 +15,8 @@ functions of this module.  Each call is routed once:
 
 Steps 2 and 3 are :mod:`liam_gpu.dispatch`.  The SVDs record autograd inside
 the core (:mod:`liam_gpu._svd_grad`, on the engine's basis), so they start at
-step 2.  Only this module, the torch layer and the scheduler sit above the core; the core imports none of them (``tests/test_imports.py``).
+step 2.  Only this module, the torch layer and the scheduler sit above the core;
+the core imports none of them (``tests/test_imports.py``).
 """
 from __future__ import annotations
 
