@@ -34,7 +34,7 @@ import numpy as np
 from . import arrays
 from .rangefinder import Factorization
 
-__all__ = ["source", "centre_of", "project", "stack", "exact", "flip_columns", "flip_rows", "as_result"]
+__all__ = ["source", "centre_of", "project", "stack", "ritz", "exact", "flip_columns", "flip_rows", "as_result"]
 
 
 def _torch() -> Any:
@@ -90,14 +90,16 @@ def _make_complement() -> Any:
 
         ``T`` is ``x`` (``swapped``: ``x^T``) minus the centring ``1 mu^T``
         (``swapped``: ``mu 1^T``).  Inputs ``q``, ``v`` (nt x k), ``s`` are
-        constants (detached).  Double backward is not supported (torch's
-        ``once_differentiable`` error).
+        constants (detached).  ``symmetric``: ``x`` is a symmetric matrix
+        and its gradient the symmetric part (as ``torch.linalg.eigh``'s).
+        Double backward is not supported (torch's ``once_differentiable`` error).
         """
 
         @staticmethod
-        def forward(ctx, x, mu, q, v, s, swapped):
+        def forward(ctx, x, mu, q, v, s, swapped, symmetric):
             ctx.save_for_backward(q, v, s)
             ctx.swapped = swapped
+            ctx.symmetric = symmetric
             ctx.has_mu = mu is not None
             return x.new_zeros((q.shape[0], v.shape[1]))
 
@@ -107,16 +109,18 @@ def _make_complement() -> Any:
             q, v, s = ctx.saved_tensors
             need_x, need_mu = ctx.needs_input_grad[:2]
             if not (need_x or need_mu):
-                return None, None, None, None, None, None
+                return None, None, None, None, None, None, None
             g = grad / s  # G S^-1 (mt x k)
             g = g - q @ (q.mT @ g)  # (I - Q Q^T) G S^-1
             grad_t = g @ v.mT  # dL/dT (mt x nt)
             grad_x = (grad_t.mT if ctx.swapped else grad_t) if need_x else None
+            if grad_x is not None and ctx.symmetric:
+                grad_x = (grad_x + grad_x.mT) / 2
             grad_mu = None
             if ctx.has_mu and need_mu:
                 # T = A - 1 mu^T (rows of T: rows of A) or T = A^T - mu 1^T: -sum over the ones side.
                 grad_mu = -(grad_t.sum(dim=1) if ctx.swapped else grad_t.sum(dim=0))
-            return grad_x, grad_mu, None, None, None, None
+            return grad_x, grad_mu, None, None, None, None, None
 
     return Complement
 
@@ -145,7 +149,7 @@ def project(x: Any, mu: Any | None, fact: Factorization, k: int) -> tuple[Any, A
     ub, s, vbh = torch.linalg.svd(b, full_matrices=False)
     s = s[:k]
     v = vbh[:k].mT  # (nt, k)
-    u = q @ ub[:, :k] + _Complement.apply(x, mu, q, v.detach(), s.detach(), swapped)
+    u = q @ ub[:, :k] + _Complement.apply(x, mu, q, v.detach(), s.detach(), swapped, False)
     if swapped:  # T = A^T: A = V S U^T
         return v, s, u.mT
     return u, s, v.mT
@@ -154,6 +158,32 @@ def project(x: Any, mu: Any | None, fact: Factorization, k: int) -> tuple[Any, A
 def stack(parts: Any) -> Any:
     """The items' factors as one stack (recorded)."""
     return _torch().stack(list(parts))
+
+
+def ritz(x: Any, basis: Any, order: np.ndarray, w_ref: np.ndarray) -> tuple[Any, Any]:
+    """Rayleigh-Ritz eigenpairs of a symmetric ``x`` (n, n) on the engine's basis, differentiable.
+
+    ``Q^T x Q = W diag(theta) W^T`` by ``torch.linalg.eigh``; the pairs kept
+    are ``order`` (chosen by the caller from the unrecorded Ritz values), with
+    the signs of the unrecorded eigenvectors ``w_ref`` (l, k), so that the
+    values equal the unrecorded ones to rounding.  The eigenvectors ``Q W``
+    carry :class:`_Complement`'s term ``(I - Q Q^T) dM v_i / theta_i``:
+    exact when ``M``'s rank is at most ``l`` (its other eigenvalues zero).
+    The gradient of ``M`` is symmetric, as ``torch.linalg.eigh``'s.
+    """
+    torch = _torch()
+    q = _as_tensor(basis, x)
+    b = q.mT @ x @ q
+    theta, w = torch.linalg.eigh((b + b.mT) / 2)
+    index = torch.as_tensor(np.ascontiguousarray(order), device=w.device)
+    theta, w = theta[index], w[:, index]
+    with torch.no_grad():  # the unrecorded path's signs: constants
+        ref = torch.as_tensor(np.ascontiguousarray(w_ref), device=w.device, dtype=w.dtype)
+        signs = torch.where((w * ref).sum(dim=0) < 0, -1.0, 1.0).to(w.dtype)
+    w = w * signs
+    vecs = q @ w
+    vecs = vecs + _Complement.apply(x, None, q, vecs.detach(), theta.detach(), False, True)
+    return theta, vecs
 
 
 def exact(x: Any) -> tuple[Any, Any, Any]:

@@ -84,6 +84,25 @@ def randomized_eigsh(
                           f"the smallest captured magnitude {np.min(np.abs(theta)):.3g}, so an eigenvalue the "
                           "basis missed could be larger; widen n_oversamples", ResolutionWarning, stacklevel=2)
         dtype = mat.data.dtype
+        if arrays.needs_autograd(M):
+            return _recorded(M, mat, basis, order, w[:, order], kind)
         vecs = backend.matmul(basis, backend.asarray(np.ascontiguousarray(w[:, order], dtype=dtype)))
         vals = backend.asarray(theta[order].astype(dtype))
         return arrays.from_compute(vals, kind), arrays.from_compute(vecs, kind)
+
+
+def _recorded(M: Any, mat: Any, basis: Any, order: np.ndarray, w_ref: np.ndarray,
+              kind: arrays.ArrayKind) -> tuple[Any, Any]:
+    """:func:`randomized_eigsh` of a tensor that requires grad: the Rayleigh-Ritz step recorded by autograd.
+
+    The basis is a constant; ``Q^T M Q`` and its eigenpairs are torch
+    operations (:func:`liam_gpu._svd_grad.ritz`).
+    """
+    from . import _svd_grad
+
+    if mat.sparse:
+        raise ValueError("M is a sparse tensor that requires grad: differentiable eigenpairs of sparse input are "
+                         "not supported; pass M.detach() for a result without a graph")
+    x = _svd_grad.source(M, mat.data.dtype)
+    vals, vecs = _svd_grad.ritz(x, basis, order, w_ref)
+    return _svd_grad.as_result(vals, kind), _svd_grad.as_result(vecs, kind)

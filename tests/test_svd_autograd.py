@@ -1,5 +1,5 @@
-"""Differentiable factors of ``randomized_svd``, ``svd_compress``, ``pca`` and ``liam_gpu.torch.svd_lowrank``
-/ ``pca_lowrank`` for tensors that require grad (``liam_gpu/_svd_grad.py``, ``docs/svd.md``).
+"""Differentiable factors of ``randomized_svd``, ``svd_compress``, ``pca``, ``randomized_eigsh`` and
+``liam_gpu.torch.svd_lowrank`` / ``pca_lowrank`` for tensors that require grad (``liam_gpu/_svd_grad.py``, ``docs/svd.md``).
 
 Truth is float64: ``torch.autograd.gradcheck`` (finite differences of the
 function itself, engine included) and the gradients of ``torch.linalg.svd``
@@ -302,6 +302,8 @@ def test_sparse_tensor_that_requires_grad_is_refused_by_name():
         lg.randomized_svd(a, 2)
     with pytest.raises(ValueError, match="x is a sparse tensor that requires grad"):
         lg.pca(a, 2)
+    with pytest.raises(ValueError, match="M is a sparse tensor that requires grad"):
+        lg.randomized_eigsh(symmetric_lowrank(8, [1.0, 2.0]).to_sparse().requires_grad_(), 2)
 
 
 def test_zero_matrix_and_rank_beyond_the_matrix_rank():
@@ -326,6 +328,51 @@ def test_bfloat16_input_gets_bfloat16_factors_with_a_graph():
     assert u.dtype == s.dtype == vt.dtype == torch.bfloat16 and u.requires_grad
     s.float().sum().backward()
     assert a.grad.dtype == torch.bfloat16 and torch.isfinite(a.grad.float()).all()
+
+
+# --------------------------------------------------------------------------- randomized_eigsh
+
+
+def symmetric_lowrank(n: int, eigenvalues, seed: int = 0, tail: float = 0.0) -> torch.Tensor:
+    """``U diag(eigenvalues) U^T`` (``tail > 0``: the other eigenvalues distinct, in ``[tail, 2 tail]``)."""
+    g = torch.Generator().manual_seed(seed)
+    lam = torch.tensor(eigenvalues, dtype=F64)
+    if tail > 0:
+        lam = torch.cat([lam, tail * torch.linspace(2, 1, n - lam.numel(), dtype=F64)])
+    u, _ = torch.linalg.qr(torch.randn(n, lam.numel(), dtype=F64, generator=g))
+    return (u * lam) @ u.mT
+
+
+@pytest.mark.parametrize("selection,k", [("module", 3), ("value", 2)])
+def test_gradcheck_randomized_eigsh(selection, k):
+    # Eigenvalues 3, -2.2, 1.5, -0.8: "value" with k = 2 keeps 3 and 1.5, "module" 3, -2.2, 1.5.
+    x = symmetric_lowrank(20, [3.0, -2.2, 1.5, -0.8]).requires_grad_()
+
+    def fn(x):
+        vals, vecs = lg.randomized_eigsh((x + x.mT) / 2, k, n_oversamples=4, selection=selection)
+        return vals.sum() + vecs.abs().sum() + (vecs[:, :1] * vecs).sum()
+
+    assert gradcheck(fn, (x,))
+
+
+def test_eigsh_gradients_equal_torch_eigh_and_values_equal_the_unrecorded_ones():
+    m = symmetric_lowrank(40, [3.0, -2.2, 1.5, -0.8, 0.5], tail=TAIL)
+    k = 3
+    vals0, vecs0 = lg.randomized_eigsh(m, k)
+    ours = m.clone().requires_grad_()
+    vals, vecs = lg.randomized_eigsh(ours, k)
+    assert vals.requires_grad and vecs.requires_grad
+    # Eigenvalue gaps >= 0.7: the vectors to u n ||M|| / gap, the values to u n ||M|| (16: safety).
+    tol = 16 * torch.finfo(F64).eps * 40 * 3.0
+    assert float((vals.detach() - vals0).abs().max()) <= tol
+    assert float((vecs.detach() - vecs0).abs().max()) <= tol / 0.7
+    (vals.sum() + vecs.abs().sum()).backward()
+    ref = m.clone().requires_grad_()
+    lam, w = torch.linalg.eigh(ref)
+    order = torch.argsort(-lam.detach().abs())[:k]
+    (lam[order].sum() + w[:, order].abs().sum()).backward()
+    gap_tol = 64 * torch.finfo(F64).eps * 40 * (3.0 / 0.7) ** 2 * float(ref.grad.abs().max())
+    assert float((ours.grad - ref.grad).abs().max()) <= gap_tol
 
 
 # --------------------------------------------------------------------------- torch's contract
