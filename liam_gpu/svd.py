@@ -136,13 +136,14 @@ def randomized_svd(
     with arrays.caller_stream(kind), backend.activate():
         mat = _Matrix.prepare(backend, a, kind, max_ndim=32)
         lead = tuple(int(d) for d in a.shape[:-2]) if len(a.shape) > 3 else None
+        recorded = _recording(a, center)
         mean = _mean(backend, mat, center, kind)
         k = validation.check_rank("n_components", n_components, mat.min_dim)
         q = _n_iter(n_iter, k, mat.min_dim)
         seed = seed_from_random_state(random_state)
         plan = Plan(k=k, p=p, q=q, normalizer=normalizer, seed=seed, check=bool(check_finite),
                     flip=bool(flip_sign), driver=svd_lapack_driver)
-        if arrays.needs_autograd(a, center):
+        if recorded:
             u, s, vt, _ = _factor_recorded(backend, mat, plan, mean, a, center, kind)
             if lead is not None:
                 u, s, vt = (x.reshape(lead + tuple(x.shape[1:])) for x in (u, s, vt))
@@ -226,6 +227,7 @@ def svd_compress(
     kind, backend = _resolve(a, device)
     with arrays.caller_stream(kind), backend.activate():
         mat = _Matrix.prepare(backend, a, kind)
+        recorded = _recording(a, center)
         mean = _mean(backend, mat, center, kind)
         seed = seed_from_random_state(random_state)
         if tol is None:
@@ -237,7 +239,7 @@ def svd_compress(
             cap = mat.min_dim if max_rank is None else validation.check_rank("max_rank", max_rank, mat.min_dim)
             q = ADAPTIVE_N_ITER if n_iter == "auto" else _check_count("n_iter", n_iter, minimum=0)
             plan = Plan(k=cap, p=p, q=q, seed=seed, check=bool(check_finite), estimate=True, tol=tol)
-        if arrays.needs_autograd(a, center):
+        if recorded:
             u, s, vt, err = _factor_recorded(backend, mat, plan, mean, a, center, kind)
             return LowRank(u, s, vt, relative_error=err)
         u, s, vt, err = _factor(backend, mat, plan, mean)
@@ -441,6 +443,16 @@ def _resolve(a: Any, device: Any) -> tuple[arrays.ArrayKind, Any]:
         return (arrays.kind_of(a) if arrays.is_tensor(a) else arrays.NUMPY), backend
     kind = arrays.common_kind(a=a)
     return kind, backends.resolve(device, kind)
+
+
+def _recording(a: Any, center: Any) -> bool:
+    """Whether autograd records this call: ``a`` or a ``center`` tensor requires grad (and grad mode is on)."""
+    if not arrays.needs_autograd(a, center):
+        return False
+    if not arrays.is_tensor(a):
+        raise TypeError(f"center is a tensor that requires grad, but a is a {type(a).__name__}: pass a as a "
+                        "torch tensor for differentiable factors, or center.detach()")
+    return True
 
 
 def _mean(backend: Any, mat: _Matrix, center: Any, kind: arrays.ArrayKind) -> np.ndarray | None:

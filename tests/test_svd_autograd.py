@@ -288,6 +288,15 @@ def test_inputs_are_not_modified():
     assert torch.equal(a.detach(), before) and torch.equal(mu.detach(), mu_before)
 
 
+def test_a_center_that_requires_grad_with_a_non_tensor_a_is_refused_by_name():
+    a = lowrank(20, 8, 3).numpy()
+    center = torch.zeros(8, dtype=F64, requires_grad=True)
+    with pytest.raises(TypeError, match="center is a tensor that requires grad, but a is a ndarray"):
+        lg.randomized_svd(a, 2, center=center)
+    with pytest.raises(TypeError, match="center is a tensor that requires grad"):
+        lg.svd_compress(a, 2, center=center)
+
+
 def test_double_backward_is_refused():
     a = lowrank(20, 8, 3).requires_grad_()
     u, _, _ = lg.randomized_svd(a, 2)
