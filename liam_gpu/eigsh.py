@@ -55,7 +55,9 @@ def randomized_eigsh(
     Returns
     -------
     eigvals, eigvecs
-        ``(k,)`` and ``(n, k)`` in the caller's array type.
+        ``(k,)`` and ``(n, k)`` in the caller's array type; recorded by
+        autograd for a tensor ``M`` that requires grad (grad mode on), with a
+        symmetric gradient of ``M`` (``docs/svd.md``).
     """
     import warnings
 

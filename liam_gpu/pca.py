@@ -82,7 +82,9 @@ def pca(
     Returns
     -------
     PCAResult
-        In the caller's array type (numpy for scipy.sparse input).
+        In the caller's array type (numpy for scipy.sparse input).  For a
+        tensor that requires grad (grad mode on), every field but
+        ``n_samples`` is recorded by autograd (``docs/svd.md``).
 
     Raises
     ------

@@ -113,7 +113,10 @@ def randomized_svd(
         (B, k), (B, k, n) for a stack -- in the caller's array type, dtype
         float32 for float32 input, else float64.  Stacks of small matrices
         (those :meth:`~liam_gpu.backends.base.Backend.batched_svd_fits`) get
-        the exact truncated SVD from the batched kernel.
+        the exact truncated SVD from the batched kernel.  When grad mode is
+        on and ``a`` (or a ``center`` tensor) requires grad, the factors are
+        recorded by autograd (exact gradients when the rank of ``a`` is at
+        most the sketch width; ``docs/svd.md``).
 
     Raises
     ------
@@ -204,7 +207,9 @@ def svd_compress(
         ``||A - U S Vt||_F / ||A||_F`` within a factor 2 wherever it is above
         the dtype's resolution, and is never reported below the resolution (a
         float, or a float64 array of one value per item for a stack; see
-        ``docs/svd.md``).
+        ``docs/svd.md``).  Factors of a tensor that requires grad are
+        recorded by autograd, as for :func:`randomized_svd` (the error is a
+        plain float).
 
     Raises
     ------
@@ -265,7 +270,8 @@ def randomized_range_finder(
     (:func:`liam_gpu.rangefinder.range_finder`), orthonormal to working
     precision.  Parameters as for :func:`randomized_svd`; ``size`` is at
     most ``m`` (``Q`` has orthonormal columns).  2-D ``a`` only (dense or
-    scipy.sparse).
+    scipy.sparse).  ``Q`` is never recorded by autograd: like the test
+    matrix it is a constant of the factorizations built on it.
     """
     normalizer = _check_normalizer(power_iteration_normalizer)
     q = _check_count("n_iter", n_iter, minimum=0)
@@ -514,8 +520,9 @@ def _factor_recorded(backend: Any, mat: _Matrix, plan: Plan, mean: np.ndarray | 
     from . import _svd_grad
 
     if mat.sparse:
-        raise ValueError("a is a sparse tensor that requires grad: differentiable factors of sparse input are "
-                         "not supported; pass a.detach() for factors without a graph")
+        raise ValueError("a is a sparse tensor and the call records gradients (a or center requires grad): "
+                         "differentiable factors of sparse input are not supported; pass detached tensors for "
+                         "factors without a graph")
     x = _svd_grad.source(a, mat.data.dtype)
     mu = None if mean is None else _svd_grad.centre_of(x, center, mean)
     if len(mat.shape) == 3 and backend.batched_svd_fits(*mat.shape[1:], mat.data.dtype):
