@@ -48,9 +48,8 @@ def source(a: Any, compute_dtype: Any) -> Any:
     ``(B1 B2, m, n)``), and the dtype is the engine's (float16/bfloat16 and
     integers computed in float32/float64): both differentiable views or casts.
     """
-    torch = _torch()
-    dtype = getattr(torch, np.dtype(compute_dtype).name)
-    x = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+    dtype = getattr(_torch(), np.dtype(compute_dtype).name)
+    x = a
     if x.dim() > 3:
         x = x.reshape((-1,) + tuple(x.shape[-2:]))
     return x if x.dtype == dtype else x.to(dtype)
