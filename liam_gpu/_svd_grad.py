@@ -34,7 +34,8 @@ import numpy as np
 from . import arrays
 from .rangefinder import Factorization
 
-__all__ = ["source", "centre_of", "project", "stack", "ritz", "exact", "flip_columns", "flip_rows", "as_result"]
+__all__ = ["source", "centre_of", "project", "stack", "ritz", "exact", "align_signs", "flip_columns", "flip_rows",
+           "as_result"]
 
 
 def _torch() -> Any:
@@ -146,9 +147,14 @@ def project(x: Any, mu: Any | None, fact: Factorization, k: int) -> tuple[Any, A
         # Q^T (A - 1 mu^T) = Q^T A - (Q^T 1) mu^T;  Q^T (A^T - mu 1^T) = Q^T A^T - (Q^T mu) 1^T.
         b = b - (q.mT @ mu)[:, None] if swapped else b - q.sum(dim=0)[:, None] * mu[None, :]
     ub, s, vbh = torch.linalg.svd(b, full_matrices=False)
+    # The engine's signs (U = Q Uc), as constants: with no sign convention asked for,
+    # the recorded factors still equal the unrecorded ones to rounding.
+    uc = np.eye(ub.shape[0], k) if fact.uc is None else fact.uc[:, :k]
+    signs = align_signs(ub[:, :k], uc)
     s = s[:k]
-    v = vbh[:k].mT  # (nt, k)
-    u = q @ ub[:, :k] + _Complement.apply(x, mu, q, v.detach(), s.detach(), swapped, False)
+    ub = ub[:, :k] * signs
+    v = vbh[:k].mT * signs  # (nt, k)
+    u = q @ ub + _Complement.apply(x, mu, q, v.detach(), s.detach(), swapped, False)
     if swapped:  # T = A^T: A = V S U^T
         return v, s, u.mT
     return u, s, v.mT
@@ -176,13 +182,19 @@ def ritz(x: Any, basis: Any, order: np.ndarray, w_ref: np.ndarray) -> tuple[Any,
     theta, w = torch.linalg.eigh((b + b.mT) / 2)
     index = torch.as_tensor(np.ascontiguousarray(order), device=w.device)
     theta, w = theta[index], w[:, index]
-    with torch.no_grad():  # the unrecorded path's signs: constants
-        ref = torch.as_tensor(np.ascontiguousarray(w_ref), device=w.device, dtype=w.dtype)
-        signs = torch.where((w * ref).sum(dim=0) < 0, -1.0, 1.0).to(w.dtype)
-    w = w * signs
+    w = w * align_signs(w, np.ascontiguousarray(w_ref))  # the unrecorded path's signs: constants
     vecs = q @ w
     vecs = vecs + _Complement.apply(x, None, q, vecs.detach(), theta.detach(), False, True)
     return theta, vecs
+
+
+def align_signs(u: Any, ref: Any) -> Any:
+    """Constant signs (..., 1, k) that turn the columns of ``u`` towards those of ``ref`` (numpy or CuPy)."""
+    torch = _torch()
+    with torch.no_grad():
+        dots = (u * _as_tensor(np.ascontiguousarray(ref) if isinstance(ref, np.ndarray) else ref, u)).sum(
+            dim=-2, keepdim=True)
+        return torch.where(dots < 0, -1.0, 1.0).to(u.dtype)
 
 
 def exact(x: Any) -> tuple[Any, Any, Any]:

@@ -531,6 +531,9 @@ def _factor_recorded(backend: Any, mat: _Matrix, plan: Plan, mean: np.ndarray | 
         u, s, vt = _svd_grad.exact(x)
         k, errors = _spectrum_rank(s.detach().cpu().numpy(), plan, mat.data.dtype)
         u, s, vt = u[..., :k], s[..., :k], vt[..., :k, :]
+        if not plan.flip:  # no convention asked for: the batched kernel's signs, as the unrecorded path's
+            signs = _svd_grad.align_signs(u, backend.batched_svd(mat.data)[0][..., :k])
+            u, vt = u * signs, vt * signs.mT
     else:
         facts, k = _engine(backend, mat, plan, mean)
         items = [_svd_grad.project(x if len(mat.shape) == 2 else x[i], mu, fact, k) for i, fact in enumerate(facts)]

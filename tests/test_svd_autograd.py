@@ -226,13 +226,14 @@ def test_pca_gradients_against_torch_svd_of_the_centred_matrix():
 # --------------------------------------------------------------------------- values, graphs, errors
 
 
+@pytest.mark.parametrize("flip_sign", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("shape", [(120, 30), (30, 120), (2, 300, 20), (4, 6, 5)])
-def test_recorded_factors_equal_the_unrecorded_ones(dtype, shape):
+def test_recorded_factors_equal_the_unrecorded_ones(dtype, shape, flip_sign):
     *batch, m, n = shape
     a = lowrank(m, n, min(6, m, n), *batch, dtype=dtype)
-    u0, s0, vt0 = lg.randomized_svd(a, 4)
-    u, s, vt = lg.randomized_svd(a.clone().requires_grad_(), 4)
+    u0, s0, vt0 = lg.randomized_svd(a, 4, flip_sign=flip_sign)
+    u, s, vt = lg.randomized_svd(a.clone().requires_grad_(), 4, flip_sign=flip_sign)
     assert all(t.requires_grad and t.grad_fn is not None for t in (u, s, vt))
     assert (u.dtype, u.shape, vt.shape, s.shape) == (u0.dtype, u0.shape, vt0.shape, s0.shape)
     # Both are the SVD of Q^T A, formed two ways: equal to rounding, singular values to
