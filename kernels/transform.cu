@@ -40,12 +40,15 @@
 //
 // Tensor cores (linear_mma_kernel, MmaTile): for float16 and bfloat16 storage
 // on sm_80+, the launcher takes a warp-level mma.sync path when d_in % 8 == 0
-// and x and w start on 16-byte boundaries.  A block stages BM x BK tiles of x
+// and x and w start on 16-byte boundaries; for float32 storage the same tile
+// runs on TF32 tensor cores (m16n8k8, operands cvt.rna'd to tf32) when the
+// caller allows it (precision="tf32"), d_in % 4 == 0 and the same alignment.
+// A block stages BM x BK tiles of x
 // and BN x BK tiles of w in shared memory as they are (k contiguous, rows
 // padded by 16 bytes so that ldmatrix reads are free of bank conflicts),
 // double-buffered through registers as above; each warp loads its A and B
-// fragments with ldmatrix.x4 and accumulates (WM/16) x (WN/8) m16n8k16 tiles
-// in float32.  The epilogue stages one m16 slice of every warp (WARPS_M x 16
+// fragments with ldmatrix.x4 and accumulates (WM/16) x (WN/8) mma tiles
+// (m16n8k16, or m16n8k8 for tf32: lg_mma_atom in mma.cuh) in float32.  The epilogue stages one m16 slice of every warp (WARPS_M x 16
 // rows) at a time in shared memory and ends in the same lg_finish_rows as the
 // SIMT tile.  Whatever the MMA path cannot take runs on the SIMT kernel.
 //
@@ -427,36 +430,42 @@ linear_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restr
 // ------------------------------------------------------------------ the tensor-core tile
 
 // The tensor-core counterpart of LinearTile for 16-bit storage (T = lg_half or
-// lg_bf16): a block of WARPS_M x WARPS_N warps computes a BM x BN output tile;
+// lg_bf16, m16n8k16) and for float32 storage on TF32 (T = float, m16n8k8):
+// the instruction is lg_mma_atom<T> (mma.cuh), everything else is shared, and
+// BK counts elements of T (BK * sizeof(T) bytes of every row per k-tile).
+// A block of WARPS_M x WARPS_N warps computes a BM x BN output tile;
 // warp (wm, wn) owns columns [wn WN, (wn + 1) WN) and the m16 row slices
 // mi WARPS_M + wm for mi < MI, so that slice mi of every warp makes up the
 // contiguous rows [mi ROWS, (mi + 1) ROWS) staged by one epilogue pass.
 //
-// Needs (the launcher checks them): d_in % 8 == 0 and x, w 16-byte aligned, so
-// every 16-byte chunk of a row is aligned and lies wholly inside or outside
-// the matrix.
+// Needs (the launcher checks them): d_in a multiple of CHUNK (8 16-bit values,
+// 4 floats) and x, w 16-byte aligned, so every 16-byte chunk of a row is
+// aligned and lies wholly inside or outside the matrix.
 template <typename T, int BM, int BN, int BK, int WM, int WN, typename Acts>
 struct MmaTile {
+    typedef lg_mma_atom<T> Atom;
     static constexpr int WARPS_M = BM / WM;
     static constexpr int WARPS_N = BN / WN;
     static constexpr int THREADS = WARPS_M * WARPS_N * LG_WARP;
     static constexpr int MI = WM / 16;  // m16 slices per warp
     static constexpr int NI = WN / 8;   // n8 slices per warp
-    static constexpr int CHUNK = 8;     // 16-bit elements per 16-byte load
+    static constexpr int CHUNK = 16 / (int)sizeof(T);  // elements per 16-byte load (8 16-bit, 4 float)
+    static constexpr int KSTEP = Atom::K;              // k of one mma: 2 chunks
     static constexpr int KC = BK / CHUNK;
-    // Rows padded by one chunk (80-byte rows for BK = 32): the 8 rows one
-    // ldmatrix matrix reads start at 8 distinct multiples of 16 bytes modulo
-    // 128, i.e. in 8 distinct groups of 4 banks: no bank conflicts.
+    // Rows padded by one chunk (80-byte rows for BK * sizeof(T) = 64 bytes):
+    // the 8 rows one ldmatrix matrix reads start at 8 distinct multiples of 16
+    // bytes modulo 128, i.e. in 8 distinct groups of 4 banks: no bank conflicts.
     static constexpr int LDK = BK + CHUNK;
     static constexpr int G = lg_vec<T>::GROUP;
     static constexpr int ROWS = WARPS_M * 16;  // rows staged per epilogue pass
     static constexpr int LDC = BN + G;
     static constexpr int RSTEP = THREADS / KC;  // rows between one thread's chunks
 
-    static_assert(sizeof(T) == 2, "tensor-core tile: 16-bit storage only");
+    static_assert(sizeof(T) == 2 || sizeof(T) == 4, "tensor-core tile: 16-bit storage or float (tf32)");
+    static_assert(KSTEP == 2 * CHUNK, "one mma k-step is two 16-byte ldmatrix columns of every row");
     static_assert(BM % WM == 0 && BN % WN == 0, "block tile must split evenly into warp tiles");
     static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tile must be whole m16 slices and pairs of n8 slices");
-    static_assert(BK % 16 == 0, "k-tile must be whole k16 steps");
+    static_assert(BK % KSTEP == 0, "k-tile must be whole mma k-steps");
     static_assert(THREADS % KC == 0 && BM % RSTEP == 0 && BN % RSTEP == 0,
                   "each thread loads whole rows' chunks of both operands");
 
@@ -504,10 +513,13 @@ struct MmaTile {
             }
         }
 
-        // Registers -> one shared buffer, as stored in global memory (k contiguous).
+        // Registers -> one shared buffer, as stored in global memory (k
+        // contiguous), in the atom's operand format (tf32 for float).
         __device__ __forceinline__ void store(T (*tile)[LDK]) const {
 #pragma unroll
-            for (int l = 0; l < L; ++l) *reinterpret_cast<uint4*>(&tile[row + l * RSTEP][k]) = stage[l];
+            for (int l = 0; l < L; ++l) {
+                *reinterpret_cast<uint4*>(&tile[row + l * RSTEP][k]) = Atom::stage(stage[l]);
+            }
         }
     };
 
@@ -515,21 +527,26 @@ struct MmaTile {
     static __device__ __forceinline__ void compute(const Shared& sh, int buf, int wm, int wn, int lane,
                                                    float (&acc)[MI][NI][4]) {
 #pragma unroll
-        for (int ks = 0; ks < BK; ks += 16) {
+        for (int ks = 0; ks < BK; ks += KSTEP) {
             unsigned a[MI][4], b[NI][2];
-            // A, x4: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
-            // (rows 8-15, k 8-15) of the slice = a0..a3; lane l names row l % 16, k half l / 16.
+            // A, x4: matrices (rows 0-7, first chunk), (rows 8-15, first chunk),
+            // (rows 0-7, second chunk), (rows 8-15, second chunk) of the k-step =
+            // a0..a3; lane l names row l % 16, chunk l / 16.  A chunk is k 0-7 of
+            // m16n8k16 or k 0-3 of m16n8k8 tf32 (lane l's register: row l / 4,
+            // 32-bit column l % 4), the fragment layouts of both (mma.cuh).
 #pragma unroll
             for (int mi = 0; mi < MI; ++mi) {
-                lg_ldmatrix_x4(a[mi], &sh.t.a[buf][(mi * WARPS_M + wm) * 16 + (lane & 15)][ks + (lane >> 4) * 8]);
+                lg_ldmatrix_x4(a[mi],
+                               &sh.t.a[buf][(mi * WARPS_M + wm) * 16 + (lane & 15)][ks + (lane >> 4) * CHUNK]);
             }
-            // B, x4 over two n8 slices: (n 0-7, k 0-7), (n 0-7, k 8-15) = b0, b1 of the
-            // first; the same of n 8-15 for the second (w's rows are B's columns).
+            // B, x4 over two n8 slices: (n 0-7, first chunk), (n 0-7, second chunk) =
+            // b0, b1 of the first; the same of n 8-15 for the second (w's rows are
+            // B's columns).
 #pragma unroll
             for (int nj = 0; nj < NI / 2; ++nj) {
                 unsigned r[4];
                 lg_ldmatrix_x4(r, &sh.t.b[buf][wn * WN + nj * 16 + (lane >> 4) * 8 + (lane & 7)]
-                                            [ks + ((lane >> 3) & 1) * 8]);
+                                            [ks + ((lane >> 3) & 1) * CHUNK]);
                 b[2 * nj][0] = r[0];
                 b[2 * nj][1] = r[1];
                 b[2 * nj + 1][0] = r[2];
@@ -542,7 +559,7 @@ struct MmaTile {
 #pragma unroll
             for (int mi = 0; mi < MI; ++mi) {
 #pragma unroll
-                for (int ni = 0; ni < NI; ++ni) lg_mma_16816<T>(acc[mi][ni], a[mi], b[ni]);
+                for (int ni = 0; ni < NI; ++ni) Atom::mma(acc[mi][ni], a[mi], b[ni]);
             }
         }
     }

@@ -51,10 +51,15 @@ class BinaryAlgebra:
         return f"BinaryAlgebra(device={self.device!r})"
 
     # -- the heavy operations ---------------------------------------------------
-    def transform_matrix(self, data: Any, weights: Any, bias: Any = None, activation: str | None = None) -> Any:
-        """``activation(data @ weights.T + bias)``; see :func:`liam_gpu.transform_matrix`."""
+    def transform_matrix(self, data: Any, weights: Any, bias: Any = None, activation: str | None = None, *,
+                         precision: str | None = None) -> Any:
+        """``activation(data @ weights.T + bias)``; see :func:`liam_gpu.transform_matrix`.
+
+        ``precision="tf32"`` allows float32 on TF32 tensor cores (see there).
+        """
         return api.transform_matrix(
-            data, weights, bias, activation, device=self.device, check_finite=self.check_finite
+            data, weights, bias, activation, device=self.device, check_finite=self.check_finite,
+            precision=precision,
         )
 
     def svd_compress(self, x: Any, k: int | None = None, **kwargs: Any):

@@ -37,13 +37,15 @@ def transform_matrix(
     out: Any = None,
     device: Any = None,
     check_finite: bool = True,
+    precision: str | None = None,
 ) -> Any:
     if arrays.route_to_torch(data, weights, bias):
         from .torch.functional import transform_matrix as recorded
 
-        return recorded(data, weights, bias, activation, out=out, device=device, check_finite=check_finite)
+        return recorded(data, weights, bias, activation, out=out, device=device, check_finite=check_finite,
+                        precision=precision)
     return dispatch.transform_matrix(
-        data, weights, bias, activation, out=out, device=device, check_finite=check_finite
+        data, weights, bias, activation, out=out, device=device, check_finite=check_finite, precision=precision
     )
 
 

@@ -58,14 +58,18 @@ def _torch_cpu(data: Any, weights: Any, bias: Any, out: Any, device: Any) -> Any
 
 
 def transform_matrix(data: Any, weights: Any, bias: Any = None, activation: Any = None, *,
-                     out: Any = None, device: Any = None, check_finite: bool = True) -> Any:
+                     out: Any = None, device: Any = None, check_finite: bool = True,
+                     precision: str | None = None) -> Any:
+    transform.allows_tf32(precision)  # an unknown precision is a ValueError on every route
     # Dense torch CPU tensors: torch's GEMM, after the core's checks (issue 18); the rest: _routed.
+    # (The CPU has no TF32: precision changes nothing there.)
     ops = _torch_cpu(data, weights, bias, out, device)
     if ops is not None:
         result = ops.transform_matrix(data, weights, bias, activation, out=out, check_finite=check_finite)
         if result is not None:
             return result
-    return _core_transform(data, weights, bias, activation, out=out, device=device, check_finite=check_finite)
+    return _core_transform(data, weights, bias, activation, out=out, device=device, check_finite=check_finite,
+                           precision=precision)
 
 
 functools.update_wrapper(transform_matrix, transform.transform_matrix,

@@ -26,6 +26,7 @@ def transform_matrix(
     out: Any = None,
     device: Any = None,
     check_finite: bool = True,
+    precision: str | None = None,
 ) -> Any:
     """Apply a linear map with optional bias and activation: ``act(data @ weights.T + bias)``.
 
@@ -51,6 +52,22 @@ def transform_matrix(
         ``"cuda:N"``, ``"emulator"``, or a :class:`~liam_gpu.Scheduler`.
     check_finite
         Reject NaN/Inf in the inputs (one extra read of each input).
+    precision
+        ``None`` or ``"float32"`` (default): float32 inputs are computed in
+        float32 throughout.  ``"tf32"``: *allows* float32 products on TF32
+        tensor cores, like ``torch.backends.cuda.matmul.allow_tf32``: on the
+        ``"cuda"`` (compute capability 8.0+) and ``"emulator"`` backends a
+        float32 call with ``d_in % 4 == 0`` and 16-byte aligned inputs
+        rounds each input element to 10 mantissa bits (round to nearest,
+        ties away from zero) and accumulates in float32, at every size
+        (large shapes too, which otherwise go to cuBLAS SGEMM).  The error
+        bound becomes about ``2 * 2**-11 * sum_k |x_k| |w_k|`` instead of
+        ``d_in * 2**-24 * sum_k |x_k| |w_k|``: about 1e-3 relative to that
+        sum, however short ``d_in`` is.  Where there are no TF32 tensor
+        cores (the ``"cpu"`` backend, older GPUs) or the call does not
+        qualify, the result is full float32.  float64, float16 and bfloat16
+        inputs ignore it (as torch's ``allow_tf32`` does), so one setting
+        can be passed for any dtype.
 
     Returns
     -------
@@ -65,19 +82,45 @@ def transform_matrix(
     Raises
     ------
     ValueError
-        Shapes that do not match, empty arrays, NaN/Inf, an unknown activation.
+        Shapes that do not match, empty arrays, NaN/Inf, an unknown activation,
+        an unknown ``precision``.
     TypeError
         Complex, object or string arrays; mixed array libraries.
     """
     # The front door (liam_gpu.api) has sent autograd and Scheduler calls elsewhere.
     code = activation_code(activation)
+    tf32 = allows_tf32(precision)
     kind = arrays.common_kind(data=data, weights=weights, bias=bias, out=out)
     backend = backends.resolve(device, kind)
     with arrays.caller_stream(kind), backend.activate():
-        return _transform(data, weights, bias, code, out, kind, backend, check_finite)
+        return _transform(data, weights, bias, code, out, kind, backend, check_finite, tf32)
 
 
-def _transform(data, weights, bias, code, out, kind, backend, check_finite):
+#: The values of ``precision=``: None means "float32".
+PRECISIONS = ("float32", "tf32")
+
+
+def allows_tf32(precision: Any) -> bool:
+    """Whether ``precision=`` allows TF32 tensor cores for float32 (``"tf32"``); ValueError for unknown values.
+
+    Parameters
+    ----------
+    precision
+        ``None``, ``"float32"`` or ``"tf32"``.
+
+    Returns
+    -------
+    bool
+        True for ``"tf32"``.
+    """
+    if precision is None:
+        return False
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is unknown; expected None, 'float32' or 'tf32'")
+    return precision == "tf32"
+
+
+def _transform(data, weights, bias, code, out, kind, backend, check_finite, tf32=False):
     """The body of :func:`transform_matrix`, on the caller's stream.
 
     bfloat16 (``ml_dtypes.bfloat16`` arrays, and torch bfloat16 tensors shared
@@ -114,10 +157,12 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite):
     # so the inputs are read whole before out is written (as numpy's out= does).
     separate = bool(validation.overlapping(dest, data=x, weights=w, bias=b))
     target, direct = _output_buffer(dest, backend, out_shape, dtype, separate=separate)
+    # tf32 is a permission: only float32 storage can use it (other dtypes ignore it).
+    tf32 = bool(tf32) and storage is None and np.dtype(dtype) == np.float32
     if batched:
-        backend.batched_linear(x, w, b, code, target, storage=storage)
+        backend.batched_linear(x, w, b, code, target, storage=storage, tf32=tf32)
     else:
-        backend.linear(x.reshape(-1, d_in), w, b, code, target.reshape(-1, d_out), storage=storage)
+        backend.linear(x.reshape(-1, d_in), w, b, code, target.reshape(-1, d_out), storage=storage, tf32=tf32)
     if out is not None:
         if not direct:
             arrays.copy_into(dest, target)

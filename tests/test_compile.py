@@ -347,7 +347,9 @@ def test_transform_mma_k_loop_is_hmma_fed_by_ldsm(dtype: str, config: str, arch:
     assert body is not None, f"{name} ({arch}): no loop holds a k-tile's {c.mma_per_k_tile} HMMA"
     hmma = sass.count_opcode(body, "HMMA")
     assert hmma == c.mma_per_k_tile, f"{name} ({arch}): {hmma} HMMA in the k-loop, expected {c.mma_per_k_tile}"
-    want_hmma = "HMMA.16816.F32.BF16" if dtype == "bfloat16" else "HMMA.16816.F32"
+    # One HMMA per mma.sync: HMMA.16816 for the 16-bit types, HMMA.1688.F32.TF32 per m16n8k8 tf32
+    # (float32 storage, precision="tf32"; its operands are cvt.rna'd when staged, see the PTX test below).
+    want_hmma = {"bfloat16": "HMMA.16816.F32.BF16", "float16": "HMMA.16816.F32", "float32": "HMMA.1688.F32.TF32"}[dtype]
     assert {sass.mnemonic(i) for i in body if sass.mnemonic(i).startswith("HMMA")} == {want_hmma}
     counts = sass.mnemonic_histogram(body)
     ldsm = {m: k for m, k in counts.items() if m.startswith("LDSM")}
@@ -374,6 +376,29 @@ def test_simt_16_bit_entries_have_no_hmma(arch: str) -> None:
         name = T.linear_entry(dtype, T.TILE_CONFIGS[dtype]["large"], True)
         assert sass.count_opcode(code[name], "HMMA") == 0
         assert sass.hmma_loop(code[name], 1) is None
+
+
+def test_tf32_entries_round_their_operands_in_the_ptx() -> None:
+    # cvt.rna.tf32.f32 has no SASS opcode of its own (ptxas lowers it to integer
+    # rounding), so the PTX shows that the TF32 entries round each staged operand
+    # (round to nearest, ties away) before their m16n8k8 tf32 mma, and that no
+    # other entry does.
+    from liam_gpu.launch import transform as T
+
+    result = _compiled("transform", "compute_90")
+    ptx = result.binary.decode()
+    bodies = {}
+    for name, info in result.entries.items():
+        start = ptx.index(f".entry {info.lowered_name}(")
+        end = ptx.find(".entry ", start + 1)
+        bodies[name] = ptx[start:end if end >= 0 else len(ptx)]
+    tf32 = {T.linear_mma_entry("float32", c) for c in T.MMA_CONFIGS["float32"].values()}
+    for name, body in bodies.items():
+        if name in tf32:
+            assert "cvt.rna.tf32.f32" in body, name
+            assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in body, name
+        else:
+            assert "tf32" not in body, name
 
 
 def test_hmma_loop_picks_the_shortest_tensor_core_loop() -> None:

@@ -465,8 +465,10 @@ def test_a_gpu_compiles_one_module_per_dtype_on_first_use():
     assert rt.function(T.FAMILY, f32) == f32
     rt.function(T.FAMILY, T.epilogue_entry("float32", False))
     rt.function(T.FAMILY, T.linear_entry("bfloat16", T.TILE_CONFIGS["bfloat16"]["short"], False))
-    # float32: 8 SIMT entries + 2 epilogue; bfloat16: 8 SIMT + its tensor-core entries (no epilogue).
-    assert [len(names) for names in rt.loads] == [10, 8 + len(T.MMA_CONFIGS["bfloat16"])]
+    # float32: 8 SIMT entries + its TF32 tensor-core entries + 2 epilogue; bfloat16: 8 SIMT + its
+    # tensor-core entries (no epilogue).
+    assert [len(names) for names in rt.loads] == [10 + len(T.MMA_CONFIGS["float32"]),
+                                                  8 + len(T.MMA_CONFIGS["bfloat16"])]
     assert all("<float," in n for n in rt.loads[0]) and all("<lg_bf16," in n for n in rt.loads[1])
     # Together the groups are the family, each entry in exactly one.
     groups = [T.FAMILY.group_members(dtype) for dtype in T.TILE_CONFIGS]

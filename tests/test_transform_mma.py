@@ -398,15 +398,22 @@ def test_forced_simt_and_simt_configs_on_16_bit(rt, rng):
 
 
 def test_mma_refuses_other_dtypes(rt, rng):
+    # float32 takes the tensor cores only as TF32, when the caller allows it
+    # (tests/test_tf32.py); float64 never.
     x = aligned_empty((8, 16), np.float32)
     x[...] = rng.standard_normal((8, 16))
     w, out = x.copy(), np.empty((8, 8), np.float32)
-    with pytest.raises(ValueError, match="takes float16 and bfloat16, not float32"):
+    with pytest.raises(ValueError, match=r"float32 runs on tensor cores only as TF32, which needs tf32=True"):
         T.linear(rt, x, w, None, 0, out, path="mma")
-    with pytest.raises(ValueError, match="config='mma_large' is unknown for float32"):
+    with pytest.raises(ValueError, match=r"path='mma' cannot run this launch: float32 .* needs tf32=True"):
         T.linear(rt, x, w, None, 0, out, config="mma_large")
     with pytest.raises(ValueError, match="path='warp' is unknown"):
         T.linear(rt, x, w, None, 0, out, path="warp")
+    x64, out64 = x.astype(np.float64), np.empty((8, 8), np.float64)
+    with pytest.raises(ValueError, match="takes float16, bfloat16 and \\(with tf32=True\\) float32, not float64"):
+        T.linear(rt, x64, x64.copy(), None, 0, out64, path="mma", tf32=True)
+    with pytest.raises(ValueError, match="config='mma_large' is unknown for float64"):
+        T.linear(rt, x64, x64.copy(), None, 0, out64, config="mma_large")
 
 
 class _Runtime(EmulatorRuntime):
@@ -433,6 +440,7 @@ def test_plan_table_for_tensor_cores(rt):
 
 
 def test_every_mma_choice_is_a_declared_entry_point():
+    assert set(T.MMA_CONFIGS) == {"float16", "bfloat16", "float32"}  # float32: the TF32 tiles
     for dtype, configs in T.MMA_CONFIGS.items():
         for c in configs.values():
             name = T.linear_mma_entry(dtype, c)
@@ -441,7 +449,8 @@ def test_every_mma_choice_is_a_declared_entry_point():
             assert budget.sass_require == T.MMA_SASS_REQUIRE
             assert (budget.max_registers, budget.max_shared_bytes) == (c.max_registers(), c.shared_bytes())
             assert c.shared_bytes() <= 48 * 1024  # static shared memory
-            assert c.mma_per_k_tile == (c.bk // 16) * (c.wm // 16) * (c.wn // 8)
+            assert c.mma_per_k_tile == (c.bk // c.mma_k) * (c.wm // 16) * (c.wn // 8)
+            assert c.bk * c.itemsize == 64  # one k-tile: 64 bytes of every row, for every atom
 
 
 # --------------------------------------------------------------------------- a planted layout bug

@@ -58,7 +58,8 @@ def _unwrap_bad_input(err: ChunkError) -> BaseException:
     return err
 
 
-def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=None, check_finite=True):
+def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=None, check_finite=True,
+                     precision=None):
     """``act(data @ weights.T + bias)`` with the rows (or batch items) split over ``sched``.
 
     Non-batched weights ``(d_out, d_in)``: the rows of ``data`` (all leading
@@ -71,6 +72,7 @@ def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=No
     from ..activations import activation_code
 
     activation_code(activation)
+    transform.allows_tf32(precision)
     kind = arrays.common_kind(data=data, weights=weights, bias=bias, out=out)
     # Every conversion, in and out, on the caller's stream and device (torch refuses
     # to export a tensor of another device than its current one).
@@ -95,7 +97,8 @@ def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=No
 
         def run(*chunk: Any) -> Any:
             device = backend_name(current_device())
-            return transform.transform_matrix(*chunk, activation=activation, device=device, check_finite=False)
+            return transform.transform_matrix(*chunk, activation=activation, device=device, check_finite=False,
+                                              precision=precision)
 
         if batched:
             batch = (x, w) if b is None else (x, w, b)

@@ -54,19 +54,21 @@ class Backend:
 
     # -- transform ---------------------------------------------------------------
     def linear(self, x: Any, w: Any, bias: Any | None, activation: int, out: Any, *,
-               storage: str | None = None) -> Any:
+               storage: str | None = None, tf32: bool = False) -> Any:
         """``out[:] = act(x @ w.T + bias)``; x (n, d_in), w (d_out, d_in), out (n, d_out).
 
         All arrays are C-contiguous backend arrays of one dtype (float16,
         ``ml_dtypes.bfloat16``, float32 or float64); ``activation`` is a code
         from :mod:`liam_gpu.activations`.  ``storage="bfloat16"``: the arrays
         are ``uint16`` bfloat16 bits, where the array library lacks the dtype
-        (:mod:`liam_gpu.bfloat16`).
+        (:mod:`liam_gpu.bfloat16`).  ``tf32``: float32 may run on TF32 tensor
+        cores where the backend has them (a permission: a backend without
+        them computes in float32; other dtypes ignore it).
         """
         raise NotImplementedError
 
     def batched_linear(self, x: Any, w: Any, bias: Any | None, activation: int, out: Any, *,
-                       storage: str | None = None) -> Any:
+                       storage: str | None = None, tf32: bool = False) -> Any:
         """Per-item :meth:`linear`: x (B, n, d_in), w (B, d_out, d_in), bias (B, d_out), out (B, n, d_out)."""
         raise NotImplementedError
 

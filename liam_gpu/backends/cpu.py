@@ -109,12 +109,13 @@ class CpuBackend(Backend):
     def to_host(self, x: Any) -> np.ndarray:
         return np.asarray(x)
 
-    def linear(self, x, w, bias, activation, out, *, storage=None):
+    # tf32: a permission the CPU has no hardware for; float32 stays float32 here.
+    def linear(self, x, w, bias, activation, out, *, storage=None, tf32=False):
         if storage is None and not validation.is_half(out.dtype) and (bias is not None or activation):
             return _fused_rows(x, w.T, bias, activation, out)
         return self._gemm_epilogue(x, w.T, bias, activation, out, storage)
 
-    def batched_linear(self, x, w, bias, activation, out, *, storage=None):
+    def batched_linear(self, x, w, bias, activation, out, *, storage=None, tf32=False):
         b = None if bias is None else bias[:, None, :]
         return self._gemm_epilogue(x, w.transpose(0, 2, 1), b, activation, out, storage)
 

@@ -36,14 +36,14 @@ class KernelBackend(Backend):
     def to_host(self, x: Any) -> np.ndarray:
         return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
-    def linear(self, x, w, bias, activation, out, *, storage=None):
+    def linear(self, x, w, bias, activation, out, *, storage=None, tf32=False):
         xb, wb, bb, ob, storage = _kernel_storage(x, w, bias, out, storage)
-        transform_launch.linear(self.runtime, xb, wb, bb, activation, ob, storage=storage)
+        transform_launch.linear(self.runtime, xb, wb, bb, activation, ob, storage=storage, tf32=tf32)
         return out
 
-    def batched_linear(self, x, w, bias, activation, out, *, storage=None):
+    def batched_linear(self, x, w, bias, activation, out, *, storage=None, tf32=False):
         xb, wb, bb, ob, storage = _kernel_storage(x, w, bias, out, storage)
-        transform_launch.batched_linear(self.runtime, xb, wb, bb, activation, ob, storage=storage)
+        transform_launch.batched_linear(self.runtime, xb, wb, bb, activation, ob, storage=storage, tf32=tf32)
         return out
 
     # -- randomized SVD ----------------------------------------------------------

@@ -24,11 +24,11 @@ enum class Op : unsigned char {
     Sync, Shfl, ShflUp, ShflDown, ShflXor, Ballot, Any, All, MatchAny, MatchAll,
     RedAdd, RedMin, RedMax, RedAnd, RedOr, RedXor,
     // Warp-collective instructions (emu_mma.h): all 32 lanes, one computation.
-    Mma, Ldmatrix
+    Mma, MmaTf32, Ldmatrix
 };
 
 // Whether an operation is a warp-collective instruction (see Collective).
-inline bool is_collective(Op op) { return op == Op::Mma || op == Op::Ldmatrix; }
+inline bool is_collective(Op op) { return op == Op::Mma || op == Op::MmaTf32 || op == Op::Ldmatrix; }
 
 // A warp-collective instruction (mma.sync, ldmatrix.sync): each lane's warp-op
 // input is the address of one of these.  When the last of the 32 lanes
@@ -59,6 +59,7 @@ inline const char* op_name(Op op) {
         case Op::RedOr: return "__reduce_or_sync";
         case Op::RedXor: return "__reduce_xor_sync";
         case Op::Mma: return "mma.sync.aligned.m16n8k16";
+        case Op::MmaTf32: return "mma.sync.aligned.m16n8k8.tf32";
         case Op::Ldmatrix: return "ldmatrix.sync.aligned.m8n8";
     }
     return "?";
@@ -454,7 +455,7 @@ inline void try_complete_warp_locked(const Thread& me) {
         // (the GPU gives an undefined one).
         auto read = [&](unsigned src) { return (src < 32 && ((parts >> src) & 1u)) ? in_of(src) : o.in; };
         switch (o.op) {
-            case Op::Sync: case Op::Mma: case Op::Ldmatrix: break;
+            case Op::Sync: case Op::Mma: case Op::MmaTf32: case Op::Ldmatrix: break;
             case Op::Shfl: o.out = read((lane & ~(w - 1)) + (static_cast<unsigned>(o.arg) & (w - 1))); break;
             case Op::ShflUp: {
                 unsigned d = static_cast<unsigned>(o.arg);

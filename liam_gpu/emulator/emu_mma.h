@@ -1,4 +1,5 @@
-// emu_mma.h -- the warp-level tensor-core instructions: mma.sync m16n8k16 and ldmatrix m8n8
+// emu_mma.h -- the warp-level tensor-core instructions: mma.sync m16n8k16, mma.sync m16n8k8 (tf32),
+// ldmatrix m8n8, and cvt.rna.tf32.f32
 //
 // Part of cuda_emu.h (the umbrella header that the build force-includes);
 // not meant to be included on its own.
@@ -20,6 +21,25 @@
 //     16-byte aligned) of matrix m; register m of lane l holds row l / 4,
 //     columns 2 (l % 4) and that + 1 of matrix m, or with .trans the same
 //     elements of the transposed matrix (rows 2 (l % 4), + 1 of column l / 4).
+//
+// m16n8k8 with .tf32 A and B ("Matrix Fragments for mma.m16n8k8", .tf32),
+// one 32-bit value per register:
+//   A (16 x 8, row-major) four registers: a_i holds row g + 8 * (i % 2),
+//     column t + 4 * (i / 2).
+//   B (8 x 8, column-major) two registers: b_i holds row (k) t + 4 * i of
+//     column (n) g.
+//   C, D as for m16n8k16.
+// A .tf32 operand is a float32 bit pattern of which the mma reads the sign,
+// the exponent and the top 10 mantissa bits.  PTX leaves a register that is
+// not a valid tf32 value (low 13 bits not zero) unspecified; the emulator
+// drops those bits (truncation), so a kernel that forgets cvt.rna computes
+// with truncated inputs and the tests can tell (ties and halfway cases round
+// differently).
+//
+// cvt.rna.tf32.f32: round a float32 to tf32 (10 mantissa bits) to nearest,
+// ties away from zero; the result's low 13 bits are zero.  Infinities stay,
+// a NaN stays a (quiet) NaN, a finite value that rounds past the largest
+// float becomes infinity (no .satfinite).  Subnormals round the same way.
 //
 // Arithmetic: 16-bit inputs widen exactly, a product of two is exact in
 // double, and each output is C + the 16 products summed in double and rounded
@@ -92,6 +112,50 @@ inline std::string mma_m16n8k16_run(void* const* lanes, int arg) {
     return {};
 }
 
+// The tf32 value (as a double) of a .tf32 operand register: its low 13 bits are ignored.
+inline double mma_tf32_to_double(std::uint32_t bits) {
+    const std::uint32_t u = bits & 0xffffe000u;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return static_cast<double>(f);
+}
+
+// m16n8k8, tf32 A and B: products of 11-bit significands are exact in double,
+// and each output is C + the 8 products summed in double, rounded once.
+inline std::string mma_m16n8k8_tf32_run(void* const* lanes, int) {
+    double A[16][8], B[8][8], C[16][8];
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        const MmaLane& l = *static_cast<const MmaLane*>(lanes[lane]);
+        const unsigned g = lane >> 2, t = lane & 3u;
+        for (unsigned i = 0; i < 4; ++i) A[g + 8 * (i & 1u)][t + 4 * (i >> 1)] = mma_tf32_to_double(l.a[i]);
+        for (unsigned i = 0; i < 2; ++i) B[t + 4 * i][g] = mma_tf32_to_double(l.b[i]);
+        for (unsigned i = 0; i < 4; ++i) C[g + 8 * (i >> 1)][2 * t + (i & 1u)] = static_cast<double>(l.c[i]);
+    }
+    // Every lane's C is read before any D is written: D may alias C.
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        const MmaLane& l = *static_cast<const MmaLane*>(lanes[lane]);
+        const unsigned g = lane >> 2, t = lane & 3u;
+        for (unsigned i = 0; i < 4; ++i) {
+            const unsigned row = g + 8 * (i >> 1), col = 2 * t + (i & 1u);
+            double s = C[row][col];
+            for (unsigned k = 0; k < 8; ++k) s += A[row][k] * B[k][col];
+            l.d[i] = static_cast<float>(s);
+        }
+    }
+    return {};
+}
+
+// cvt.rna.tf32.f32 on the bits of a float32 (see the header comment).
+inline std::uint32_t cvt_rna_tf32(std::uint32_t bits) {
+    if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0u) {
+        return (bits & 0xffffe000u) | 0x00400000u;  // NaN: keep sign and top payload, quiet
+    }
+    // Adding half a tf32 ulp to the magnitude and truncating rounds to
+    // nearest with ties away from zero; a carry into the exponent is the
+    // correct next binade (or infinity).
+    return (bits + 0x1000u) & 0xffffe000u;
+}
+
 struct LdmatrixLane {
     const void* addr;  // the row this lane names (lanes 8m .. 8m + 7: matrix m)
     std::uint32_t* r;  // [num]
@@ -134,6 +198,14 @@ inline void mma_m16n8k16(MmaType type, float (&d)[4], const unsigned (&a)[4], co
     MmaLane lane{reinterpret_cast<const std::uint32_t*>(a), reinterpret_cast<const std::uint32_t*>(b), c, d};
     Collective op{&mma_m16n8k16_run, &lane};
     warp_op(Op::Mma, 0xffffffffu, reinterpret_cast<std::uintptr_t>(&op), type, 32, loc);
+}
+
+// d = A B + c for one m16n8k8 tile with tf32 A and B (f32 accumulators).
+inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2], const float (&c)[4],
+                             std::source_location loc = std::source_location::current()) {
+    MmaLane lane{reinterpret_cast<const std::uint32_t*>(a), reinterpret_cast<const std::uint32_t*>(b), c, d};
+    Collective op{&mma_m16n8k8_tf32_run, &lane};
+    warp_op(Op::MmaTf32, 0xffffffffu, reinterpret_cast<std::uintptr_t>(&op), 0, 32, loc);
 }
 
 // r[0 .. num) = this lane's share of `num` 8x8 16-bit matrices whose rows the

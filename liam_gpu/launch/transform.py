@@ -11,7 +11,10 @@ Three paths compute the same thing:
     float16 and bfloat16 storage on compute capability 8.0 and newer (the
     emulator counts as such and executes the instructions' documented
     semantics).  Taken when ``d_in % 8 == 0`` and x and w start on 16-byte
-    boundaries; any other 16-bit launch runs on the SIMT kernel.
+    boundaries; any other 16-bit launch runs on the SIMT kernel.  With
+    ``tf32=True`` float32 storage takes it too (m16n8k8 on TF32 tensor cores,
+    operands rounded by ``cvt.rna.tf32.f32``) when ``d_in % 4 == 0`` and the
+    same alignment holds; without ``tf32`` float32 never does.
 ``"blas+epilogue"``
     The array module's matmul (cuBLAS on a GPU) into the output, then our
     ``epilogue_kernel`` applies bias and activation in place: one extra pass
@@ -44,7 +47,9 @@ from .transform_plan import (  # noqa: F401  (re-exported: the planning API of t
     MIN_TILE_FILL,
     MMA_CONFIGS,
     MMA_K_MULTIPLE,
+    MMA_K_MULTIPLES,
     MMA_MIN_CAPABILITY,
+    MMA_OPT_IN,
     PATH_BLAS,
     PATH_KERNEL,
     PATH_MMA,
@@ -56,6 +61,7 @@ from .transform_plan import (  # noqa: F401  (re-exported: the planning API of t
     choose_config,
     choose_mma_config,
     plan_shape,
+    takes_mma,
 )
 
 # --------------------------------------------------------------------------- the family
@@ -104,7 +110,7 @@ def linear_entry(dtype: str, config: TileConfig, vec: bool) -> str:
 
 
 def linear_mma_entry(dtype: str, config: MmaConfig) -> str:
-    """The name expression of one ``linear_mma_kernel`` instantiation (tensor cores, 16-bit storage)."""
+    """The name expression of one ``linear_mma_kernel`` instantiation (tensor cores; float32 = TF32)."""
     return (f"linear_mma_kernel<{CTYPES[dtype]}, {config.bm}, {config.bn}, {config.bk}, {config.wm}, "
             f"{config.wn}, {config.min_blocks()}, {_ACTS}>")
 
@@ -175,15 +181,17 @@ def compute_capability(runtime: Runtime) -> tuple[int, int]:
 
 
 def has_tensor_cores(runtime: Runtime) -> bool:
-    """Whether the runtime executes mma.sync m16n8k16 for float16/bfloat16 (cc >= 8.0)."""
+    """Whether the runtime executes mma.sync m16n8k16 for float16/bfloat16 and m16n8k8 for tf32 (cc >= 8.0)."""
     return compute_capability(runtime) >= MMA_MIN_CAPABILITY
 
 
-def plan(runtime: Runtime, n: int, d_in: int, d_out: int, dtype: Any, batch: int = 1) -> Plan:
+def plan(runtime: Runtime, n: int, d_in: int, d_out: int, dtype: Any, batch: int = 1, *,
+         tf32: bool = False) -> Plan:
     """The path and tile configuration :func:`linear` uses for a shape.
 
-    ``dtype`` is a numpy dtype or a storage name (``"bfloat16"``).  Cached per
-    (runtime kind, SM count, tensor cores, shape, dtype) by
+    ``dtype`` is a numpy dtype or a storage name (``"bfloat16"``); ``tf32``
+    allows float32 on TF32 tensor cores.  Cached per
+    (runtime kind, SM count, tensor cores, shape, dtype, tf32) by
     :func:`~liam_gpu.launch.transform_plan.plan_shape`.  The emulator always
     plans a fused kernel (its "GEMM library" would be numpy), with the same
     tile choice a GPU of the same SM count would make.  A ``"mma"`` plan
@@ -191,7 +199,7 @@ def plan(runtime: Runtime, n: int, d_in: int, d_out: int, dtype: Any, batch: int
     """
     name = dtype if isinstance(dtype, str) and dtype in CTYPES else _dtype_name("x", dtype)
     return plan_shape(runtime.kind, int(runtime.sm_count), int(n), int(d_in), int(d_out), name, int(batch),
-                      has_tensor_cores(runtime))
+                      has_tensor_cores(runtime), bool(tf32))
 
 
 @dataclass(frozen=True)
@@ -343,16 +351,19 @@ def _run_blas(runtime, dtype, x, w, bias, activation, out, batched: bool) -> Lau
     return launch
 
 
-def _mma_refusal(runtime: Runtime, dtype: str, x: Any, w: Any) -> str | None:
+def _mma_refusal(runtime: Runtime, dtype: str, x: Any, w: Any, tf32: bool) -> str | None:
     """Why the tensor-core kernel cannot take a launch (None when it can)."""
     if dtype not in MMA_CONFIGS:
-        return f"the tensor-core kernel takes float16 and bfloat16, not {dtype}"
+        return f"the tensor-core kernel takes float16, bfloat16 and (with tf32=True) float32, not {dtype}"
+    if dtype in MMA_OPT_IN and not tf32:
+        return f"{dtype} runs on tensor cores only as TF32, which needs tf32=True (precision='tf32')"
     if not has_tensor_cores(runtime):
         major, minor = compute_capability(runtime)
-        return f"the device's compute capability {major}.{minor} is below 8.0 (no mma.sync for 16-bit types)"
-    d_in = int(x.shape[-1])
-    if d_in % MMA_K_MULTIPLE:
-        return f"d_in={d_in} is not a multiple of {MMA_K_MULTIPLE}"
+        return (f"the device's compute capability {major}.{minor} is below 8.0 "
+                f"(no mma.sync for 16-bit types or tf32)")
+    d_in, multiple = int(x.shape[-1]), MMA_K_MULTIPLES[dtype]
+    if d_in % multiple:
+        return f"d_in={d_in} is not a multiple of {multiple}"
     for name, a in (("x", x), ("w", w)):
         if not is_aligned(runtime, a, 16):
             return f"{name} does not start on a 16-byte boundary"
@@ -371,12 +382,15 @@ def _run_mma(runtime, dtype, config_name, x, w, bias, activation, out, batch, n,
     return Launch(PATH_MMA, config_name, True, vec_out, grid, block)
 
 
-def _choose_path(runtime, dtype, x, w, chosen: Plan, config, path) -> tuple[str, str | None]:
+def _choose_path(runtime, dtype, x, w, chosen: Plan, config, path, tf32: bool,
+                 without_mma: Plan) -> tuple[str, str | None]:
     """The (path, configuration) a launch runs: forced, implied by ``config``, or planned.
 
     A configuration name implies its kernel (the SIMT and tensor-core names
     differ); a planned ``"mma"`` that the inputs' alignment refuses becomes
-    the SIMT kernel; a forced ``path="mma"`` that cannot run is an error.
+    what the shape would plan without tensor cores (``without_mma``: the
+    SIMT kernel, or cuBLAS for a large float32 shape that TF32 had taken);
+    a forced ``path="mma"`` that cannot run is an error.
     """
     known = (PATH_KERNEL, PATH_MMA, PATH_BLAS)
     if path is not None and path not in known:
@@ -396,11 +410,13 @@ def _choose_path(runtime, dtype, x, w, chosen: Plan, config, path) -> tuple[str,
     if path == PATH_BLAS and dtype not in BLAS_RULES:
         raise ValueError(f"path={PATH_BLAS!r} cannot compute {dtype}: the array module's matmul has no such dtype")
     if path == PATH_MMA:
-        refusal = _mma_refusal(runtime, dtype, x, w)
+        refusal = _mma_refusal(runtime, dtype, x, w, tf32)
         if refusal is not None:
             if forced:
                 raise ValueError(f"path={PATH_MMA!r} cannot run this launch: {refusal}")
-            path = PATH_KERNEL  # planned, but the inputs are misaligned: the SIMT kernel takes any
+            # Planned, but the inputs are misaligned: what the shape plans without
+            # tensor cores (the SIMT kernel takes any alignment).
+            path, chosen = without_mma.path, without_mma
     if path == PATH_MMA:
         if config is not None and config not in mma_names:
             raise ValueError(f"config={config!r} is a SIMT tile; path={PATH_MMA!r} takes one of "
@@ -414,12 +430,13 @@ def _choose_path(runtime, dtype, x, w, chosen: Plan, config, path) -> tuple[str,
     return path, None
 
 
-def _linear(runtime, x, w, bias, activation, out, batched, config, path, storage) -> Any:
+def _linear(runtime, x, w, bias, activation, out, batched, config, path, storage, tf32) -> Any:
     dtype = _check(runtime, x, w, bias, out, batched, storage)
     batch = int(x.shape[0]) if batched else 1
     n, d_in, d_out = (int(s) for s in (x.shape[-2], x.shape[-1], w.shape[-2]))
-    chosen = plan(runtime, n, d_in, d_out, dtype, batch)
-    path, name = _choose_path(runtime, dtype, x, w, chosen, config, path)
+    chosen = plan(runtime, n, d_in, d_out, dtype, batch, tf32=tf32)
+    without_mma = plan_shape(runtime.kind, int(runtime.sm_count), n, d_in, d_out, dtype, batch, False, False)
+    path, name = _choose_path(runtime, dtype, x, w, chosen, config, path, tf32, without_mma)
     if out.size == 0:
         launch = Launch(path, None, None, False, (0, 0, 0), (0, 0, 0))
     elif path == PATH_BLAS:
@@ -435,7 +452,8 @@ def _linear(runtime, x, w, bias, activation, out, batched, config, path, storage
 
 
 def linear(runtime: Runtime, x: Any, w: Any, bias: Any | None, activation: int, out: Any, *,
-           config: str | None = None, path: str | None = None, storage: str | None = None) -> Any:
+           config: str | None = None, path: str | None = None, storage: str | None = None,
+           tf32: bool = False) -> Any:
     """``out[:] = act(x @ w.T + bias)`` on ``runtime``.
 
     Parameters
@@ -464,23 +482,29 @@ def linear(runtime: Runtime, x: Any, w: Any, bias: Any | None, activation: int, 
     storage
         ``"bfloat16"`` when the arrays are ``uint16`` bfloat16 bits; None
         reads the storage type from the dtype.
+    tf32
+        Allow float32 on TF32 tensor cores (the ``"mma"`` path, inputs
+        rounded to 10 mantissa bits, float32 accumulation) where the device
+        has them and the launch qualifies; ignored for other dtypes.  False
+        (default): float32 is computed in float32 throughout.
 
     Returns
     -------
     array
         ``out``.  :func:`last_launch` describes what ran.
     """
-    return _linear(runtime, x, w, bias, activation, out, False, config, path, storage)
+    return _linear(runtime, x, w, bias, activation, out, False, config, path, storage, tf32)
 
 
 def batched_linear(runtime: Runtime, x: Any, w: Any, bias: Any | None, activation: int, out: Any, *,
-                   config: str | None = None, path: str | None = None, storage: str | None = None) -> Any:
+                   config: str | None = None, path: str | None = None, storage: str | None = None,
+                   tf32: bool = False) -> Any:
     """Per-item :func:`linear`: x ``(B, n, d_in)``, w ``(B, d_out, d_in)``, bias ``(B, d_out)``.
 
     One launch over every tile of every item (a 1-D grid, see :func:`_grid`).  Parameters as for
     :func:`linear`, with the leading batch axis.
     """
-    return _linear(runtime, x, w, bias, activation, out, True, config, path, storage)
+    return _linear(runtime, x, w, bias, activation, out, True, config, path, storage, tf32)
 
 
 def epilogue(runtime: Runtime, y: Any, bias: Any | None, activation: int) -> Launch:

@@ -107,9 +107,15 @@ class MmaConfig:
     bm, bn
         Output rows and columns per block.
     bk
-        Depth of one shared-memory k-tile (a multiple of 16, the mma's k).
+        Depth of one shared-memory k-tile in elements (a multiple of ``mma_k``;
+        ``bk * itemsize`` = 64 bytes of every row for all the tiles here).
     wm, wn
-        Output rows and columns per warp: ``(wm / 16) x (wn / 8)`` m16n8k16 tiles.
+        Output rows and columns per warp: ``(wm / 16) x (wn / 8)`` mma tiles.
+    mma_k
+        The k of one mma instruction: 16 (m16n8k16, float16/bfloat16) or 8
+        (m16n8k8, TF32 for float32 storage).
+    itemsize
+        Bytes per stored element: 2 for the 16-bit types, 4 for float32 (tf32).
     """
 
     name: str
@@ -118,6 +124,8 @@ class MmaConfig:
     bk: int
     wm: int
     wn: int
+    mma_k: int = 16
+    itemsize: int = 2
 
     @property
     def warps(self) -> int:
@@ -131,13 +139,17 @@ class MmaConfig:
 
     @property
     def mma_per_k_tile(self) -> int:
-        """m16n8k16 instructions one warp issues per k-tile (HMMA in its SASS k-loop)."""
-        return (self.bk // 16) * (self.wm // 16) * (self.wn // 8)
+        """mma.sync instructions one warp issues per k-tile: HMMA in its SASS k-loop.
+
+        One ``HMMA.16816.F32[.BF16]`` per m16n8k16, one ``HMMA.1688.F32.TF32``
+        per m16n8k8 tf32 (sm_80 and sm_90, measured: docs/verification.md).
+        """
+        return (self.bk // self.mma_k) * (self.wm // 16) * (self.wn // 8)
 
     @property
     def ldmatrix_per_k_tile(self) -> int:
         """ldmatrix.x4 one warp issues per k-tile: one per m16 slice of A, one per two n8 slices of B."""
-        return (self.bk // 16) * (self.wm // 16 + self.wn // 16)
+        return (self.bk // self.mma_k) * (self.wm // 16 + self.wn // 16)
 
     def min_blocks(self) -> int:
         """Blocks per SM asked of ptxas (``linear_mma_kernel``'s ``MIN_BLOCKS``).
@@ -153,13 +165,13 @@ class MmaConfig:
         return min(255, 65536 // (self.threads * self.min_blocks()))
 
     def shared_bytes(self) -> int:
-        """Static shared memory: the double-buffered 16-bit tiles, or the float staging rows.
+        """Static shared memory: the double-buffered operand tiles, or the float staging rows.
 
-        Mirrors ``MmaTile::Shared`` in transform.cu: rows of ``bk + 8``
-        16-bit values (one 16-byte chunk of padding), and ``(bm / wm) * 16``
+        Mirrors ``MmaTile::Shared`` in transform.cu: rows of ``bk`` stored
+        elements plus one 16-byte chunk of padding, and ``(bm / wm) * 16``
         staged rows of ``bn + 4`` floats.
         """
-        tiles = 2 * (self.bm + self.bn) * (self.bk + 8) * 2
+        tiles = 2 * (self.bm + self.bn) * (self.bk * self.itemsize + 16)
         staging = (self.bm // self.wm) * 16 * (self.bn + 4) * 4
         return max(tiles, staging)
 
@@ -171,16 +183,30 @@ _MMA = (
     MmaConfig("mma_medium", 64, 64, 32, 32, 32),   # 4 warps of 32x32: 4x the blocks of "mma_large"
     MmaConfig("mma_skinny", 128, 32, 32, 32, 32),  # 4 warps stacked in m: narrow outputs, many rows
 )
+#: The same tiles for float32 storage on TF32 tensor cores (m16n8k8): a
+#: k-tile of 16 floats is the same 64 bytes a row as 32 16-bit values, so the
+#: shared layout, the ldmatrix addressing and the loads per thread are the same.
+_MMA_TF32 = tuple(MmaConfig(c.name, c.bm, c.bn, c.bk // 2, c.wm, c.wn, mma_k=8, itemsize=4) for c in _MMA)
 MMA_CONFIGS: dict[str, dict[str, MmaConfig]] = {
     "float16": {c.name: c for c in _MMA},
     "bfloat16": {c.name: c for c in _MMA},
+    "float32": {c.name: c for c in _MMA_TF32},
 }
 
-#: The tensor-core path needs d_in to be a multiple of this (8 16-bit values:
-#: every row's 16-byte chunks aligned, each wholly inside or outside the matrix).
+#: Storage dtypes whose tensor-core path changes the arithmetic (float32 on
+#: TF32: inputs rounded to 10 mantissa bits) and so runs only when the caller
+#: allows it (``tf32=True``, the public ``precision="tf32"``).
+MMA_OPT_IN: frozenset[str] = frozenset({"float32"})
+
+#: The tensor-core path needs d_in to be a multiple of this for the 16-bit
+#: types (8 values: every row's 16-byte chunks aligned, each wholly inside or
+#: outside the matrix); :data:`MMA_K_MULTIPLES` has it per dtype.
 MMA_K_MULTIPLE = 8
 
-#: Oldest compute capability with mma.sync m16n8k16 for float16 and bfloat16.
+#: Per storage dtype, the multiple of d_in the tensor-core path needs (16 bytes of elements).
+MMA_K_MULTIPLES: dict[str, int] = {"float16": 8, "bfloat16": 8, "float32": 4}
+
+#: Oldest compute capability with mma.sync m16n8k16 for float16 and bfloat16, and m16n8k8 for tf32.
 MMA_MIN_CAPABILITY = (8, 0)
 
 # --------------------------------------------------------------------------- rules
@@ -202,7 +228,9 @@ class BlasRule:
 #: Per dtype, when the CUDA runtime prefers cuBLAS + ``epilogue_kernel`` for an
 #: unbatched call.  Reasoned defaults, to be replaced by H200 measurements:
 #:
-#: * float32: cuBLAS SGEMM (no TF32: results must stay float32-accurate)
+#: * float32: cuBLAS SGEMM (no TF32: results must stay float32-accurate;
+#:   with ``tf32=True`` and tensor cores the shape takes our TF32 tile instead,
+#:   see :func:`plan_shape`)
 #:   reaches most of the FP32 peak on large near-square shapes; our SIMT
 #:   kernel is expected at 70-80% of it, more than the epilogue's extra pass
 #:   (one read + write of the output) costs once the GEMM has >= 512 depth
@@ -293,23 +321,36 @@ def choose_mma_config(n: int, d_out: int, dtype: str, batch: int, sm_count: int)
     return "mma_medium"
 
 
+def takes_mma(dtype: str, d_in: int, tensor_cores: bool, tf32: bool) -> bool:
+    """Whether a launch of this dtype and depth goes to the tensor-core kernel (alignment aside)."""
+    if not tensor_cores or dtype not in MMA_CONFIGS or (dtype in MMA_OPT_IN and not tf32):
+        return False
+    return d_in % MMA_K_MULTIPLES[dtype] == 0
+
+
 @functools.lru_cache(maxsize=4096)
 def plan_shape(kind: str, sm_count: int, n: int, d_in: int, d_out: int, dtype: str, batch: int,
-               tensor_cores: bool = False) -> Plan:
+               tensor_cores: bool = False, tf32: bool = False) -> Plan:
     """The :class:`Plan` of one shape on a runtime of ``kind`` with ``sm_count`` SMs (cached).
 
     ``dtype`` is a storage name (a key of :data:`TILE_CONFIGS`);
     ``tensor_cores`` says whether the device has mma.sync for 16-bit types
-    (compute capability >= :data:`MMA_MIN_CAPABILITY`; the emulator does).
-    Only the CUDA runtime has a vendor GEMM; otherwise float16 and bfloat16
-    with ``d_in % MMA_K_MULTIPLE == 0`` plan the tensor-core kernel, the rest
-    the SIMT kernel, with the same tile choice a GPU of the same SM count
-    would make.  (The launcher still falls back to the SIMT kernel for
+    and TF32 (compute capability >= :data:`MMA_MIN_CAPABILITY`; the emulator
+    does); ``tf32`` whether float32 may use TF32 tensor cores.  Float16 and
+    bfloat16 with ``d_in % 8 == 0``, and float32 with ``tf32`` and
+    ``d_in % 4 == 0``, plan the tensor-core kernel, the rest the SIMT kernel,
+    with the same tile choice a GPU of the same SM count would make.  Only
+    the CUDA runtime has a vendor GEMM (:data:`BLAS_RULES`); a float32 shape
+    allowed TF32 on tensor cores takes our TF32 tile rather than cuBLAS
+    SGEMM, so that TF32 means the same arithmetic at every size and on every
+    kernel backend.  (The launcher still falls back to the SIMT kernel for
     inputs that are not 16-byte aligned.)
     """
+    mma = takes_mma(dtype, d_in, tensor_cores, tf32)
     rule = BLAS_RULES.get(dtype)
-    if kind == "cuda" and batch == 1 and rule is not None and rule.applies(n, d_in, d_out):
+    if (kind == "cuda" and batch == 1 and rule is not None and rule.applies(n, d_in, d_out)
+            and not (mma and dtype in MMA_OPT_IN)):
         return Plan(PATH_BLAS, None)
-    if tensor_cores and dtype in MMA_CONFIGS and d_in % MMA_K_MULTIPLE == 0:
+    if mma:
         return Plan(PATH_MMA, choose_mma_config(n, d_out, dtype, batch, sm_count))
     return Plan(PATH_KERNEL, choose_config(n, d_out, dtype, batch, sm_count))

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 
-from .. import arrays, dispatch
+from .. import arrays, dispatch, transform
 from ..backends import canonical_device
 from ..activations import ACTIVATIONS, TABLE, activation_code
 
@@ -86,24 +86,29 @@ def result_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return out
 
 
-def _linear(x, w, b, activation: str | None, device: Any, check_finite: bool) -> torch.Tensor:
+def _linear(x, w, b, activation: str | None, device: Any, check_finite: bool,
+            precision: str | None = None) -> torch.Tensor:
     """One transform on tensors: the custom operator under ``torch.compile``, a direct call in eager mode.
 
     The direct call skips the dispatcher (a few microseconds per call that
     matter for small layers).  A :class:`~liam_gpu.Scheduler` cannot be an
-    operator argument; under ``torch.compile`` such calls run in a graph break.
+    operator argument, and the operator computes at the default precision;
+    under ``torch.compile`` such calls (and ``precision="tf32"``) run in a
+    graph break.
     """
     if torch.compiler.is_compiling():
-        if device is None or isinstance(device, str):
+        if (device is None or isinstance(device, str)) and precision in (None, "float32"):
             return _transform_op(x, w, b, activation, device, check_finite)
-        return _eager_transform(x, w, b, activation, device, check_finite)
-    return dispatch.transform_matrix(x, w, b, activation, device=device, check_finite=check_finite)
+        return _eager_transform(x, w, b, activation, device, check_finite, precision)
+    return dispatch.transform_matrix(x, w, b, activation, device=device, check_finite=check_finite,
+                                     precision=precision)
 
 
 @torch.compiler.disable
-def _eager_transform(x, w, b, activation, device, check_finite):
+def _eager_transform(x, w, b, activation, device, check_finite, precision=None):
     """The core function outside any trace (a clean graph break)."""
-    return dispatch.transform_matrix(x, w, b, activation, device=device, check_finite=check_finite)
+    return dispatch.transform_matrix(x, w, b, activation, device=device, check_finite=check_finite,
+                                     precision=precision)
 
 
 # --- autograd ----------------------------------------------------------------------
@@ -122,15 +127,18 @@ class TransformFunction(torch.autograd.Function):
     transform instead of keeping a second activation-sized tensor alive.
     Gradients are not checked for NaN/Inf: they propagate as in torch (mixed
     precision loss scaling relies on that).  Double backward is not supported.
+    ``precision`` applies to the forward and the backward products alike (as
+    torch's ``allow_tf32`` does).
     """
 
     @staticmethod
-    def forward(ctx, data, weights, bias, activation, device, check_finite):
+    def forward(ctx, data, weights, bias, activation, device, check_finite, precision=None):
         code = activation_code(activation)
-        y = _linear(data, weights, bias, activation, device, check_finite)
+        y = _linear(data, weights, bias, activation, device, check_finite, precision)
         ctx.code = code
         ctx.activation = activation
         ctx.device = device
+        ctx.precision = precision
         ctx.has_bias = bias is not None
         keep_y = y if code in _GRAD_FROM_OUTPUT and code != 0 else None
         ctx.save_for_backward(data, weights, bias, keep_y)
@@ -146,18 +154,18 @@ class TransformFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if need_x:
             # g @ W is a transform with weights W.T, (d_in, d_out) read as (d_out, d_in).
-            grad_x = _linear(g, weights.transpose(-1, -2), None, None, ctx.device, False)
+            grad_x = _linear(g, weights.transpose(-1, -2), None, None, ctx.device, False, ctx.precision)
             grad_x = grad_x.to(data.dtype)
         if need_w:
             if batched:
                 gt, xt = g.transpose(1, 2), data.transpose(1, 2)
             else:
                 gt, xt = g.reshape(-1, g.shape[-1]).T, data.reshape(-1, data.shape[-1]).T
-            grad_w = _linear(gt, xt, None, None, ctx.device, False).to(weights.dtype)
+            grad_w = _linear(gt, xt, None, None, ctx.device, False, ctx.precision).to(weights.dtype)
         if need_b and ctx.has_bias:
             axes = (1,) if batched else tuple(range(g.dim() - 1))
             grad_b = (g.sum(dim=axes) if axes else g).to(bias.dtype)
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def _pre_activation_grad(ctx, grad_y, data, weights, bias, y):
@@ -174,7 +182,7 @@ def _pre_activation_grad(ctx, grad_y, data, weights, bias, y):
         if code == ACTIVATIONS["sigmoid"]:
             return gy * out * (1.0 - out)
         return gy * (1.0 - out * out)  # tanh
-    z = _linear(data, weights, bias, None, ctx.device, False).to(work)
+    z = _linear(data, weights, bias, None, ctx.device, False, ctx.precision).to(work)
     if code == ACTIVATIONS["gelu"]:
         cdf = 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
         return gy * (cdf + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI)
@@ -197,6 +205,7 @@ def transform_matrix(
     out: Any = None,
     device: Any = None,
     check_finite: bool = True,
+    precision: str | None = None,
 ) -> Any:
     """Differentiable :func:`liam_gpu.transform_matrix`: ``act(data @ weights.T + bias)``.
 
@@ -213,16 +222,18 @@ def transform_matrix(
         :func:`liam_gpu.transform_matrix`.
     """
     name = activation_name(activation)
+    transform.allows_tf32(precision)  # an unknown precision is a ValueError before anything is recorded
     if arrays.needs_autograd(data, weights, bias):
         if out is not None:
             raise ValueError("out= is not supported when data, weights or bias requires grad")
         arrays.common_kind(data=data, weights=weights, bias=bias)  # mixed libraries: TypeError here
         data, weights, bias = _as_tensors(data, weights, bias)
-        return TransformFunction.apply(data, weights, bias, name, device, check_finite)
+        return TransformFunction.apply(data, weights, bias, name, device, check_finite, precision)
     all_tensors = isinstance(data, torch.Tensor) and isinstance(weights, torch.Tensor)
     if out is None and all_tensors and (bias is None or isinstance(bias, torch.Tensor)):
-        return _linear(data, weights, bias, name, device, check_finite)
-    return dispatch.transform_matrix(data, weights, bias, name, out=out, device=device, check_finite=check_finite)
+        return _linear(data, weights, bias, name, device, check_finite, precision)
+    return dispatch.transform_matrix(data, weights, bias, name, out=out, device=device, check_finite=check_finite,
+                                     precision=precision)
 
 
 # --- torch's own ops for CPU tensors (the layers) ------------------------------------
