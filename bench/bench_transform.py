@@ -18,7 +18,11 @@ One group per shape (``--benchmark-group-by=group`` is the default grouping of
 * GPU, 16-bit (issue 17's goals, ``test_cuda_16bit_gelu``): float16 and bfloat16
   torch tensors with bias + GELU on a 4096-cube, 65536×256→256 and a batch of
   1024 64×64 products, ours against ``F.gelu(F.linear(...))``, with the
-  fraction of the data-sheet dense 16-bit peak recorded (``fraction_of_peak``).
+  fraction of the data-sheet dense 16-bit peak recorded (``fraction_of_peak``);
+* GPU, TF32 (``test_cuda_tf32_gelu``): float32 tensors with bias + GELU on a
+  4096-cube, ours with ``precision="tf32"`` against ``F.gelu(F.linear(...))``
+  with ``torch.backends.cuda.matmul.allow_tf32`` (restored afterwards), with
+  the fraction of the dense TF32 peak.
 
 Every GPU call synchronises before the clock stops (the ``measure`` fixture).
 ``extra_info`` records the path and tile configuration that ran and the GFLOP/s
@@ -348,6 +352,58 @@ def test_cuda_16bit_gelu(benchmark, describe, measure, rotation, peer, case, dty
             return F.gelu(y)
 
     measure(benchmark, ours if impl == "liam_gpu" else theirs, lambda: next(tensors), backend="cuda")
+    _record_rate(benchmark, case)
+    if peak is not None and "gflops" in benchmark.extra_info:
+        benchmark.extra_info["fraction_of_peak"] = benchmark.extra_info["gflops"] / (peak * 1e3)
+
+
+# --------------------------------------------------------------------------- GPU, float32 on TF32 (issue 17)
+
+#: (batch, n, d_in, d_out) of the TF32 comparison: the large square GEMM.
+TF32_SHAPES = [(None, 1024, 1024, 1024)] if QUICK else [(None, 4096, 4096, 4096)]
+
+#: Dense (no sparsity) TF32 tensor-core peak in TFLOP/s from NVIDIA's data sheets, by a substring
+#: of the device name (most specific first).
+DENSE_TF32_PEAK_TFLOPS = {"H200": 494.7, "H100 SXM": 494.7, "H100 NVL": 417.5, "H100 PCIe": 378.0,
+                          "H100": 378.0, "A100": 156.0}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["liam_gpu", "torch"])
+@pytest.mark.parametrize("case", TF32_SHAPES, ids=_id)
+def test_cuda_tf32_gelu(benchmark, describe, measure, rotation, peer, case, impl):
+    # float32 CUDA tensors, bias + GELU, both allowed TF32: ours with precision="tf32" (our
+    # TF32 tile at every size) against gelu(F.linear) with torch.backends.cuda.matmul.allow_tf32.
+    torch = peer("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("peer torch has no CUDA device")
+    F = torch.nn.functional
+    inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cuda")
+    tensors = itertools.cycle([tuple(torch.from_dlpack(a) for a in copy) for copy in inputs.copies])
+    x, w, b = next(tensors)
+    if impl == "liam_gpu":
+        lg.transform_matrix(x, w, b, "gelu", check_finite=False, precision="tf32")
+        launch = transform_launch.last_launch()
+        extra = {"path": launch.path, "config": launch.config} if launch is not None else {}
+    else:
+        extra = {"path": "torch: F.gelu(F.linear), allow_tf32"}
+    peak = next((t for k, t in DENSE_TF32_PEAK_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
+    describe(benchmark, op="transform gelu(x@W.T+b) tf32", impl=impl, backend="cuda", shape=_shape(case),
+             dtype="float32", flops=_flops(case), bytes=_bytes(case), peak_tflops=peak, **extra)
+
+    def ours(x, w, b):
+        return lg.transform_matrix(x, w, b, "gelu", check_finite=False, precision="tf32")
+
+    def theirs(x, w, b):
+        with torch.no_grad():
+            return F.gelu(F.linear(x, w, b))
+
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        measure(benchmark, ours if impl == "liam_gpu" else theirs, lambda: next(tensors), backend="cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
     _record_rate(benchmark, case)
     if peak is not None and "gflops" in benchmark.extra_info:
         benchmark.extra_info["fraction_of_peak"] = benchmark.extra_info["gflops"] / (peak * 1e3)
