@@ -275,3 +275,71 @@ def test_accuracy_on_a_steep_spectrum(benchmark, describe, peer, request, impl, 
           f"max sv error {sv_error:.1e}")
     if impl == "liam_gpu.dask":
         assert error <= 1.5 * optimal, f"relative error {error} is far from the optimum {optimal}"
+
+
+# --------------------------------------------------------------------------- a grid of chunks against row chunks
+
+#: The same matrix in worker memory, in row chunks and in a grid of chunks (the row chunks split along the
+#: columns, never rechunked by the call): rows, columns, rows per chunk, columns per grid chunk.
+GRID_ROWS, GRID_COLS, GRID_CHUNK_ROWS, GRID_CHUNK_COLS = (1_000, 200, 500, 100) if QUICK else (20_000, 2_000, 2_500, 500)
+
+
+@pytest.mark.parametrize("layout", ["row chunks", "grid"])
+def test_grid_against_row_chunks(benchmark, describe, peer, request, layout):
+    dask = peer("dask")
+    peer("distributed")
+    import dask.array as da
+
+    from liam_gpu import dask as ldask
+
+    client = request.getfixturevalue("dask_cluster")
+    # A = G diag(1/j) V^T (rank LATENT), generated on the workers in row chunks; for the grid those chunks
+    # are split along the columns before the timed call (a rechunk within each row chunk).
+    mix, sigma = _mix_of(GRID_COLS)
+    g = da.random.default_rng(SEED).standard_normal((GRID_ROWS, LATENT), chunks=(GRID_CHUNK_ROWS, LATENT))
+    x = g.map_blocks(np.matmul, dask.delayed(mix), chunks=(g.chunks[0], (GRID_COLS,)), dtype=np.float64)
+    if layout == "grid":
+        x = x.rechunk({1: GRID_CHUNK_COLS})
+    x = x.persist()
+    distributed_wait(x)
+
+    def run():
+        lr = ldask.svd_compress(x, RANK, n_oversamples=OVERSAMPLES, n_iter=POWER_ITERS, random_state=SEED)
+        return lr.U, lr.S, lr.Vt
+
+    u, s, vt = benchmark.pedantic(run, rounds=1 if QUICK else 3, iterations=1, warmup_rounds=0 if QUICK else 1)
+    u = u.rechunk({0: x.chunks[0]}).persist()
+    x_rows = x.rechunk({1: -1})
+    residual2, norm2 = dask.compute(_residual_squares(da, x_rows, u, s, vt), (x_rows**2).sum())
+    gtg = (g.T @ g).compute()
+    exact = np.sqrt(np.clip(np.linalg.eigvalsh(sigma[:, None] * gtg * sigma[None, :]), 0, None))[::-1]
+    optimal = math.sqrt(float(np.sum(exact[RANK:] ** 2)) / float(np.sum(exact**2)))
+    error = math.sqrt(float(residual2) / float(norm2))
+    sv_error = float(np.max(np.abs(np.asarray(s) - exact[:RANK]) / exact[:RANK]))
+    passes = POWER_ITERS + 2 if layout == "row chunks" else 2 * POWER_ITERS + 2
+    describe(benchmark, op=f"svd k={RANK} p={OVERSAMPLES} q={POWER_ITERS} in worker memory, {WORKERS} dask workers",
+             impl=f"liam_gpu.dask ({layout})", backend="cpu", shape=(GRID_ROWS, GRID_COLS, RANK),
+             dtype=np.float64, bytes=passes * GRID_ROWS * GRID_COLS * 8, passes=passes, blocks=x.numblocks,
+             relative_error=error, optimal_error=optimal, max_singular_value_error=sv_error,
+             singular_values=[float(v) for v in s])
+    stats = getattr(benchmark, "stats", None)
+    seconds = float("nan") if stats is None else stats.stats.median
+    print(f"\nliam_gpu.dask ({layout:10s}) {x.numblocks} blocks, {passes} passes: {seconds:6.2f} s  "
+          f"rel. error {error:.8f} (optimal {optimal:.8f})  max sv error {sv_error:.2e}  S[0], S[-1] = "
+          f"{s[0]:.15g}, {s[-1]:.15g}")
+    assert error <= 1.5 * optimal, f"relative error {error} is far from the optimum {optimal}"
+
+
+def _mix_of(cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """``diag(sigma) V^T`` (r x cols) and ``sigma = 1 / j``, as :func:`_mix` for another width."""
+    rng = np.random.default_rng(SEED)
+    v, _ = np.linalg.qr(rng.standard_normal((cols, LATENT)))
+    sigma = 1.0 / np.arange(1, LATENT + 1)
+    return sigma[:, None] * v.T, sigma
+
+
+def distributed_wait(x) -> None:
+    """Wait until a persisted Dask array is in worker memory (so that the timed call reads it there)."""
+    import distributed
+
+    distributed.wait(x)

@@ -17,8 +17,12 @@ its own.
   in row chunks (or a wide one in column chunks) ``A`` is read once per pass
   (``q + 2`` passes) and never gathered, and the ``m x l`` bases stay on the
   workers, in the chunks of ``A``; chunks along the other axis take ``2 q +
-  2`` passes with the long bases on the client.  Centring (``center=``) and
-  scipy.sparse chunks are applied inside each block's products.
+  2`` passes with the long bases on the client.  A grid of chunks (several
+  along both axes) is never rechunked: every product multiplies each block
+  by the matching piece of the small factor and sums over the contracted
+  block axis, ``2 q + 2`` passes with the long bases on the workers.
+  Centring (``center=``) and scipy.sparse chunks are applied inside each
+  block's products.
 
 The operator is oriented by the shape alone, as in memory, and the sketch
 ``Omega`` is the Philox stream of :mod:`liam_gpu.philox`, indexed by
@@ -204,7 +208,13 @@ def svd_compress(
     ``T``'s chunks hold whole columns (a tall ``x`` in column chunks, a wide
     one in row chunks), the products go through ``S = T^T`` (``_ColumnBlocks``):
     ``T X`` must be summed before ``T^T (T X)``, so ``2 q + 2`` passes, and
-    the ``m x l`` bases live on the client.  Power
+    the ``m x l`` bases live on the client.  When they form a grid (several
+    chunks along both axes) ``x`` is not rechunked (that would move all of
+    it between workers): ``T X`` sums ``T_ij X_j`` over the column blocks
+    ``j`` of each row block ``i``, ``T^T Y`` sums ``T_ij^T Y_i`` over the row
+    blocks (``_GridBlocks``), again ``2 q + 2`` passes (``T X`` must be
+    summed before ``T^T (T X)``), the ``m x l`` bases on the workers in
+    ``T``'s row chunks.  Power
     iterations are normalized (unlike ``dask.array.linalg.svd_compressed``'s
     default).  The result equals :func:`liam_gpu.svd_compress` on the same
     data and seed to rounding, whatever the chunking: every block multiplies
@@ -213,9 +223,8 @@ def svd_compress(
     Parameters
     ----------
     x
-        ``dask.array.Array`` (m, n), tall or wide, chunked along one axis only
-        (every chunk holds whole rows, ``x.numblocks[1] == 1``, or whole
-        columns, ``x.numblocks[0] == 1``) with known chunk sizes; numpy or
+        ``dask.array.Array`` (m, n), tall or wide, in any chunking with known
+        chunk sizes (whole rows, whole columns, or a grid); numpy or
         CuPy chunks, or scipy.sparse chunks (``da.from_array(csr_matrix)``,
         ``x.map_blocks(scipy.sparse.csr_matrix)``: every product is scipy's
         sparse-times-dense on the worker's CPU, no chunk is densified except
@@ -256,9 +265,10 @@ def svd_compress(
         chunks (empty chunks left out), ``S`` (k,) and ``Vt`` (k, n) numpy
         arrays on the client; for column chunks ``Vt`` is the Dask array (k,
         n) in ``x``'s column chunks, ``U`` (m, k) and ``S`` numpy (for one
-        chunk: the longer side is the Dask array).  Where ``T`` is in row
-        blocks the Dask factor's blocks are persisted on the workers in the
-        chunks' type (numpy for sparse chunks), the column signs (+-1)
+        chunk or a grid: the longer side is the Dask array, in ``x``'s
+        chunks along that side).  Where ``T`` is in row blocks (a grid
+        included) the Dask factor's blocks are persisted on the workers in
+        the chunks' type (numpy for sparse chunks), the column signs (+-1)
         applied lazily on top; else it is made on the client.  dtype
         float32 for float32 input, else float64; ``relative_error`` the
         engine's estimate (within a factor 2 of the truth above the dtype's
@@ -271,8 +281,7 @@ def svd_compress(
         ``n_oversamples``, ``n_iter`` or seed; ``device`` not a string;
         ``center`` not numeric.
     ValueError
-        ``x`` not 2-D, empty, chunked along both axes, of unknown chunk
-        sizes, or holding NaN/Inf (sparse chunks too); ``k``,
+        ``x`` not 2-D, empty, of unknown chunk sizes, or holding NaN/Inf (sparse chunks too); ``k``,
         ``n_oversamples``, ``n_iter``, ``random_state`` or ``device`` out of
         range; ``device`` other than the CPU for sparse chunks; ``center``
         not of length ``n``, holding NaN/Inf, or given for an ``x`` that is
@@ -303,15 +312,19 @@ def svd_compress(
 
     # Oriented by the shape alone, as in memory (T = x when tall, x.T when wide), so that the
     # sketch T Omega -- and the result -- does not depend on the chunking; then T's chunks hold
-    # whole rows (the fused DaskOperator) or whole columns (through S = T^T, _ColumnBlocks).
+    # whole rows (the fused DaskOperator), whole columns (through S = T^T, _ColumnBlocks), or
+    # form a grid (_GridBlocks: block products summed over the contracted block axis).
     swapped = m < n
     t = x.T if swapped else x
-    by_rows = t.numblocks[1] == 1
-    blocks = t if by_rows else t.T
-    if any(r == 0 for r in blocks.chunks[0]):
+    if any(c == 0 for axis in t.chunks for c in axis):
         # Zero-size chunks (left by filtering) carry nothing; dropping them moves no data.
-        blocks = blocks.rechunk({0: tuple(r for r in blocks.chunks[0] if r > 0)})
-    inner = DaskOperator(blocks, dtype, device, swapped=swapped if by_rows else not swapped)
+        t = t.rechunk({axis: tuple(c for c in t.chunks[axis] if c > 0) for axis in (0, 1)})
+    grid = t.numblocks[0] > 1 and t.numblocks[1] > 1
+    by_rows = grid or t.numblocks[1] == 1
+    if grid:  # products block by block, summed over the contracted block axis: never rechunked
+        inner = _GridBlocks(t, dtype, device, swapped=swapped)
+    else:
+        inner = DaskOperator(t if by_rows else t.T, dtype, device, swapped=swapped if by_rows else not swapped)
     if centring:
         inner.centre(mean, check=bool(check_finite))
     op = inner if by_rows else _ColumnBlocks(inner, swapped=swapped)
@@ -322,9 +335,9 @@ def svd_compress(
         # The client made both factors; the one along x's chunked axis goes back as a Dask
         # array in x's chunks, as it comes from the row-block operator.
         if swapped:  # x wide, in row chunks: U
-            u = da.from_array(u, chunks=(blocks.chunks[0], (k,)))
+            u = da.from_array(u, chunks=(t.chunks[1], (k,)))
         else:  # x tall, in column chunks: Vt
-            vt = da.from_array(vt, chunks=((k,), blocks.chunks[0]))
+            vt = da.from_array(vt, chunks=((k,), t.chunks[1]))
     return LowRank(u, s, vt, relative_error=fact.relative_error(k))
 
 
@@ -361,15 +374,9 @@ def _check_row_chunks(name: str, x: Any, *, known_rows: bool) -> None:
 
 
 def _check_svd_chunks(x: Any) -> None:
-    """Every chunk of ``x`` must hold whole rows or whole columns, and every chunk size be known."""
+    """Every chunk size of ``x`` must be known (the bases' shapes follow them); any chunking is taken."""
     if any(math.isnan(c) for axis in x.chunks for c in axis):
         raise ValueError(f"x has unknown chunk sizes {x.chunks}; call x.compute_chunk_sizes() first")
-    if x.numblocks[0] > 1 and x.numblocks[1] > 1:
-        raise ValueError(
-            f"x is chunked along both axes (x.numblocks = {x.numblocks}); each chunk must hold whole rows "
-            "or whole columns: rechunk with x.rechunk({1: -1}) or x.rechunk({0: -1}) (not done implicitly: "
-            "it moves all of the array between workers)"
-        )
 
 
 def _check_device(device: Any) -> None:
@@ -493,8 +500,7 @@ class DaskOperator:
         mt, nt = self.shape
         if not self.swapped:
             if mean is None:
-                parts = self._per_block(_column_sums_part, "a", [(self.a, "ia")], {"a": nt}, self.dtype)
-                mean = np.asarray(parts.sum(axis=0, split_every=FAN_IN).compute(), dtype=np.float64) / mt
+                mean = self._column_sums() / mt
                 if not np.isfinite(mean).all():
                     if check:
                         self.check_finite()  # raises for NaN/Inf in x
@@ -502,11 +508,20 @@ class DaskOperator:
                                      "overflows float64); pass its means as center= or scale it down")
             self._c = np.ascontiguousarray(mean, dtype=np.float64)
         elif mean is None:
-            self._r = self.a.map_blocks(_row_means_block, self.dtype, self.device, drop_axis=1,
-                                        dtype=np.float64, meta=np.empty((0,))).persist()
+            self._r = self._row_means().persist()
         else:
             self._r = da.from_array(np.ascontiguousarray(mean, dtype=np.float64), chunks=(self.a.chunks[0],))
         self.centred = True
+
+    def _column_sums(self) -> np.ndarray:
+        """``A``'s column sums on the client (host float64): one pass."""
+        parts = self._per_block(_column_sums_part, "a", [(self.a, "ia")], {"a": self.shape[1]}, self.dtype)
+        return np.asarray(parts.sum(axis=0, split_every=FAN_IN).compute(), dtype=np.float64)
+
+    def _row_means(self) -> Any:
+        """``A``'s row means, lazily: a float64 Dask array in ``A``'s row chunks."""
+        return self.a.map_blocks(_row_means_block, self.dtype, self.device, drop_axis=1,
+                                 dtype=np.float64, meta=np.empty((0,)))
 
     # -- the operator protocol ---------------------------------------------------------
     sums_in_sketch = True  # ||A||^2 comes with the sketch pass (see sum_squares)
@@ -834,6 +849,151 @@ class _ColumnBlocks:
         return np.ascontiguousarray(x.T)
 
 
+class _GridBlocks(DaskOperator):
+    """A tall operator ``T`` whose Dask chunks form a grid (several along both axes), never rechunked.
+
+    Block ``(i, j)`` of ``T`` is ``T_ij = A_ij - r_i c_j^T`` (``r = c = 0``
+    without centring; see :class:`DaskOperator`).  Every product is one pass:
+    one task per block multiplies it by the matching piece of the small
+    factor, and the partial products are summed over the contracted block
+    axis by a tree reduction (fan-in :data:`FAN_IN`)::
+
+        Y = T X       Y_i = sum_j A_ij X_j - r_i (c^T X)     X (nt x l) from the client in T's column chunks;
+                                                             Y (mt x l) persisted in T's row chunks
+        Z = T^T Y     Z_j = sum_i A_ij^T Y_i - c_j (r^T Y)   Y_i sent to every block of row i; Z to the client
+        ||T||^2, ||T - Q Bt^T||^2                            sums of per-block terms (r_i, c_j, Q_i, Bt_j)
+
+    so, as for :class:`DaskOperator`, the ``mt x l`` bases live on the
+    workers in ``T``'s row chunks (the same Gram reductions, triangular
+    applies and TSQR, inherited) and the ``nt x l`` ones on the client.  What
+    a grid cannot do is the fused power step: ``T^T (T W)`` needs all of
+    ``Y_i = sum_j A_ij W_j`` before any ``A_ij^T Y_i`` can start, so each
+    power step reads ``A`` twice (``2 q + 2`` passes, as for column blocks),
+    where row blocks read it once (``q + 2``).  ``Omega_j`` (the Philox rows
+    of ``T``'s column block ``j``) is generated once per column block and
+    sent to the blocks of that column: our sketch kernel has no row offset.
+    """
+
+    # -- the centring's passes -------------------------------------------------------------
+    def _column_sums(self) -> np.ndarray:
+        nbi = self.a.numblocks[0]
+        parts = self.a.map_blocks(_column_sums_part, self.dtype, self.device, chunks=((1,) * nbi, self.a.chunks[1]),
+                                  dtype=np.float64, meta=np.empty((0, 0)))
+        return np.asarray(parts.sum(axis=0, split_every=FAN_IN).compute(), dtype=np.float64)
+
+    def _row_means(self) -> Any:
+        nbj = self.a.numblocks[1]
+        sums = self.a.map_blocks(_row_sums_block, self.dtype, self.device, chunks=(self.a.chunks[0], (1,) * nbj),
+                                 dtype=np.float64, meta=np.empty((0, 0)))
+        return sums.sum(axis=1, split_every=FAN_IN) / self.shape[1]
+
+    def _rc(self) -> list[Any]:
+        """``r`` and ``c`` as ``blockwise`` arguments: Dask arrays in ``A``'s row and column chunks, or None (ones)."""
+        c = None if self._c is None else da.from_array(self._c.astype(self.dtype), chunks=(self.a.chunks[1],))
+        return [self._r, None if self._r is None else "i", c, None if c is None else "j"]
+
+    def _in_column_chunks(self, x: np.ndarray) -> Any:
+        """A client ``nt x l`` matrix as a Dask array in ``A``'s column chunks (one graph key per block)."""
+        return da.from_array(np.ascontiguousarray(x, dtype=self.dtype), chunks=(self.a.chunks[1], (int(x.shape[1]),)))
+
+    # -- passes over A -------------------------------------------------------------------
+    def _sketch(self, seed: int, width: int, *, with_v: bool) -> tuple[Any, np.ndarray | None, float, bool]:
+        """``Y = T Omega`` and ``||T||_F^2`` in one pass; ``V = T^T Y`` (``with_v``) in a second one."""
+        omega = da.map_blocks(_omega_block, seed, width, self.dtype, chunks=(self.a.chunks[1], (width,)),
+                              dtype=self.dtype, meta=np.empty((0, 0), dtype=self.dtype))
+        c_omega = None
+        if self.centred:  # c^T Omega, from the same Philox stream the blocks use
+            c_omega = self._c_times(_omega_rows(seed, self.shape[1], width, self.dtype, self._c))
+        y, finite, norm2 = self._product_pass(omega, width, c_omega, with_norm=True)
+        return y, (self.t_times(y) if with_v else None), norm2, finite
+
+    def power_pass(self, c: np.ndarray, *, with_v: bool) -> tuple[Any, np.ndarray | None]:
+        """``Y = T C`` for a client matrix ``C`` (one pass) and ``V = T^T Y`` (``with_v``: one more)."""
+        cx = self._c_times(np.asarray(c, dtype=np.float64)) if self.centred else None
+        y, _, _ = self._product_pass(self._in_column_chunks(c), int(c.shape[1]), cx, with_norm=False)
+        return y, (self.t_times(y) if with_v else None)
+
+    def _product_pass(self, x: Any, cols: int, cx: np.ndarray | None, *,
+                      with_norm: bool) -> tuple[Any, bool, float | None]:
+        """``Y = T X`` for ``X`` in ``A``'s column chunks: persisted, its Gram matrices known.
+
+        Returns ``Y``, whether it is finite, and ``||T||_F^2`` (``with_norm``;
+        from the same tasks, which read each block once) or None.
+        """
+        nbi, nbj = self.a.numblocks
+        meta3 = meta_from_array(self.meta, ndim=3)
+        # One task per block: A_ij X_j as an (m_i, 1, l) piece of the j-th partial sum.
+        out = da.blockwise(_grid_times_block, "ijb", self.a, "ij", *self._rc(), x, "jb",
+                           self.centred, None, with_norm, None, self.dtype, None, self.device, None,
+                           adjust_chunks={"j": 1}, dtype=self.dtype, meta=meta3)
+        partial = out
+        if with_norm:
+            partial = out.map_blocks(operator.getitem, 0, dtype=self.dtype, meta=meta3)
+            norms = out.map_blocks(operator.getitem, 1, chunks=((1,) * nbi, (1,) * nbj, (1,)), dtype=np.float64,
+                                   meta=np.empty((0, 0, 0)))
+        summed = partial.sum(axis=1, split_every={1: FAN_IN})
+        # Per row block: the centring, then [Y_i not finite, Gram matrices of Y_i].
+        shift = None if cx is None else delayed(_Shift(None, np.ascontiguousarray(cx, dtype=self.dtype)))
+        r = self._r if self.centred else None
+        pairs = da.blockwise(_grid_basis_block, "ib", summed, "ib", r, None if r is None else "i", shift, None,
+                             self.dtype, None, self.accumulations, None, self.device, None,
+                             dtype=self.dtype, meta=self.meta)
+        y = pairs.map_blocks(operator.getitem, 0, chunks=(self.a.chunks[0], (cols,)), dtype=self.dtype,
+                             meta=self.meta)
+        width = 1 + len(self.accumulations) * cols * cols
+        stats = pairs.map_blocks(operator.getitem, 1, chunks=((1,) * nbi, (width,)), dtype=np.float64,
+                                 meta=np.empty((0, 0)))
+        wanted = [y, stats.sum(axis=0, split_every=FAN_IN)] + ([norms.sum()] if with_norm else [])
+        y, *totals = dask.persist(*wanted)
+        totals = [np.asarray(t, dtype=np.float64) for t in dask.compute(*totals)]
+        grams = totals[0][1:].reshape(len(self.accumulations), cols, cols)
+        self._grams = {(y.name, acc): g for acc, g in zip(self.accumulations, grams)}
+        return y, not totals[0][0], (float(totals[1]) if with_norm else None)
+
+    def t_times(self, y: Any, *, with_norm: bool = False) -> Any:
+        """``T^T Y`` on the client in the compute dtype: one pass over ``A``, ``Y_i`` sent to row ``i``'s blocks."""
+        if with_norm:
+            raise ValueError("a grid operator sums ||T||^2 in its sketch pass")
+        parts = da.blockwise(_grid_t_times_block, "ijb", self.a, "ij", y, "ib", self.dtype, None, self.device, None,
+                             adjust_chunks={"i": 1}, dtype=np.float64, meta=np.empty((0, 0, 0)))
+        wanted = [parts.sum(axis=0, split_every=FAN_IN)]
+        if self.centred:  # r^T Y = sum_i r_i^T Y_i: read from Y, not A
+            r = self._r
+            rty = da.blockwise(_r_times_block, "ib", y, "ib", r, None if r is None else "i", self.dtype, None,
+                               self.device, None, adjust_chunks={"i": 1}, dtype=np.float64, meta=np.empty((0, 0)))
+            wanted.append(rty.sum(axis=0, split_every=FAN_IN))
+        totals = [np.asarray(t, dtype=np.float64) for t in dask.compute(*wanted)]
+        total = totals[0]
+        if self.centred:  # Z = A^T Y - c (r^T Y)
+            total = total - (totals[1][None, :] if self._c is None else self._c[:, None] * totals[1][None, :])
+        return np.ascontiguousarray(total, dtype=self.dtype)
+
+    def sum_squares(self) -> float:
+        """``||T||_F^2``: summed by the sketch pass, else one pass of its own."""
+        if self._norm2 is None:
+            parts = da.blockwise(_grid_sum_squares_block, "ij", self.a, "ij", *self._rc(), self.centred, None,
+                                 self.dtype, None, self.device, None, adjust_chunks={"i": 1, "j": 1},
+                                 dtype=np.float64, meta=np.empty((0, 0)))
+            self._norm2 = float(parts.sum().compute())
+        return self._norm2
+
+    def residual_sq(self, q: Any, bt: np.ndarray) -> float:
+        """``||T - Q Bt^T||_F^2`` = sum of ``||T_ij - Q_i Bt_j^T||^2``: one pass, block by block."""
+        parts = da.blockwise(_grid_residual_block, "ijb", self.a, "ij", *self._rc(), q, "ib",
+                             self._in_column_chunks(bt), "jb", self.centred, None, self.dtype, None, self.device,
+                             None, adjust_chunks={"i": 1, "j": 1, "b": 1}, dtype=np.float64,
+                             meta=np.empty((0, 0, 0)))
+        return float(parts.sum().compute())
+
+    def check_finite(self) -> None:
+        """Raise ``ValueError`` if ``A`` holds NaN/Inf (one more pass, only after a non-finite sum)."""
+        nbi, nbj = self.a.numblocks
+        finite = self.a.map_blocks(_finite_part, self.dtype, self.device, chunks=((1,) * nbi, (1,) * nbj),
+                                   dtype=np.float64, meta=np.empty((0, 0)))
+        if not bool(finite.min().compute()):
+            raise ValueError("x contains NaN or Inf; pass check_finite=False to skip this check")
+
+
 def _omega_block(seed: int, width: int, dtype: np.dtype, block_info: dict | None = None) -> np.ndarray:
     """Rows ``lo:hi`` of the Philox ``Omega`` (``block_info`` is passed by ``map_blocks``)."""
     lo, hi = block_info[None]["array-location"][0]
@@ -973,6 +1133,13 @@ class _Block:
             y, v = self.w.backend.sketch_pass(self.x, seed, width)
             return y, self.w.host(v)
         return self._pass(self.w.backend.sketch(self.x, seed, width), with_v)
+
+    def product(self, c: Any) -> Any:
+        """``A_i C`` (no centring) for a backend matrix ``C`` (numpy for a sparse block)."""
+        if self.sparse:
+            with np.errstate(over="ignore", invalid="ignore"):  # reported by the caller, from Y
+                return np.ascontiguousarray(self.x @ c, dtype=self.dtype)
+        return self.w.backend.matmul(self.x, c)
 
     def times(self, c: Any, with_v: bool) -> tuple[Any, Any | None]:
         """``Y_i = T_i C`` for a backend matrix ``C``."""
@@ -1156,3 +1323,72 @@ def _row_means_block(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
         if _is_sparse(x):
             return np.asarray(x.sum(axis=1, dtype=np.float64)).ravel() / x.shape[1]
         return w.host(w.backend.xp.mean(x, axis=1, dtype=np.float64))
+
+
+# --------------------------------------------------------------------------- grid blocks, on the workers
+
+
+def _grid_block(w: _Worker, a: Any, r: np.ndarray | None, c: np.ndarray | None, centred: bool,
+                dtype: np.dtype) -> _Block:
+    """Block ``T_ij = A_ij - r_i c_j^T`` (``r_i``, ``c_j`` its pieces; None: ones) or ``A_ij``."""
+    return _Block(w, a, dtype, r, _Shift(c, None) if centred else None)
+
+
+def _grid_times_block(a: Any, r: np.ndarray | None, c: np.ndarray | None, x: np.ndarray, centred: bool,
+                      with_norm: bool, dtype: np.dtype, device: Any) -> Any:
+    """``A_ij X_j`` as an ``(m_i, 1, l)`` piece in the block's type, and ``[[[||T_ij||_F^2]]]`` (``with_norm``)."""
+    with _worker(a, device) as w:
+        block = _grid_block(w, a, r, c, centred, dtype)
+        xj = np.ascontiguousarray(x, dtype=dtype)
+        part = w.give_back(block.product(xj if block.sparse else w.backend.asarray(xj)))[:, None, :]
+        return (part, np.array([[[block.sum_squares()]]])) if with_norm else part
+
+
+def _grid_basis_block(y: Any, r: np.ndarray | None, shift: _Shift | None, dtype: np.dtype,
+                      accumulations: Sequence[np.dtype], device: Any) -> tuple[Any, np.ndarray]:
+    """Row block ``Y_i = sum_j A_ij X_j - r_i (c^T X)`` and ``[Y_i not finite, Gram matrices of Y_i]``."""
+    with _worker(y, device) as w:
+        y = w.load(y, dtype)
+        if shift is not None:
+            rows = int(y.shape[0])
+            ri = np.ones(rows) if r is None else np.asarray(r, dtype=np.float64)
+            y = y - w.backend.asarray(ri.astype(dtype))[:, None] * w.backend.asarray(shift.cx)
+        not_finite = float(not bool(w.backend.xp.isfinite(y).all()))
+        return w.give_back(y), _stats_row(w, [not_finite], None, y, accumulations)
+
+
+def _grid_t_times_block(a: Any, y: Any, dtype: np.dtype, device: Any) -> np.ndarray:
+    """``A_ij^T Y_i`` as a host float64 ``(1, n_j, l)`` piece."""
+    with _worker(a, device) as w:
+        return _Block(w, a, dtype).t_times(w.load(y, dtype))[None]
+
+
+def _r_times_block(y: Any, r: np.ndarray | None, dtype: np.dtype, device: Any) -> np.ndarray:
+    """``r_i^T Y_i`` (``r`` None: ones) as a host float64 ``(1, l)`` row."""
+    with _worker(y, device) as w:
+        y = w.load(y, dtype)
+        ri = np.ones(int(y.shape[0])) if r is None else np.asarray(r, dtype=np.float64)
+        return w.host(w.backend.asarray(ri.astype(dtype))[None, :] @ y)
+
+
+def _grid_sum_squares_block(a: Any, r: np.ndarray | None, c: np.ndarray | None, centred: bool,
+                            dtype: np.dtype, device: Any) -> np.ndarray:
+    with _worker(a, device) as w:
+        return np.array([[_grid_block(w, a, r, c, centred, dtype).sum_squares()]])
+
+
+def _grid_residual_block(a: Any, r: np.ndarray | None, c: np.ndarray | None, q: Any, bt: np.ndarray,
+                         centred: bool, dtype: np.dtype, device: Any) -> np.ndarray:
+    """``||T_ij - Q_i Bt_j^T||_F^2`` of one block."""
+    with _worker(a, device) as w:
+        block = _grid_block(w, a, r, c, centred, dtype)
+        return np.array([[[block.residual_sq(w.load(q, dtype), w.backend.asarray(bt))]]])
+
+
+def _row_sums_block(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
+    """The row sums of one block in float64, as an ``(m_i, 1)`` column (``center=True`` on a grid, swapped)."""
+    with _worker(a, device) as w:
+        x = _Block(w, a, dtype).x
+        if _is_sparse(x):
+            return np.asarray(x.sum(axis=1, dtype=np.float64)).reshape(-1, 1)
+        return w.host(w.backend.xp.sum(x, axis=1, dtype=np.float64))[:, None]

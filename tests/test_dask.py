@@ -267,8 +267,6 @@ def test_svd_compress_bad_input_is_refused_with_a_clear_error(client):
     x = da.from_array(_decaying(M, N), chunks=(100, N))
     with pytest.raises(TypeError, match="complex"):
         ldask.svd_compress(x.astype(np.complex128), K)
-    with pytest.raises(ValueError, match=r"chunked along both axes.*rechunk"):
-        ldask.svd_compress(x.rechunk((100, 30)), K)
     with pytest.raises(ValueError, match="2-D"):
         ldask.svd_compress(x[:, 0], K)
     with pytest.raises(ValueError, match="k=61"):
@@ -282,6 +280,12 @@ def test_svd_compress_bad_input_is_refused_with_a_clear_error(client):
     nan = da.where(da.arange(M, chunks=100)[:, None] == 217, np.nan, x)
     with pytest.raises(ValueError, match="NaN or Inf"):
         ldask.svd_compress(nan, K, n_iter=0)
+    # The same in a grid of chunks, and an Inf in one block of a wide grid (the operator is x.T there).
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        ldask.svd_compress(nan.rechunk((100, 20)), K, n_iter=1)
+    inf = da.where((da.arange(M, chunks=100)[:, None] == 5) & (da.arange(N, chunks=20)[None, :] == 44), np.inf, x)
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        ldask.svd_compress(inf.T, K, n_iter=2)
 
 
 @pytest.mark.skipif(not emulator_available(), reason="the emulator needs g++")
@@ -294,10 +298,14 @@ def test_svd_compress_with_our_kernels_on_the_workers_equals_cpu(client):
     lr = ldask.svd_compress(x, K, n_iter=1, random_state=4, device="emulator")
     ref = liam_gpu.svd_compress(a, K, n_iter=1, random_state=4, device="cpu")
     _assert_same_lowrank(lr, ref, a, K)
-    # Centred, in row chunks and in column chunks: the centring runs on the emulator's arrays too.
+    # A grid of chunks: the per-block products and their sums run on the emulator's arrays too.
+    lr = ldask.svd_compress(da.from_array(a, chunks=((150, 250), (20, 40))), K, n_iter=1, random_state=4,
+                            device="emulator")
+    _assert_same_lowrank(lr, ref, a, K)
+    # Centred, in row chunks, column chunks and a grid: the centring runs on the emulator's arrays too.
     ref = liam_gpu.svd_compress(a, K, n_iter=1, random_state=4, center=True, device="cpu")
     s_tol, vec_tol = _centred_bounds(a, K)
-    for chunks in [((150, 250), N), (M, (20, 40))]:
+    for chunks in [((150, 250), N), (M, (20, 40)), ((150, 250), (20, 40))]:
         lr = ldask.svd_compress(da.from_array(a, chunks=chunks), K, n_iter=1, random_state=4, center=True,
                                 device="emulator")
         np.testing.assert_allclose(lr.S, ref.S, rtol=0, atol=s_tol)
@@ -331,10 +339,18 @@ def _check_cupy_chunks_on(cluster) -> None:
         np.testing.assert_allclose(cupy.asnumpy(lr.U.compute()), cupy.asnumpy(ref_lr.U), rtol=0, atol=vec_tol)
         np.testing.assert_allclose(lr.Vt, cupy.asnumpy(ref_lr.Vt), rtol=0, atol=vec_tol)
 
-        # Centred, in row chunks and in column chunks (the long bases then on the client).
+        # A grid of CuPy chunks: block products summed over the column blocks, U in x's row chunks.
+        xg = da.from_array(cupy.asarray(a), chunks=(500, 16), asarray=False)
+        lr = ldask.svd_compress(xg, 6, random_state=2)
+        assert isinstance(lr.U._meta, cupy.ndarray) and lr.U.chunks[0] == xg.chunks[0]
+        np.testing.assert_allclose(lr.S, cupy.asnumpy(ref_lr.S), rtol=0, atol=s_tol)
+        np.testing.assert_allclose(cupy.asnumpy(lr.U.compute()), cupy.asnumpy(ref_lr.U), rtol=0, atol=vec_tol)
+        np.testing.assert_allclose(lr.Vt, cupy.asnumpy(ref_lr.Vt), rtol=0, atol=vec_tol)
+
+        # Centred, in row chunks, column chunks (the long bases then on the client) and a grid.
         ref_c = liam_gpu.svd_compress(cupy.asarray(a), 6, random_state=2, center=True)
         s_tol, vec_tol = _centred_bounds(a, 6)
-        for xc in [x, da.from_array(cupy.asarray(a), chunks=(2000, 16), asarray=False)]:
+        for xc in [x, da.from_array(cupy.asarray(a), chunks=(2000, 16), asarray=False), xg]:
             lr = ldask.svd_compress(xc, 6, random_state=2, center=True)
             u, vt = (f.compute() if isinstance(f, da.Array) else f for f in (lr.U, lr.Vt))
             np.testing.assert_allclose(lr.S, cupy.asnumpy(ref_c.S), rtol=0, atol=s_tol)
@@ -357,12 +373,14 @@ def test_plain_cluster_with_cupy_chunks_matches_single_gpu():
         _check_cupy_chunks_on(cluster)
 
 
-@pytest.mark.parametrize("layout", ["wide, column chunks", "wide, row chunks", "tall, column chunks"])
+@pytest.mark.parametrize("layout", ["wide, column chunks", "wide, row chunks", "tall, column chunks", "tall, grid",
+                                    "wide, grid"])
 def test_svd_compress_of_wide_or_column_chunked_arrays_equals_the_in_memory_call(client, layout):
     a = _decaying(M, N, seed=21)
     a = a if layout.startswith("tall") else a.T.copy()
     chunks = {"wide, column chunks": (N, (50, 150, 200)), "wide, row chunks": ((20, 40), M),
-              "tall, column chunks": (M, (25, 35))}[layout]
+              "tall, column chunks": (M, (25, 35)), "tall, grid": ((50, 150, 200), (25, 35)),
+              "wide, grid": ((25, 35), (50, 150, 200))}[layout]
     lr = ldask.svd_compress(da.from_array(a, chunks=chunks), K, random_state=6)
     ref = liam_gpu.svd_compress(a, K, random_state=6, device="cpu")
     u = lr.U.compute() if isinstance(lr.U, da.Array) else lr.U
@@ -372,8 +390,15 @@ def test_svd_compress_of_wide_or_column_chunked_arrays_equals_the_in_memory_call
     np.testing.assert_allclose(u, ref.U, rtol=0, atol=vec_tol)
     np.testing.assert_allclose(vt, ref.Vt, rtol=0, atol=vec_tol)
     assert lr.relative_error == pytest.approx(ref.relative_error, rel=1e-9)
-    # The long side stays on the workers: U for row chunks, Vt for column chunks.
-    assert isinstance(lr.Vt if "column" in layout else lr.U, da.Array)
+    # The long side stays on the workers: U for row chunks, Vt for column chunks, the longer side's
+    # factor for a grid, in x's chunks along that axis.
+    if "grid" in layout:
+        if layout.startswith("tall"):
+            assert isinstance(lr.U, da.Array) and lr.U.chunks == (chunks[0], (K,))
+        else:
+            assert isinstance(lr.Vt, da.Array) and lr.Vt.chunks == ((K,), chunks[1])
+    else:
+        assert isinstance(lr.Vt if "column" in layout else lr.U, da.Array)
 
 
 # --------------------------------------------------------------------------- centring, sparse chunks, any chunking
@@ -426,14 +451,32 @@ def _as_dense(x):
 
 
 def _chunkings(m: int, n: int) -> list:
-    """Rows (one chunk, regular, irregular with a small and an empty chunk) and columns (regular, irregular)."""
+    """Rows (one chunk, regular, irregular with a small and an empty chunk), columns (regular, irregular,
+    one row block of 8 column blocks) and grids (regular; irregular with small and empty chunks on both
+    axes; 8 row blocks by 2 column blocks; 2 row blocks by 8 column blocks)."""
     return [
         (m, n),
         (m // 4, n),
         ((3, m // 2 - 3, 0, m - m // 2), n),
         (m, -(-n // 3)),
         (m, (1, n // 2 - 1, n - n // 2)),
+        (m, -(-n // 8)),
+        (m // 4, -(-n // 3)),
+        ((3, m // 2 - 3, 0, m - m // 2), (1, n // 2 - 1, 0, n - n // 2)),
+        (-(-m // 8), -(-n // 2)),
+        ((m // 2, m - m // 2), -(-n // 8)),
     ]
+
+
+def _dask_factor(lr, x, tall: bool):
+    """The factor that comes back as a Dask array, and the chunks of ``x`` (empty ones left out) along its axis.
+
+    Along ``x``'s chunked axis; for a grid of chunks (or one chunk) along its longer side.
+    """
+    rows, cols = (tuple(c for c in axis if c > 0) for axis in x.chunks)
+    grid = len(rows) > 1 and len(cols) > 1
+    along_rows = tall if grid or (len(rows) == 1 and len(cols) == 1) else len(rows) > 1
+    return (lr.U, rows) if along_rows else (lr.Vt, cols)
 
 
 CASES = [
@@ -468,9 +511,11 @@ def test_svd_compress_is_independent_of_the_chunking_and_near_optimal(client, ki
         x = da.from_array(a, chunks=chunks)
         lr = liam_gpu.dask.svd_compress(x, KC, n_iter=q, random_state=9, center=mean)
         u, vt = _as_dense(lr.U), _as_dense(lr.Vt)
-        # The factor along x's chunked axis (the long one for a single chunk) is a Dask array.
-        along_rows = x.numblocks[0] > 1 or (x.numblocks[1] == 1 and tall)
-        assert isinstance(lr.U if along_rows else lr.Vt, da.Array), chunks
+        # The factor along x's chunked axis (the long one for a single chunk or a grid) is a Dask
+        # array in x's chunks along that axis.
+        factor, along = _dask_factor(lr, x, tall)
+        assert isinstance(factor, da.Array), chunks
+        assert along in factor.chunks, (chunks, factor.chunks)
         assert u.dtype == vt.dtype == lr.S.dtype == np.float64
         # Same factors as in memory (so as for every other chunking), to rounding.
         np.testing.assert_allclose(lr.S, ref.S, rtol=0, atol=perturbation, err_msg=str(chunks))
@@ -493,7 +538,7 @@ def test_centred_float32_is_independent_of_the_chunking(client):
     s_true = np.linalg.svd(_centred_truth(a, True), compute_uv=False)
     perturbation = np.finfo(np.float32).eps * math.sqrt(a.size) * np.linalg.norm(a.astype(np.float64), 2)
     vec_tol = perturbation / float(np.min(s_true[:KC] - s_true[1:KC + 1]))
-    for chunks in [(60, NC), (MC, 24)]:
+    for chunks in [(60, NC), (MC, 24), (60, 24), ((7, 233), (40, 32))]:
         lr = ldask.svd_compress(da.from_array(a, chunks=chunks), KC, n_iter=2, random_state=1, center=True)
         assert lr.S.dtype == np.float32
         np.testing.assert_allclose(lr.S, ref.S, rtol=0, atol=perturbation)
@@ -525,7 +570,7 @@ def test_centring_a_matrix_of_equal_rows_gives_zero_to_rounding(client):
     # The centred matrix is exactly zero; what comes back is the rounding of the uncentred one.
     a = np.tile(np.random.default_rng(35).standard_normal(40), (200, 1))
     scale = np.finfo(np.float64).eps * math.sqrt(a.size) * np.linalg.norm(a, 2)
-    for chunks in [(50, 40), (200, 10)]:
+    for chunks in [(50, 40), (200, 10), (50, 10)]:
         lr = ldask.svd_compress(da.from_array(a, chunks=chunks), 3, center=True)
         u = _as_dense(lr.U)
         assert np.all(lr.S <= scale)
@@ -569,7 +614,7 @@ def test_sparse_chunks_are_never_densified_nor_modified(monkeypatch):
         monkeypatch.setattr(cls, "toarray", refuse)
         monkeypatch.setattr(cls, "todense", refuse)
     with dask.config.set(scheduler="synchronous"):
-        for chunks in [(400, 90), (100, 90), (400, 30)]:
+        for chunks in [(400, 90), (100, 90), (400, 30), (100, 30)]:
             for center in (False, True):
                 lr = ldask.svd_compress(da.from_array(dup, chunks=chunks), 4, n_iter=2, center=center)
                 u, vt = _as_dense(lr.U), _as_dense(lr.Vt)
@@ -587,7 +632,7 @@ def test_low_rank_sparse_takes_the_residual_pass_and_is_exact(client):
     rng = np.random.default_rng(38)
     rows = sp.random(300, 3, density=0.3, random_state=1, format="csr")
     a = (rows @ sp.csr_matrix(rng.standard_normal((3, 50)))).tocsr()
-    for chunks in [(75, 50), (300, 20)]:
+    for chunks in [(75, 50), (300, 20), (75, 20)]:
         lr = ldask.svd_compress(da.from_array(a, chunks=chunks), 4, n_iter=1, center=True)
         truth = _centred_truth(a.toarray(), True)
         s_true = np.linalg.svd(truth, compute_uv=False)
@@ -619,16 +664,25 @@ def test_centred_and_sparse_bad_input_is_refused_naming_the_argument(client):
     nan = da.where(da.arange(MC, chunks=60)[:, None] == 100, np.nan, x)
     with pytest.raises(ValueError, match="x contains NaN or Inf"):
         ldask.svd_compress(nan, KC, center=True)
+    for chunks in [(MC, 24), (60, 24)]:
+        with pytest.raises(ValueError, match="x contains NaN or Inf"):
+            ldask.svd_compress(nan.rechunk(chunks), KC, center=True)
+    # Wide (x.T: the means are the operator's row means) in a grid: the same error.
     with pytest.raises(ValueError, match="x contains NaN or Inf"):
-        ldask.svd_compress(nan.rechunk((MC, 24)), KC, center=True)
+        ldask.svd_compress(nan.rechunk((60, 24)).T, KC, center=True)
     s = _sparse(MC, NC, seed=40)
     bad = s.copy()
     bad.data[17] = np.nan
-    for chunks in [(60, NC), (MC, 24)]:
-        with pytest.raises(ValueError, match="x contains NaN or Inf"):
-            ldask.svd_compress(da.from_array(bad, chunks=chunks), KC)
-    with pytest.raises(ValueError, match="scipy.sparse chunks.*device='cpu' only"):
-        ldask.svd_compress(da.from_array(s, chunks=(60, NC)), KC, device="emulator")
+    for chunks in [(60, NC), (MC, 24), (60, 24)]:
+        for center in (False, True):  # found in the sketch, or in the means
+            with pytest.raises(ValueError, match="x contains NaN or Inf"):
+                ldask.svd_compress(da.from_array(bad, chunks=chunks), KC, center=center)
+    for chunks in [(60, NC), (60, 24)]:
+        with pytest.raises(ValueError, match="scipy.sparse chunks.*device='cpu' only"):
+            ldask.svd_compress(da.from_array(s, chunks=chunks), KC, device="emulator")
+    # A given mean with NaN, on a sparse grid too.
+    with pytest.raises(ValueError, match="center contains NaN or Inf"):
+        ldask.svd_compress(da.from_array(s, chunks=(60, 24)), KC, center=np.full(NC, np.nan))
     # A mean given as a Dask array is computed once; the same answer as the numpy one.
     mu = a.mean(axis=0)
     by_dask = ldask.svd_compress(x, KC, center=da.from_array(mu, chunks=20))
@@ -656,3 +710,45 @@ def test_column_chunks_of_a_tall_matrix_are_read_twice_per_power_step(client, tm
     reads = log.read_text().split()
     assert sorted(set(reads), key=int) == ["0", "20", "40"]
     assert all(reads.count(start) == 2 * q + 2 + int(center) for start in set(reads))
+
+
+def _log_block_read(block: np.ndarray, path: str, block_info=None) -> np.ndarray:
+    """Record which block (its first row and column) was read."""
+    location = block_info[0]["array-location"]
+    with open(path, "a") as f:
+        f.write(f"{location[0][0]},{location[1][0]}\n")
+    return block
+
+
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("tall", [True, False])
+def test_grid_chunks_are_read_twice_per_power_step_and_never_rechunked(client, tmp_path, monkeypatch, tall, center):
+    # A grid: T W must be summed over a row's column blocks before T^T (T W) can start, so each power
+    # step but the last reads x twice: the sketch pass (with ||T||^2), its T^T Y, and T^T Q -- 2 q + 2
+    # passes, each block once per pass (one more for center=True's means).  And no Dask graph built
+    # for it rechunks x or x.T (the graphs are built here, in the client's process; a wide x's svd_flip
+    # signs, a k x 1 numpy array, are rechunked when Dask multiplies Vt by them).
+    rechunked = []
+    original = da.Array.rechunk
+
+    def spy(self, *args, **kwargs):
+        rechunked.append(self.shape)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(da.Array, "rechunk", spy)
+    a = _decaying(M, N, seed=42)
+    a = a if tall else a.T.copy()
+    log = tmp_path / "reads.txt"
+    x = da.from_array(a, chunks=(100, 20) if tall else (20, 100)).map_blocks(_log_block_read, str(log),
+                                                                             dtype=a.dtype)
+    q = 2
+    lr = ldask.svd_compress(x, K, n_iter=q, center=center)
+    assert not {a.shape, a.T.shape} & set(rechunked), rechunked
+    reads = log.read_text().split()
+    assert len(set(reads)) == 12
+    assert all(reads.count(block) == 2 * q + 2 + int(center) for block in set(reads)), sorted(reads)
+    ref = liam_gpu.svd_compress(a, K, n_iter=q, center=center, device="cpu")
+    s_tol, vec_tol = (_centred_bounds if center else _rounding_bounds)(a, K)
+    np.testing.assert_allclose(lr.S, ref.S, rtol=0, atol=s_tol)
+    np.testing.assert_allclose(_as_dense(lr.U), ref.U, rtol=0, atol=vec_tol)
+    np.testing.assert_allclose(_as_dense(lr.Vt), ref.Vt, rtol=0, atol=vec_tol)

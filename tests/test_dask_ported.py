@@ -20,21 +20,21 @@ signature over ``liam_gpu.dask.svd_compress`` (which returns a ``LowRank``):
 * ``compute``: ours always computes each pass over the input (the mode
   dask's ``compute=True`` selects, for data larger than memory); there is no
   lazy graph of the whole algorithm to build instead.
-* ``U, S, Vt``: ``U`` is a Dask array for row chunks, ``S`` and ``Vt`` numpy
-  arrays on the client (``Vt`` the Dask array for column chunks).  dask's
-  assertions (``assert_eq``, ``da.compute``, ``.compute()`` of expressions
-  mixing them) accept either.
+* ``U, S, Vt``: the factor along ``a``'s chunked axis (for a grid of chunks,
+  or one chunk, along its longer side) is a Dask array in ``a``'s chunks, the
+  other two are numpy arrays on the client.  dask's assertions
+  (``assert_eq``, ``da.compute``, ``.compute()`` of expressions mixing them)
+  accept either.
+
+Every test runs on dask's own chunkings, grids of chunks (``(10, 10)``,
+``(5, 5)``, ``(5, 10)``/``(10, 5)``) included: ours multiplies block by
+block and sums over the contracted block axis, without rechunking.  (They
+ran on ``x.rechunk({1: -1})`` while grids were refused.)
+:func:`test_grid_chunks_give_the_whole_rows_result` (not dask's) checks that
+those grids give the factors of the whole-rows chunking to rounding.
 
 Differences by design, and what is ported of them:
 
-* **Chunks along both axes** are refused with a ``ValueError`` that names the
-  fix, ``x.rechunk({1: -1})``: a pass of ours reads each chunk of whole rows
-  (or columns) once, and rechunking a persisted array moves all of it between
-  workers, which the caller should decide.  dask's tests that use a grid of
-  chunks (``(10, 10)``, ``(5, 5)``, and ``(5, 10)``/``(10, 5)`` for the larger
-  shapes) run here on ``x.rechunk({1: -1})`` -- dask's row chunks, whole rows
-  -- with their assertions unchanged; :func:`test_grid_chunks_are_refused_naming_the_fix`
-  checks the refusal for exactly those chunkings.
 * ``assert len(v.dask) < len(vv.dask)`` in ``test_svd_compressed_compute``
   compares the graph sizes of dask's ``compute=True`` and ``compute=False``
   modes; ours has only the first, and ``Vt`` is a numpy array, so only the
@@ -69,18 +69,12 @@ def svd_compressed(a, k, iterator="power", n_power_iter=0, n_oversamples=10, see
     return lr.U, lr.S, lr.Vt
 
 
-def _whole_rows(x):
-    """dask's chunking where it holds whole rows or columns, else its row chunks with whole rows."""
-    return x if min(x.numblocks) == 1 else x.rechunk({1: -1})
-
-
 # --------------------------------------------------------------------------- ported
 
 
 @pytest.mark.parametrize("iterator", ["power", "QR"])
 def test_svd_compressed_compute(iterator):
-    # dask: x = da.ones((100, 100), chunks=(10, 10)); a grid of chunks, so whole rows here.
-    x = _whole_rows(da.ones((100, 100), chunks=(10, 10)))
+    x = da.ones((100, 100), chunks=(10, 10))
     u, s, v = svd_compressed(x, k=2, iterator=iterator, n_power_iter=1, compute=True, seed=123)
     uu, ss, vv = svd_compressed(x, k=2, iterator=iterator, n_power_iter=1, seed=123)
 
@@ -124,8 +118,7 @@ def test_svd_compressed_dtype_preservation(input_dtype, output_dtype):
 
 def test_svd_compressed_deterministic():
     m, n = 30, 25
-    # dask: chunks=(5, 5), a grid of chunks, so whole rows here.
-    x = _whole_rows(da.random.default_rng(1234).random(size=(m, n), chunks=(5, 5)))
+    x = da.random.default_rng(1234).random(size=(m, n), chunks=(5, 5))
     u, s, vt = svd_compressed(x, 3, seed=1234)
     u2, s2, vt2 = svd_compressed(x, 3, seed=1234)
 
@@ -137,8 +130,7 @@ def test_svd_compressed_deterministic():
 @pytest.mark.parametrize("k", [5])
 @pytest.mark.parametrize("chunks", [(5, 10), (10, 5)])
 def test_svd_compressed_shapes(m, n, k, chunks):
-    # dask's chunks where they hold whole rows or columns (most cases), else whole rows.
-    x = _whole_rows(da.random.default_rng().random(size=(m, n), chunks=chunks))
+    x = da.random.default_rng().random(size=(m, n), chunks=chunks)
     u, s, v = svd_compressed(x, k, n_power_iter=1, compute=True, seed=1)
     u, s, v = da.compute(u, s, v)
     r = min(m, n, k)
@@ -152,10 +144,23 @@ def test_svd_compressed_shapes(m, n, k, chunks):
 
 @pytest.mark.parametrize("shape, chunks", [((100, 100), (10, 10)), ((30, 25), (5, 5)), ((20, 20), (5, 10)),
                                            ((15, 20), (10, 5))])
-def test_grid_chunks_are_refused_naming_the_fix(shape, chunks):
+def test_grid_chunks_give_the_whole_rows_result(shape, chunks):
+    # Not dask's: the grids of its tests give the factors of the same matrix in whole rows (the
+    # chunking required before), to the rounding of the different summation order.
     x = da.random.default_rng(0).random(size=shape, chunks=chunks)
-    with pytest.raises(ValueError, match=r"chunked along both axes.*rechunk\(\{1: -1\}\)"):
-        svd_compressed(x, 2, seed=0)
+    assert min(x.numblocks) > 1
+
+    def factors(y):
+        return [f.compute() if isinstance(f, da.Array) else f for f in svd_compressed(y, 2, n_power_iter=1, seed=0)]
+
+    (u, s, vt), (ur, sr, vtr) = factors(x), factors(x.rechunk({1: -1}))
+    a = x.compute()
+    sv = np.linalg.svd(a, compute_uv=False)
+    perturbation = np.finfo(np.float64).eps * np.sqrt(a.size) * sv[0]  # Weyl: eps sqrt(mn) ||A||_2
+    vec_tol = perturbation / float(np.min(sv[:2] - sv[1:3]))  # Wedin: over the smallest gap
+    np.testing.assert_allclose(s, sr, rtol=0, atol=perturbation)
+    np.testing.assert_allclose(u, ur, rtol=0, atol=vec_tol)
+    np.testing.assert_allclose(vt, vtr, rtol=0, atol=vec_tol)
 
 
 def test_a_rank_above_min_m_n_is_refused_not_clamped():
