@@ -157,12 +157,13 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite, tf32
     # so the inputs are read whole before out is written (as numpy's out= does).
     separate = bool(validation.overlapping(dest, data=x, weights=w, bias=b))
     target, direct = _output_buffer(dest, backend, out_shape, dtype, separate=separate)
-    # tf32 is a permission: only float32 storage can use it (other dtypes ignore it).
-    tf32 = bool(tf32) and storage is None and np.dtype(dtype) == np.float32
+    # tf32 is a permission: only float32 storage can use it (other dtypes ignore it).  The
+    # keyword goes to the backend only when set, so a backend without it serves every default call.
+    extra = {"tf32": True} if tf32 and storage is None and np.dtype(dtype) == np.float32 else {}
     if batched:
-        backend.batched_linear(x, w, b, code, target, storage=storage, tf32=tf32)
+        backend.batched_linear(x, w, b, code, target, storage=storage, **extra)
     else:
-        backend.linear(x.reshape(-1, d_in), w, b, code, target.reshape(-1, d_out), storage=storage, tf32=tf32)
+        backend.linear(x.reshape(-1, d_in), w, b, code, target.reshape(-1, d_out), storage=storage, **extra)
     if out is not None:
         if not direct:
             arrays.copy_into(dest, target)
