@@ -132,7 +132,7 @@ def gelu_(y: torch.Tensor) -> torch.Tensor:
     flat = y.view(-1, y.shape[-1]) if y.dim() > 1 else y.view(1, -1)
     rows, cols = flat.shape
     step = max(1, _BLOCK_ELEMENTS // max(1, cols))
-    buf = torch.empty(min(rows, step) * cols, dtype=y.dtype)
+    buf = torch.empty(min(rows, step) * cols, dtype=y.dtype, device=y.device)
     for start in range(0, rows, step):
         part = flat[start:start + step]
         t = buf[:part.numel()].view(part.shape)

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 
-from .. import arrays, dispatch, transform
+from .. import arrays, dispatch, torch_ops, transform
 from ..backends import canonical_device
 from ..activations import ACTIVATIONS, TABLE, activation_code
 
@@ -249,16 +249,14 @@ def _gelu(z: torch.Tensor) -> torch.Tensor:
     """Exact (erf) GELU as ``0.5 z erfc(-z / sqrt 2)``, the kernels' and the CPU backend's form.
 
     It keeps relative accuracy where ``1 + erf`` cancels (z << 0), which
-    ``F.gelu`` loses below about -4; the price is torch's ``erfc`` pass (about
-    0.4 ms more than ``F.gelu`` per 512K float32 values at one thread).
-    Without autograd ``z`` (the layer's own fresh product) is overwritten.
+    ``F.gelu`` loses below about -4; the price is torch's ``erfc`` pass.
+    Without autograd ``z`` (the layer's own fresh, contiguous product) is
+    overwritten by L2-sized blocks (:func:`liam_gpu.torch_ops.gelu_`, shared
+    with ``transform_matrix`` on torch CPU tensors).
     """
-    if z.requires_grad:
+    if z.requires_grad or not z.is_contiguous():
         return z * (0.5 * torch.special.erfc(z * _NEG_SQRT_HALF))
-    t = torch.mul(z, _NEG_SQRT_HALF)
-    t.erfc_()
-    t.mul_(0.5)
-    return z.mul_(t)
+    return torch_ops.gelu_(z)
 
 
 #: Activation name -> torch's function with the meaning of ``liam_gpu.activations``.
