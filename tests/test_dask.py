@@ -667,6 +667,10 @@ def test_centred_and_sparse_bad_input_is_refused_naming_the_argument(client):
     for chunks in [(MC, 24), (60, 24)]:
         with pytest.raises(ValueError, match="x contains NaN or Inf"):
             ldask.svd_compress(nan.rechunk(chunks), KC, center=True)
+    # Finite values whose column sums overflow float64: said so, not NaN means.
+    for chunks in [(60, NC), (60, 24)]:
+        with pytest.raises(ValueError, match="x's column sums are not finite"):
+            ldask.svd_compress(da.full((MC, NC), 1e308, chunks=chunks), KC, center=True)
     # Wide (x.T: the means are the operator's row means) in a grid: the same error.
     with pytest.raises(ValueError, match="x contains NaN or Inf"):
         ldask.svd_compress(nan.rechunk((60, 24)).T, KC, center=True)
