@@ -29,7 +29,7 @@ with_v)``                   ``with_v``, ``V = T^T Y`` from the same pass
 ==========================  ================================================
 
 Here: :class:`DenseOperator` (a backend array), :class:`SparseOperator`
-(scipy.sparse) and :class:`RankOneUpdate` (``T0 - a b^T``: centring);
+(scipy.sparse or cupyx.scipy.sparse) and :class:`RankOneUpdate` (``T0 - a b^T``: centring);
 :class:`liam_gpu.dask.DaskOperator` implements the protocol over Dask.
 """
 from __future__ import annotations
@@ -168,13 +168,20 @@ class DenseOperator(_InMemory):
 
 @dataclass(frozen=True)
 class SparseOperator(_InMemory):
-    """A scipy.sparse matrix as the tall operator ``T``, never densified.
+    """A sparse matrix as the tall operator ``T``, never densified, on any in-memory backend.
 
-    ``data`` is CSR (rows of ``T`` are rows of the caller's matrix) and
-    ``data_t`` its CSC-transpose view as CSR (``T^T``), both made once; the
-    products are scipy's sparse-times-dense (SpMM).  ``swapped``: ``T`` is the
-    transpose of the caller's (wide) matrix.  Bases are numpy arrays of the
-    CPU backend.
+    One class for every sparse library: ``data`` is a CSR matrix of the
+    backend's array module -- scipy.sparse for numpy backends (``cpu``,
+    ``emulator``), cupyx.scipy.sparse for a CUDA backend -- and the products
+    are that library's sparse-times-dense (scipy's SpMM; cuSPARSE's through
+    cupyx).  ``data`` holds the rows of ``T`` and ``data_t`` is ``T^T`` as CSR,
+    both made once (a transposed SpMM reads CSR by columns: slower than a
+    second copy of the indices).  ``swapped``: ``T`` is the transpose of the
+    caller's (wide) matrix.  Bases live in ``backend``; the test matrix Omega
+    is made there (:meth:`~liam_gpu.backends.base.Backend.omega`: the Philox
+    generator kernel on the emulator and a GPU).  The entries are read only:
+    the caller's matrix is never modified (a non-canonical one is copied
+    before its duplicates are summed).
     """
 
     backend: Any
@@ -184,9 +191,13 @@ class SparseOperator(_InMemory):
 
     @classmethod
     def of(cls, backend: Any, a: Any, dtype: Any) -> "SparseOperator":
-        """The tall view of a scipy.sparse matrix ``a`` (any format), converted once to ``dtype`` CSR."""
+        """The tall view of ``a`` (any format of the backend's sparse library), converted once to ``dtype`` CSR."""
         csr = a.tocsr().astype(dtype, copy=False)
-        csr.sum_duplicates()
+        if not csr.has_canonical_format:
+            # sum_duplicates works in place (and cuSPARSE's SpMM asks for canonical CSR):
+            # never on the caller's own matrix.
+            csr = csr.copy() if csr is a else csr
+            csr.sum_duplicates()
         rows, cols = csr.shape
         if rows >= cols:
             return cls(backend, csr, csr.T.tocsr(), False)
@@ -199,13 +210,12 @@ class SparseOperator(_InMemory):
     def _entries(self) -> Any:
         return self.data.data
 
-    def _times(self, m: Any, x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(m @ x, dtype=self.dtype)
+    def _times(self, m: Any, x: Any) -> Any:
+        # cuSPARSE's SpMM answers in Fortran order; the engine's bases are C-contiguous.
+        return self.backend.xp.ascontiguousarray(m @ x, dtype=self.dtype)
 
     def sketch(self, seed: int, l: int, col0: int = 0, *, with_v: bool = False) -> tuple[Any, Any | None]:
-        from . import philox
-
-        omega = philox.omega(seed, self.shape[1], l, self.dtype, col0=col0)
+        omega = self.backend.omega(seed, self.shape[1], l, self.dtype, col0=col0)
         with np.errstate(over="ignore", invalid="ignore"):  # reported by the caller, from Y
             y = self._times(self.data, omega)
         return y, (self.t_times(y) if with_v else None)
@@ -218,15 +228,29 @@ class SparseOperator(_InMemory):
         return self._times(self.data_t, y)
 
     def sum_squares(self) -> float:
-        values = self.data.data.astype(np.float64)
-        return float(np.dot(values, values))
+        return self.backend.sum_squares(self.data.data)
+
+    def times_host(self, m: Any, v: np.ndarray) -> np.ndarray:
+        """``m v`` in float64 for ``m`` one of ``data``/``data_t`` and a host vector ``v``, as a host float64 array.
+
+        The sums of centring (column sums, ``a^T T0 b``) must not cancel in
+        float32: ``m``'s values are widened (a temporary copy of them).
+        """
+        wide = m.astype(np.float64, copy=False)
+        return np.asarray(self.backend.to_host(wide @ self.backend.asarray(np.asarray(v, dtype=np.float64))),
+                          dtype=np.float64)
+
+    def column_sums(self) -> np.ndarray:
+        """The column sums of the caller's matrix (host float64, its ``n`` columns)."""
+        a_t = self.data if self.swapped else self.data_t  # the caller's A^T as CSR
+        return self.times_host(a_t, np.ones(int(a_t.shape[1])))
 
     def residual_sq(self, q: Any, bt: Any) -> float:
         # Row blocks of T made dense one at a time: a bounded temporary, never all of T.
-        total = 0.0
+        xp, total = self.backend.xp, 0.0
         for lo, hi in _row_blocks(self.shape[0], self.shape[1]):
             part = self.data[lo:hi].toarray() - q[lo:hi] @ bt.T
-            total += self.backend.sum_squares(np.ascontiguousarray(part))
+            total += self.backend.sum_squares(xp.ascontiguousarray(part))
         return total
 
 
@@ -290,7 +314,7 @@ class RankOneUpdate:
         if isinstance(self.base, SparseOperator):
             # ||T0 - a b^T||^2 = ||T0||^2 - 2 a^T T0 b + ||a||^2 ||b||^2, all in float64 (the
             # sparse product with a float64 vector is float64): the cancellation costs ~1e-16.
-            t0_b = np.asarray(self.base.data @ self.b, dtype=np.float64)
+            t0_b = self.base.times_host(self.base.data, self.b)
             value = self.base.sum_squares() - 2.0 * float(self.a @ t0_b) + float(self.a @ self.a) * float(self.b @ self.b)
             return max(value, 0.0)
         # Dense: entry by entry, row block by row block (T0_ij - a_i b_j rounds like an explicit

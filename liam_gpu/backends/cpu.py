@@ -197,6 +197,10 @@ class CpuBackend(Backend):
                 v += part
         return y, v
 
+    def omega(self, seed, rows, cols, dtype, *, col0=0):
+        """``Omega[:rows, col0:col0 + cols]`` of the Philox stream, stored (for operators without a fused sketch)."""
+        return philox.omega(seed, rows, cols, dtype, col0=col0)
+
     def sketch_pass(self, a, seed, l, *, trans=False, col0=0):
         op = a.T if trans else a
         omega = philox.omega(seed, op.shape[1], l, a.dtype, col0=col0)

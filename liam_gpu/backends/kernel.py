@@ -56,6 +56,14 @@ class KernelBackend(Backend):
         out = self.empty((rows, int(l)), a.dtype)
         return sketch_launch.sketch(self.runtime, a, seed, l, out, trans=trans, col0=col0)
 
+    def omega(self, seed, rows, cols, dtype, *, col0=0):
+        """``Omega[:rows, col0:col0 + cols]`` stored in backend memory, made by our generator kernel.
+
+        For operators whose products are not our sketch kernel (sparse input:
+        the library's SpMM), so Omega is generated where the backend computes.
+        """
+        return sketch_launch.omega(self.runtime, seed, rows, cols, dtype, col0=col0)
+
     def matmul(self, a, b, *, trans=False):
         return self.xp.ascontiguousarray(self.xp.matmul(a.T if trans else a, b))
 
