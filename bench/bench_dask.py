@@ -281,7 +281,8 @@ def test_accuracy_on_a_steep_spectrum(benchmark, describe, peer, request, impl, 
 
 #: The same matrix in worker memory, in row chunks and in a grid of chunks (the row chunks split along the
 #: columns, never rechunked by the call): rows, columns, rows per chunk, columns per grid chunk.
-GRID_ROWS, GRID_COLS, GRID_CHUNK_ROWS, GRID_CHUNK_COLS = (1_000, 200, 500, 100) if QUICK else (20_000, 2_000, 2_500, 500)
+GRID_ROWS, GRID_COLS, GRID_CHUNK_ROWS, GRID_CHUNK_COLS = (
+    (1_000, 200, 500, 100) if QUICK else (20_000, 2_000, 2_500, 500))
 
 
 #: The row chunks' singular values, for the grid case that follows it to compare with.
@@ -296,7 +297,7 @@ def test_grid_against_row_chunks(benchmark, describe, peer, request, layout):
 
     from liam_gpu import dask as ldask
 
-    client = request.getfixturevalue("dask_cluster")
+    request.getfixturevalue("dask_cluster")  # the client every call below runs on
     # A = G diag(1/j) V^T (rank LATENT), generated on the workers in row chunks; for the grid those chunks
     # are split along the columns before the timed call (a rechunk within each row chunk).
     mix, sigma = _mix_of(GRID_COLS)

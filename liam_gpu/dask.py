@@ -281,11 +281,11 @@ def svd_compress(
         ``n_oversamples``, ``n_iter`` or seed; ``device`` not a string;
         ``center`` not numeric.
     ValueError
-        ``x`` not 2-D, empty, of unknown chunk sizes, or holding NaN/Inf (sparse chunks too); ``k``,
-        ``n_oversamples``, ``n_iter``, ``random_state`` or ``device`` out of
-        range; ``device`` other than the CPU for sparse chunks; ``center``
-        not of length ``n``, holding NaN/Inf, or given for an ``x`` that is
-        not 2-D.
+        ``x`` not 2-D, empty, of unknown chunk sizes, or holding NaN/Inf
+        (sparse chunks too); ``k``, ``n_oversamples``, ``n_iter``,
+        ``random_state`` or ``device`` out of range; ``device`` other than
+        the CPU for sparse chunks; ``center`` not of length ``n``, holding
+        NaN/Inf, or given for an ``x`` that is not 2-D.
     """
     x = _check_dask_array("x", x)
     centring = not (center is None or (isinstance(center, (bool, np.bool_)) and not center))
