@@ -106,7 +106,7 @@ def pca(
             raise ValueError(f"x must have at least 2 samples for a variance, got {m}")
         mean = _mean(backend, mat, True, kind)
         if check_finite and not np.isfinite(mean).all():  # NaN/Inf in a column reaches its mean: no extra pass
-            validation.check_finite("x", mat.data.data if mat.sparse else mat.data)
+            validation.check_finite("x", mat.data.data.data if mat.sparse else mat.data)  # sparse: the stored values
         k = validation.check_rank("n_components", n_components, min(m, n))
         op = RankOneUpdate.centred(mat.operator(backend), mean)
         plan = Plan(k=k, p=p, q=_n_iter(n_iter, k, min(m, n)), seed=seed_from_random_state(random_state),
