@@ -26,6 +26,10 @@ with_v)``                   ``with_v``, ``V = T^T Y`` from the same pass
                             operator's ``Vt``; lazy for Dask)
 ``dense_svd()``             the exact thin SVD of ``T`` (only operators
                             that offer a dense factorization define it)
+``with_tf32()``             the same operator whose ``sketch``, ``power``
+                            and ``t_times`` may use TF32 tensor cores
+                            (``precision="tf32"``; optional: an operator
+                            without it computes every pass in its dtype)
 ==========================  ================================================
 
 Here: :class:`DenseOperator` (a backend array), :class:`SparseOperator`
@@ -34,7 +38,7 @@ Here: :class:`DenseOperator` (a backend array), :class:`SparseOperator`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -120,6 +124,8 @@ class DenseOperator(_InMemory):
     data: Any
     trans: bool
     swapped: bool
+    #: The range finder's passes may run on TF32 tensor cores (:meth:`with_tf32`).
+    tf32: bool = False
 
     @classmethod
     def of(cls, backend: Any, data: Any, transposed: bool = False) -> "DenseOperator":
@@ -134,18 +140,31 @@ class DenseOperator(_InMemory):
         r, c = (int(d) for d in self.data.shape)
         return (c, r) if self.trans else (r, c)
 
+    def with_tf32(self) -> "DenseOperator":
+        """This operator with its products allowed TF32 (float32 data only; else itself).
+
+        The engine uses it for the sketch and power passes only: the final
+        projection ``B = Q^T T``, the norms and the residual stay in the dtype.
+        """
+        return replace(self, tf32=True) if np.dtype(self.data.dtype) == np.float32 else self
+
+    @property
+    def _tf32(self) -> dict[str, bool]:
+        # The keyword only when set: backends without it serve every default call.
+        return {"tf32": True} if self.tf32 else {}
+
     def sketch(self, seed: int, l: int, col0: int = 0, *, with_v: bool = False) -> tuple[Any, Any | None]:
         if with_v:
-            return self.backend.sketch_pass(self.data, seed, l, trans=self.trans, col0=col0)
+            return self.backend.sketch_pass(self.data, seed, l, trans=self.trans, col0=col0, **self._tf32)
         return self.backend.sketch(self.data, seed, l, trans=self.trans, col0=col0), None
 
     def power(self, w: Any, *, with_v: bool = False) -> tuple[Any, Any | None]:
         if with_v:
-            return self.backend.power_pass(self.data, w, trans=self.trans)
-        return self.backend.matmul(self.data, w, trans=self.trans), None
+            return self.backend.power_pass(self.data, w, trans=self.trans, **self._tf32)
+        return self.backend.matmul(self.data, w, trans=self.trans, **self._tf32), None
 
     def t_times(self, y: Any) -> Any:
-        return self.backend.matmul(self.data, y, trans=not self.trans)
+        return self.backend.matmul(self.data, y, trans=not self.trans, **self._tf32)
 
     def sum_squares(self) -> float:
         return self.backend.sum_squares(self.data)
@@ -266,6 +285,11 @@ class RankOneUpdate:
     base: Any
     a: np.ndarray
     b: np.ndarray
+
+    def with_tf32(self) -> "RankOneUpdate":
+        """The update over the base's :meth:`~DenseOperator.with_tf32` (where the base has one)."""
+        base = self.base.with_tf32() if hasattr(self.base, "with_tf32") else self.base
+        return replace(self, base=base)
 
     @classmethod
     def centred(cls, op: Any, mean: np.ndarray) -> "RankOneUpdate":

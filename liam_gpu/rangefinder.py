@@ -91,7 +91,9 @@ class Plan:
     ``"QR"`` (shifted CholeskyQR), ``"LU"`` or ``"none"``; ``check``: reject
     non-finite input; ``estimate``: compute the error estimate; ``flip``:
     scikit-learn's sign convention on ``U``; ``driver``: LAPACK's routine for
-    the small SVD (``"gesdd"`` or ``"gesvd"``).
+    the small SVD (``"gesdd"`` or ``"gesvd"``); ``tf32``: the sketch and power
+    passes may run on TF32 tensor cores (``precision="tf32"``; the final
+    projection, the Gram matrices and the error estimate stay in the dtype).
     """
 
     k: int
@@ -104,6 +106,15 @@ class Plan:
     tol: float | None = None
     flip: bool = True
     driver: str = "gesdd"
+    tf32: bool = False
+
+
+def passes(op: Any, plan: Plan) -> Any:
+    """The operator the range finder's passes use: ``op.with_tf32()`` under ``plan.tf32``, else ``op``.
+
+    An operator without TF32 products (sparse, Dask) computes every pass in its dtype.
+    """
+    return op.with_tf32() if plan.tf32 and hasattr(op, "with_tf32") else op
 
 
 def resolution(dtype: Any) -> float:
@@ -316,7 +327,7 @@ def fixed_rank(op: Any, plan: Plan, norm2: float | None = None) -> Factorization
     early = plan.estimate and norm2 is None and not getattr(op, "sums_in_sketch", False)
     if early:
         norm2 = _norm2(op, plan)
-    basis = range_finder(op, width, q, plan.seed, normalizer=plan.normalizer, check=plan.check)
+    basis = range_finder(passes(op, plan), width, q, plan.seed, normalizer=plan.normalizer, check=plan.check)
     if norm2 is None and plan.estimate:
         norm2 = _norm2(op, plan)
     return finish(op, basis, norm2, driver=plan.driver)
@@ -345,7 +356,7 @@ def adaptive(op: Any, plan: Plan) -> tuple[Factorization, int]:
         if width + step > DENSE_SHARE * nt and hasattr(op, "dense_svd"):
             fact = dense(op, norm2)  # norm2 is finite here: the input was checked by _norm2
             return _checked(fact, fact.rank_for(plan.tol, plan.k), plan)
-        new = range_finder(op, step, plan.q, plan.seed, col0=width + (-width) % 4,
+        new = range_finder(passes(op, plan), step, plan.q, plan.seed, col0=width + (-width) % 4,
                            normalizer=plan.normalizer, deflate=basis, check=plan.check and basis is None)
         new_bt = op.t_times(new)
         captured += op.backend.sum_squares(new_bt)

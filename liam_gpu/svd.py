@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import arrays, backends, validation
+from .transform import allows_tf32
 from .operators import DenseOperator, RankOneUpdate, SparseOperator
 from .rangefinder import (Factorization, Plan, ResolutionWarning, adaptive, fixed_rank, flip_signs, range_finder,
                           resolution)
@@ -51,6 +52,7 @@ def randomized_svd(
     center: Any = False,
     device: Any = None,
     check_finite: bool = True,
+    precision: str | None = None,
 ) -> tuple[Any, Any, Any]:
     """Truncated SVD by a randomized range finder, with scikit-learn's signature and meaning.
 
@@ -105,6 +107,16 @@ def randomized_svd(
     check_finite
         Reject NaN/Inf in ``a``.  Checked on the sketch ``A Omega`` (a NaN or
         Inf anywhere in ``a`` reaches it), so it costs no extra pass over ``a``.
+    precision
+        ``None``/``"float32"`` (default) or ``"tf32"``: allows the products
+        of the sketch and power passes with a dense float32 ``a`` on TF32
+        tensor cores (cuBLAS with ``CUBLAS_TF32_TENSOR_OP_MATH`` on a GPU of
+        compute capability 8.0+; modelled on the emulator as our kernels'
+        rounding).  The sketch ``A Omega`` itself (our Philox kernel), the
+        final projection ``B = Q^T A``, the Gram matrices and the error
+        estimate stay in float32, so the basis is what TF32 perturbs: the
+        error grows by up to about ``2**-10 ||A||_F`` (docs/api.md).  The
+        CPU, sparse input, float64 and the batched kernel ignore it.
 
     Returns
     -------
@@ -128,6 +140,7 @@ def randomized_svd(
         Complex or non-numeric ``a``; a non-integer rank or seed.
     """
     normalizer = _check_normalizer(power_iteration_normalizer)
+    tf32 = allows_tf32(precision)
     p = _check_count("n_oversamples", n_oversamples, minimum=0)
     if not isinstance(flip_sign, (bool, np.bool_)):
         raise TypeError(f"flip_sign must be a bool, got {type(flip_sign).__name__}")
@@ -145,7 +158,7 @@ def randomized_svd(
         q = _n_iter(n_iter, k, mat.min_dim)
         seed = seed_from_random_state(random_state)
         plan = Plan(k=k, p=p, q=q, normalizer=normalizer, seed=seed, check=bool(check_finite),
-                    flip=bool(flip_sign), driver=svd_lapack_driver)
+                    flip=bool(flip_sign), driver=svd_lapack_driver, tf32=tf32)
         if recorded:
             u, s, vt, _ = _factor_recorded(backend, mat, plan, mean, a, center, kind)
             if lead is not None:
@@ -169,6 +182,7 @@ def svd_compress(
     device: Any = None,
     check_finite: bool = True,
     max_rank: int | None = None,
+    precision: str | None = None,
 ) -> Any:
     """Compress a matrix (or a stack of matrices) to a :class:`~liam_gpu.LowRank` factorization.
 
@@ -199,6 +213,10 @@ def svd_compress(
         error are those of the centred matrix).
     max_rank
         ``tol`` mode only: the largest rank to return (default ``min(m, n)``).
+    precision
+        As for :func:`randomized_svd`: ``"tf32"`` allows TF32 for the sketch
+        and power passes; the error estimate stays float32 (and so measures
+        what TF32 cost).
 
     Returns
     -------
@@ -222,6 +240,7 @@ def svd_compress(
     """
     from .lowrank import LowRank
 
+    tf32 = allows_tf32(precision)
     if k is not None and tol is not None:
         raise ValueError("pass either k (a fixed rank) or tol (an error target), not both")
     if tol is not None:
@@ -239,11 +258,11 @@ def svd_compress(
             rank = DEFAULT_RANK if k is None else k
             rank = validation.check_rank("k", rank, mat.min_dim) if k is not None else min(rank, mat.min_dim)
             plan = Plan(k=rank, p=p, q=_n_iter(n_iter, rank, mat.min_dim), seed=seed,
-                        check=bool(check_finite), estimate=True)
+                        check=bool(check_finite), estimate=True, tf32=tf32)
         else:
             cap = mat.min_dim if max_rank is None else validation.check_rank("max_rank", max_rank, mat.min_dim)
             q = ADAPTIVE_N_ITER if n_iter == "auto" else _check_count("n_iter", n_iter, minimum=0)
-            plan = Plan(k=cap, p=p, q=q, seed=seed, check=bool(check_finite), estimate=True, tol=tol)
+            plan = Plan(k=cap, p=p, q=q, seed=seed, check=bool(check_finite), estimate=True, tol=tol, tf32=tf32)
         if recorded:
             u, s, vt, err = _factor_recorded(backend, mat, plan, mean, a, center, kind)
             return LowRank(u, s, vt, relative_error=err)
@@ -661,7 +680,7 @@ def _engine(backend: Any, mat: _Matrix, plan: Plan, mean: np.ndarray | None = No
     # whose basis is narrower than that are factored again at that rank.
     found = [adaptive(op, plan) for op in ops]
     k = max(rank for _, rank in found)
-    again = Plan(k=k, p=plan.p, q=plan.q, seed=plan.seed, check=False, estimate=True)
+    again = Plan(k=k, p=plan.p, q=plan.q, seed=plan.seed, check=False, estimate=True, tf32=plan.tf32)
     return [fact if fact.width >= k else fixed_rank(op, again) for (fact, _), op in zip(found, ops)], k
 
 

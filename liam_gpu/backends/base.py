@@ -87,29 +87,37 @@ class Backend:
         """
         raise NotImplementedError
 
-    def matmul(self, a: Any, b: Any, *, trans: bool = False) -> Any:
+    def matmul(self, a: Any, b: Any, *, trans: bool = False, tf32: bool = False) -> Any:
         """``op(a) @ b`` (``op(a) = a.T`` when ``trans``), a new C-contiguous array.
 
         The big products of the power iterations (``A @ Z``, ``A.T @ Y``) and
         the small ones (``Q @ U_small``) both come here: BLAS on the CPU,
         cuBLAS on a GPU (numpy stands in for cuBLAS on the emulator).
+        ``tf32``: float32 operands may be multiplied on TF32 tensor cores
+        (a permission; a backend without them ignores it).
         """
         raise NotImplementedError
 
-    def power_pass(self, a: Any, z: Any, *, trans: bool = False) -> tuple[Any, Any]:
+    def power_pass(self, a: Any, z: Any, *, trans: bool = False, tf32: bool = False) -> tuple[Any, Any]:
         """``Y = op(a) @ z`` and ``V = op(a).T @ Y``: one power-iteration step, unnormalized.
 
         A backend may read ``a`` once for both products (the CPU does, by row
         blocks); this default is two :meth:`matmul` calls (a GPU has the
-        bandwidth, and cuBLAS is faster on whole matrices).
+        bandwidth, and cuBLAS is faster on whole matrices).  ``tf32`` as for :meth:`matmul`.
         """
-        y = self.matmul(a, z, trans=trans)
-        return y, self.matmul(a, y, trans=not trans)
+        extra = {"tf32": True} if tf32 else {}
+        y = self.matmul(a, z, trans=trans, **extra)
+        return y, self.matmul(a, y, trans=not trans, **extra)
 
-    def sketch_pass(self, a: Any, seed: int, l: int, *, trans: bool = False, col0: int = 0) -> tuple[Any, Any]:
-        """``Y = op(a) @ Omega`` (as :meth:`sketch`) and ``V = op(a).T @ Y``."""
+    def sketch_pass(self, a: Any, seed: int, l: int, *, trans: bool = False, col0: int = 0,
+                    tf32: bool = False) -> tuple[Any, Any]:
+        """``Y = op(a) @ Omega`` (as :meth:`sketch`) and ``V = op(a).T @ Y``.
+
+        ``tf32`` applies to ``V`` (a :meth:`matmul`); the sketch kernel
+        computes ``Y`` in the dtype.
+        """
         y = self.sketch(a, seed, l, trans=trans, col0=col0)
-        return y, self.matmul(a, y, trans=not trans)
+        return y, self.matmul(a, y, trans=not trans, **({"tf32": True} if tf32 else {}))
 
     def gram(self, y: Any, *, accumulate: Any = np.float64) -> np.ndarray:
         """``y.T @ y`` of a tall-skinny C-contiguous ``y`` (m, l), as a host float64 array.

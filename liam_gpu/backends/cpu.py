@@ -173,11 +173,11 @@ class CpuBackend(Backend):
         with np.errstate(invalid="ignore", over="ignore"):
             return np.matmul(op, omega)
 
-    def matmul(self, a, b, *, trans=False):
+    def matmul(self, a, b, *, trans=False, tf32=False):  # no TF32 on the CPU: float32 stays float32
         # a.T of a C-contiguous array is F-contiguous: BLAS reads it in place.
         return np.matmul(a.T if trans else a, b)
 
-    def power_pass(self, a, z, *, trans=False):
+    def power_pass(self, a, z, *, trans=False, tf32=False):
         # Row blocks of op(a): Y_i = A_i z, then V += A_i^T Y_i while A_i is still
         # in cache.  The skinny products are bound by reading ``a`` (64 MB for
         # 8000 x 2000 float32) plus packing it; one read instead of two saved
@@ -201,7 +201,7 @@ class CpuBackend(Backend):
         """``Omega[:rows, col0:col0 + cols]`` of the Philox stream, stored (for operators without a fused sketch)."""
         return philox.omega(seed, rows, cols, dtype, col0=col0)
 
-    def sketch_pass(self, a, seed, l, *, trans=False, col0=0):
+    def sketch_pass(self, a, seed, l, *, trans=False, col0=0, tf32=False):
         op = a.T if trans else a
         omega = philox.omega(seed, op.shape[1], l, a.dtype, col0=col0)
         with np.errstate(invalid="ignore", over="ignore"):  # reported by the caller, from Y

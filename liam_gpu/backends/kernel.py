@@ -64,8 +64,22 @@ class KernelBackend(Backend):
         """
         return sketch_launch.omega(self.runtime, seed, rows, cols, dtype, col0=col0)
 
-    def matmul(self, a, b, *, trans=False):
-        return self.xp.ascontiguousarray(self.xp.matmul(a.T if trans else a, b))
+    def matmul(self, a, b, *, trans=False, tf32=False):
+        op = a.T if trans else a
+        if tf32 and a.dtype == np.float32 and b.dtype == np.float32 and transform_launch.has_tensor_cores(
+                self.runtime):
+            return self._tf32_matmul(op, b)
+        return self.xp.ascontiguousarray(self.xp.matmul(op, b))
+
+    def _tf32_matmul(self, op, b):
+        """``op @ b`` allowed TF32: on the emulator, numpy's float32 product of the tf32-rounded operands.
+
+        The emulator has no cuBLAS: it models cuBLAS's TF32 GEMM as our
+        kernels compute it (each operand rounded once by cvt.rna, float32
+        accumulation), so the accuracy effect of TF32 on the engine is
+        measured in CI.  :class:`CudaBackend` asks cuBLAS itself.
+        """
+        return np.ascontiguousarray(np.matmul(tf32_round(op), tf32_round(b)))
 
     def gram(self, y, *, accumulate=np.float64):
         g = gram_launch.gram(self.runtime, self.xp.ascontiguousarray(y), accumulate=accumulate)
@@ -89,6 +103,16 @@ class KernelBackend(Backend):
 
     def batched_svd(self, a):
         return batched_svd_launch.batched_svd(self.runtime, self.xp.ascontiguousarray(a))
+
+
+def tf32_round(a: np.ndarray) -> np.ndarray:
+    """A float32 array's values rounded to tf32 as ``cvt.rna.tf32.f32`` does (a new array).
+
+    Ten mantissa bits, to nearest with ties away from zero; NaN stays NaN.
+    """
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    out = ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+    return np.where(np.isnan(a), a, out)
 
 
 def _kernel_storage(x: Any, w: Any, bias: Any, out: Any, storage: str | None) -> tuple:
@@ -126,6 +150,24 @@ class CudaBackend(KernelBackend):
     def empty(self, shape, dtype):
         with self.xp.cuda.Device(self.device_id):
             return self.xp.empty(shape, dtype=dtype)
+
+    def _tf32_matmul(self, op, b):
+        """``op @ b`` by cuBLAS with its handle's math mode ``CUBLAS_TF32_TENSOR_OP_MATH`` (restored after).
+
+        What torch's ``allow_tf32`` does: the mode lets cuBLAS run single
+        precision GEMMs on TF32 tensor cores.  The handle is CuPy's for this
+        thread and device, the one its ``matmul`` uses.
+        """
+        xp = self.xp
+        cublas = xp.cuda.cublas
+        with xp.cuda.Device(self.device_id):
+            handle = xp.cuda.get_cublas_handle()
+            mode = cublas.getMathMode(handle)
+            cublas.setMathMode(handle, cublas.CUBLAS_TF32_TENSOR_OP_MATH)
+            try:
+                return xp.ascontiguousarray(xp.matmul(op, b))
+            finally:
+                cublas.setMathMode(handle, mode)
 
 
 class EmulatorBackend(KernelBackend):
