@@ -197,8 +197,8 @@ class SparseOperator(_InMemory):
     both made once (a transposed SpMM reads CSR by columns: slower than a
     second copy of the indices).  ``swapped``: ``T`` is the transpose of the
     caller's (wide) matrix.  Bases live in ``backend``; the test matrix Omega
-    is made there (:meth:`~liam_gpu.backends.base.Backend.omega`: the Philox
-    generator kernel on the emulator and a GPU).  The entries are read only:
+    is made there (``backend.omega``: :func:`liam_gpu.philox.omega` on the
+    CPU, the Philox generator kernel on the emulator and a GPU).  The entries are read only:
     the caller's matrix is never modified (a non-canonical one is copied
     before its duplicates are summed).
     """

@@ -68,7 +68,7 @@ def place(request, monkeypatch):
 
 
 def _blocks(rng, m: int, n: int, dtype=np.float64, blocks: int = 40) -> "sp.csr_matrix":
-    """A sparse matrix with a known, well separated spectrum ``exp(-i / 4)``: rank-one blocks, rows and columns permuted.
+    """A sparse matrix with a known, well separated spectrum ``exp(-i / 4)``: permuted rank-one blocks.
 
     Block ``i`` is ``exp(-i / 4) u_i v_i^T`` on its own rows and columns with unit
     ``u_i``, ``v_i`` (a few zeros inside), so those are the singular values
