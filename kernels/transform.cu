@@ -43,14 +43,15 @@
 // and x and w start on 16-byte boundaries; for float32 storage the same tile
 // runs on TF32 tensor cores (m16n8k8, operands cvt.rna'd to tf32) when the
 // caller allows it (precision="tf32"), d_in % 4 == 0 and the same alignment.
-// A block stages BM x BK tiles of x
-// and BN x BK tiles of w in shared memory as they are (k contiguous, rows
-// padded by 16 bytes so that ldmatrix reads are free of bank conflicts),
-// double-buffered through registers as above; each warp loads its A and B
-// fragments with ldmatrix.x4 and accumulates (WM/16) x (WN/8) mma tiles
-// (m16n8k16, or m16n8k8 for tf32: lg_mma_atom in mma.cuh) in float32.  The epilogue stages one m16 slice of every warp (WARPS_M x 16
-// rows) at a time in shared memory and ends in the same lg_finish_rows as the
-// SIMT tile.  Whatever the MMA path cannot take runs on the SIMT kernel.
+// A block stages BM x BK tiles of x and BN x BK tiles of w in shared memory
+// as they are (k contiguous, rows padded by 16 bytes so that ldmatrix reads
+// are free of bank conflicts), double-buffered through registers as above;
+// each warp loads its A and B fragments with ldmatrix.x4 and accumulates
+// (WM/16) x (WN/8) mma tiles (m16n8k16, or m16n8k8 for tf32: lg_mma_atom in
+// mma.cuh) in float32.  The epilogue stages one m16 slice of every warp
+// (WARPS_M x 16 rows) at a time in shared memory and ends in the same
+// lg_finish_rows as the SIMT tile.  Whatever the MMA path cannot take runs on
+// the SIMT kernel.
 //
 // Also here: epilogue_kernel, bias + activation in place over a GEMM result
 // (used after cuBLAS where that path is faster).
