@@ -7,8 +7,8 @@
 # recorded and the script goes on:
 #   info       nvidia-smi, versions, `liam-gpu info`, compute-sanitizer/nvcc versions
 #   gpu-tests  python3 -m pytest -q -m gpu tests/            (the tier-3 tests)
-#   tensorcore python3 -m pytest bench/bench_transform.py -k 16bit -m gpu
-#              (issue 17's goals: 16-bit bias + GELU against torch, fraction of the 16-bit peak)
+#   tensorcore python3 -m pytest bench/bench_transform.py -k "16bit or tf32" -m gpu
+#              (issue 17: 16-bit and TF32 bias + GELU against torch, fraction of the 16-bit peak)
 #   memcheck   compute-sanitizer --tool memcheck on bench/sanitize_cases.py
 #              (every kernel family once on small inputs, CuPy's pool off)
 #   bench      python3 -m liam_gpu.benchmarks --backend all --out $OUT/bench
@@ -80,7 +80,7 @@ export PY SANITIZER ROOT
 step info 20 bash -c info
 step gpu-tests 95 "$PY" -m pytest -q -m gpu tests/ -p no:cacheprovider -rs \
     --junitxml="$OUT_DIR/gpu-tests.xml"
-step tensorcore 45 "$PY" -m pytest -q bench/bench_transform.py -k 16bit -m gpu -p no:cacheprovider \
+step tensorcore 60 "$PY" -m pytest -q bench/bench_transform.py -k "16bit or tf32" -m gpu -p no:cacheprovider \
     --benchmark-min-rounds=5 --benchmark-max-time=0.2 --benchmark-columns=median,rounds \
     --benchmark-json="$OUT_DIR/tensorcore.json"
 if [ -n "$SANITIZER" ]; then
