@@ -10,13 +10,12 @@ matrices get the exact SVD of the batched kernel instead.
 from __future__ import annotations
 
 import numbers
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import arrays, backends, validation
+from . import arrays, backends, sparse_input, validation
 from .transform import allows_tf32
 from .operators import DenseOperator, RankOneUpdate, SparseOperator
 from .rangefinder import (Factorization, Plan, ResolutionWarning, adaptive, fixed_rank, flip_signs, range_finder,
@@ -404,7 +403,7 @@ class _Matrix:
     @classmethod
     def prepare(cls, backend: Any, a: Any, kind: arrays.ArrayKind, *, max_ndim: int = 3) -> "_Matrix":
         """Validate and convert ``a``; ``max_ndim > 3``: leading batch axes are flattened into one."""
-        if _is_sparse(a):
+        if sparse_input.is_sparse(a):
             return cls._sparse(backend, a)
         x = backend.asarray(arrays.to_compute(a, kind, name="a"))
         validation.check_ndim("a", x, ndim=tuple(range(2, max_ndim + 1)))
@@ -431,122 +430,8 @@ class _Matrix:
             raise ValueError(f"a must be 2-D when sparse, got shape {shape}")
         if 0 in shape:
             raise ValueError(f"a is empty (shape {shape}); nothing to factor")
-        dtype = _sparse_dtype(a)
-        if backend.xp is np:  # cpu, emulator: scipy.sparse
-            if _is_torch_sparse(a):
-                a = _scipy_of_torch_sparse(a.detach().cpu())
-            elif _is_cupyx_sparse(a):
-                a = a.get()  # device="cpu"/"emulator" asked for a GPU's matrix: one copy to the host
-            return cls(SparseOperator.of(backend, a, dtype), False, shape, True)
-        return cls(SparseOperator.of(backend, _cupyx_on(backend, a, dtype), dtype), False, shape, True)
-
-
-def _is_scipy_sparse(a: Any) -> bool:
-    """Whether ``a`` is a scipy.sparse matrix or array (without importing scipy.sparse to ask)."""
-    sparse = sys.modules.get("scipy.sparse")
-    return sparse is not None and sparse.issparse(a)
-
-
-def _is_cupyx_sparse(a: Any) -> bool:
-    """Whether ``a`` is a cupyx.scipy.sparse matrix or array (a caller who made one imported cupyx)."""
-    sparse = sys.modules.get("cupyx.scipy.sparse")
-    return sparse is not None and sparse.issparse(a)
-
-
-def _is_torch_sparse(a: Any) -> bool:
-    """Whether ``a`` is a sparse (COO or CSR) torch tensor."""
-    return arrays.is_tensor(a) and a.layout in (arrays._torch().sparse_coo, arrays._torch().sparse_csr)
-
-
-def _is_sparse(a: Any) -> bool:
-    """Whether ``a`` is sparse input of any library we take (scipy, cupyx, torch COO/CSR)."""
-    return _is_scipy_sparse(a) or _is_cupyx_sparse(a) or _is_torch_sparse(a)
-
-
-def _sparse_dtype(a: Any) -> np.dtype:
-    """The dtype a sparse ``a`` is computed in (as for dense input: integers in float64, float16 in float32)."""
-    if _is_torch_sparse(a):
-        torch = arrays._torch()
-        if a.dtype in (torch.float16, torch.bfloat16):
-            return np.dtype(np.float32)
-        if a.is_complex():
-            raise TypeError(f"a is complex ({a.dtype}); liam_gpu supports real float16/32/64 and integer input only")
-        return np.dtype(np.float64) if not a.is_floating_point() else np.dtype(str(a.dtype).split(".")[-1])
-    return validation.float_dtype("a", a)
-
-
-def _scipy_of_torch_sparse(t: Any) -> Any:
-    """A CPU torch sparse tensor as a scipy.sparse CSR matrix sharing its index and value memory."""
-    import scipy.sparse
-
-    torch = arrays._torch()
-    if t.layout == torch.sparse_csr:
-        parts = (t.values(), t.col_indices(), t.crow_indices())
-        return scipy.sparse.csr_matrix(tuple(x.detach().numpy() for x in parts), shape=tuple(t.shape))
-    c = t.detach().coalesce()
-    rows, cols = c.indices().numpy()
-    return scipy.sparse.coo_matrix((c.values().numpy(), (rows, cols)), shape=tuple(t.shape)).tocsr()
-
-
-def _cupyx_of_torch_sparse(t: Any, dtype: Any) -> Any:
-    """A CUDA torch sparse tensor (COO or CSR) as a cupyx.scipy.sparse CSR matrix of ``dtype``, through DLPack.
-
-    The values are shared when they already have ``dtype`` (CSR tensors; a
-    coalesced COO tensor's too); the indices come in as int64 and cupyx keeps
-    int32 indices where they fit, so those are one copy.  A COO tensor is
-    coalesced by torch and compressed by cupyx.  Call inside
-    :func:`liam_gpu.arrays.caller_stream` (DLPack hands over on the caller's stream).
-    """
-    import cupy
-    import cupyx.scipy.sparse as cusparse
-
-    torch = arrays._torch()
-    wanted = getattr(torch, np.dtype(dtype).name)
-    t = t.detach()
-    shape = tuple(int(d) for d in t.shape)
-    if t.layout == torch.sparse_csr:
-        values = t.values().to(wanted)
-        parts = (values, t.col_indices(), t.crow_indices())
-        return cusparse.csr_matrix(tuple(cupy.from_dlpack(x) for x in parts), shape=shape)
-    c = t.coalesce()
-    rows, cols = c.indices()
-    coo = cusparse.coo_matrix((cupy.from_dlpack(c.values().to(wanted)),
-                               (cupy.from_dlpack(rows), cupy.from_dlpack(cols))), shape=shape)
-    return coo.tocsr()
-
-
-def _cupyx_on(backend: Any, a: Any, dtype: Any) -> Any:
-    """Sparse ``a`` of any library as a cupyx.scipy.sparse matrix of ``dtype`` on ``backend``'s (current) device.
-
-    scipy.sparse (and CPU tensors, through scipy) is converted on the host to
-    ``dtype`` CSR and copied once; a CUDA tensor comes through DLPack; a cupyx
-    matrix of another GPU is copied to this one, as dense CuPy arrays are.
-    """
-    import cupy
-    import cupyx.scipy.sparse as cusparse
-
-    if _is_torch_sparse(a):
-        if a.device.type == "cpu":
-            a = _scipy_of_torch_sparse(a)
-        else:
-            with cupy.cuda.Device(a.device.index or 0):  # torch's device; its stream is the caller's
-                a = _cupyx_of_torch_sparse(a, dtype)
-    if _is_scipy_sparse(a):
-        return cusparse.csr_matrix(a.tocsr().astype(dtype, copy=False))
-    if a.device.id == backend.device_id:
-        return a
-    with cupy.cuda.Device(a.device.id):
-        src = a.tocsr()  # converted where it lives
-    return cusparse.csr_matrix(tuple(cupy.asarray(x) for x in (src.data, src.indices, src.indptr)), shape=src.shape)
-
-
-def _sparse_kind(a: Any) -> arrays.ArrayKind:
-    """The caller's array family for a sparse ``a``: numpy (scipy), CuPy on its GPU (cupyx), torch (tensors)."""
-    if _is_cupyx_sparse(a):
-        return arrays.ArrayKind("cupy", f"cuda:{a.device.id}")
-    if arrays.is_tensor(a):
-        return arrays.kind_of(a)
-    return arrays.NUMPY
+        dtype = sparse_input.compute_dtype(a)
+        return cls(SparseOperator.of(backend, sparse_input.on_backend(backend, a, dtype), dtype), False, shape, True)
 
 
 def _resolve(a: Any, device: Any) -> tuple[arrays.ArrayKind, Any]:
@@ -557,8 +442,8 @@ def _resolve(a: Any, device: Any) -> tuple[arrays.ArrayKind, Any]:
     tensors) on the CPU unless ``device`` names the emulator or a GPU (then
     copied there once).  Results come back dense in the caller's family.
     """
-    if _is_sparse(a):
-        kind = _sparse_kind(a)
+    if sparse_input.is_sparse(a):
+        kind = sparse_input.kind_of(a)
         if not kind.on_gpu and (device is None or (isinstance(device, str) and device == "auto")):
             device = "cpu"
         return kind, backends.resolve(device, kind)

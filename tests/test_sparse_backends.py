@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import liam_gpu as lg
-from liam_gpu import backends, operators, svd
+from liam_gpu import backends, operators, sparse_input
 from liam_gpu.backends import emulator_available
 from liam_gpu.backends import kernel as kernel_backends
 from liam_gpu.rangefinder import sketch_width
@@ -437,12 +437,12 @@ def test_torch_sparse_to_cupyx_through_dlpack(cp):
     coo = torch.sparse_coo_tensor(np.vstack([a.row, a.col]), a.data, a.shape)
     csr = coo.to_sparse_csr()
     for t in (coo, csr):
-        m = svd._cupyx_of_torch_sparse(t, np.float64)
+        m = sparse_input.cupyx_of_torch(t, np.float64)
         assert isinstance(m, sys.modules["cupyx.scipy.sparse"].csr_matrix) and m.dtype == np.float64
         np.testing.assert_array_equal(m.get().toarray(), a.toarray())
-    shared = svd._cupyx_of_torch_sparse(csr, np.float64)
+    shared = sparse_input.cupyx_of_torch(csr, np.float64)
     assert np.shares_memory(shared.data._a, csr.values().numpy())  # CSR values: zero-copy
-    half = svd._cupyx_of_torch_sparse(csr.to(torch.float16), np.float32)
+    half = sparse_input.cupyx_of_torch(csr.to(torch.float16), np.float32)
     assert half.dtype == np.float32
     np.testing.assert_allclose(half.get().toarray(), a.toarray(), rtol=1e-3, atol=1e-3)
 
