@@ -193,9 +193,11 @@ class SparseOperator(_InMemory):
     backend's array module -- scipy.sparse for numpy backends (``cpu``,
     ``emulator``), cupyx.scipy.sparse for a CUDA backend -- and the products
     are that library's sparse-times-dense (scipy's SpMM; cuSPARSE's through
-    cupyx).  ``data`` holds the rows of ``T`` and ``data_t`` is ``T^T`` as CSR,
-    both made once (a transposed SpMM reads CSR by columns: slower than a
-    second copy of the indices).  ``swapped``: ``T`` is the transpose of the
+    cupyx).  ``data`` holds the rows of ``T`` as CSR and ``data_t`` is ``T^T``,
+    both made once: for a tall scipy ``T`` the CSC view ``data.T`` (scipy's
+    SpMM of a CSC matrix into the short side measured faster than a
+    transposed copy, and needs no second copy of ``A``), otherwise a
+    transposed CSR.  ``swapped``: ``T`` is the transpose of the
     caller's (wide) matrix.  Bases live in ``backend``; the test matrix Omega
     is made there (``backend.omega``: :func:`liam_gpu.philox.omega` on the
     CPU, the Philox generator kernel on the emulator and a GPU).  The entries are read only:
@@ -219,7 +221,11 @@ class SparseOperator(_InMemory):
             csr.sum_duplicates()
         rows, cols = csr.shape
         if rows >= cols:
-            return cls(backend, csr, csr.T.tocsr(), False)
+            # scipy multiplies A^T through A's CSR read as CSC (a view, no second copy
+            # of A): 74 ms against 126 ms for a transposed CSR copy at 100000 x 50000,
+            # density 1e-3, 110 columns (tests/bench: compare_sparse_pca_cpu.py).
+            # cuSPARSE keeps its transposed CSR.
+            return cls(backend, csr, csr.T if backend.xp is np else csr.T.tocsr(), False)
         return cls(backend, csr.T.tocsr(), csr, True)
 
     @property
