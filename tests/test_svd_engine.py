@@ -245,3 +245,28 @@ def test_more_than_one_batch_axis_equals_the_items():
         np.testing.assert_array_equal(s[i, j], si)
         np.testing.assert_array_equal(u[i, j], ui)
         np.testing.assert_array_equal(vt[i, j], vti)
+
+
+@pytest.mark.parametrize("block", [1, 7 * 5, 10**9])
+def test_cpu_gram_and_triangular_apply_by_row_blocks_equal_the_float64_truth(monkeypatch, block):
+    # The CPU backend widens float32 Y to float64 by row blocks (ragged last block
+    # included): the Gram matrix and Y R^-1 are those of one float64 copy, to
+    # float64 rounding of their sums (float32 rounding of the apply's result).
+    from liam_gpu.backends import cpu
+
+    monkeypatch.setattr(cpu, "_GRAM_BLOCK_ELEMENTS", block)
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal((103, 5)).astype(np.float32)
+    y0 = y.copy()
+    backend = resolve("cpu")
+    y64 = y.astype(np.float64)
+    g = backend.gram(y)
+    want = y64.T @ y64
+    bound = 103 * 2.0**-52 * (np.abs(y64).T @ np.abs(y64))
+    assert g.dtype == np.float64 and np.all(np.abs(g - want) <= bound)
+    r = np.linalg.cholesky(want).T
+    q = backend.tri_apply(y, r)
+    exact = y64 @ np.linalg.inv(r)
+    assert q.dtype == np.float32
+    assert np.all(np.abs(q - exact) <= 2.0**-23 * np.abs(exact) + 5 * 2.0**-52 * (np.abs(y64) @ np.abs(np.linalg.inv(r))))
+    assert np.array_equal(y, y0)
