@@ -163,6 +163,30 @@ __device__ __forceinline__ void lg_smem_store_group(double* p, const double* v) 
     *reinterpret_cast<double2*>(p) = r;
 }
 
+// ------------------------------------------------------------------ tile numbering
+
+// Output tile number `tile` of a BM x BN tiling, in (batch item, column tile,
+// row tile) order, row tiles fastest so that consecutive blocks share w's
+// tile: its first output row and column, with x, w, bias and out advanced to
+// its batch item (64-bit offsets).  Both GEMM tiles (SIMT and tensor-core)
+// number their tiles here.
+template <int BM, int BN, typename T>
+__device__ __forceinline__ void lg_tile_origin(long long tile, long long row_tiles, long long col_tiles,
+                                               long long n, long long d_in, long long d_out, bool has_bias,
+                                               const T* __restrict__& x, const T* __restrict__& w,
+                                               const T* __restrict__& bias, T* __restrict__& out,
+                                               long long& row0, long long& col0) {
+    const long long item_tiles = row_tiles * col_tiles;
+    const long long z = tile / item_tiles;
+    const long long in_item = tile - z * item_tiles;
+    col0 = (in_item / row_tiles) * BN;
+    row0 = (in_item % row_tiles) * BM;
+    x += z * n * d_in;
+    w += z * d_out * d_in;
+    out += z * n * d_out;
+    if (has_bias) bias += z * d_out;
+}
+
 // ------------------------------------------------------------------ the fused epilogue
 
 // Bias + the activation functor Act over ROWS staged rows of an output tile
@@ -335,22 +359,14 @@ struct LinearTile {
     // The epilogue over ROW_STRIDE staged rows (lg_finish_rows), bound for lg_act::dispatch.
     typedef LgFinishRows<T, BN, BN + PAD, ROW_STRIDE, THREADS> FinishRows;
 
-    // One BM x BN output tile: number `tile` in (batch item, column tile, row
-    // tile) order, row tiles fastest so that consecutive blocks share w's tile.
-    // Only `tile` stays live across the k-loop; the rest is derived from it.
+    // One BM x BN output tile, number `tile` (lg_tile_origin).  Only `tile`
+    // stays live across the k-loop; the rest is derived from it.
     static __device__ __forceinline__ void run(
         Shared& sh, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
         T* __restrict__ out, long long n, long long d_in, long long d_out, long long tile,
         long long row_tiles, long long col_tiles, int has_bias, int act, bool vec_out) {
-        const long long item_tiles = row_tiles * col_tiles;
-        const long long z = tile / item_tiles;
-        const long long in_item = tile - z * item_tiles;
-        const long long col0 = (in_item / row_tiles) * BN;
-        const long long row0 = (in_item % row_tiles) * BM;
-        x += z * n * d_in;
-        w += z * d_out * d_in;
-        out += z * n * d_out;
-        if (has_bias) bias += z * d_out;
+        long long row0, col0;
+        lg_tile_origin<BM, BN>(tile, row_tiles, col_tiles, n, d_in, d_out, has_bias, x, w, bias, out, row0, col0);
         const int tid = threadIdx.x;
         const int tx = tid % THREADS_N;
         const int ty = tid / THREADS_N;
@@ -572,15 +588,8 @@ struct MmaTile {
         Shared& sh, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
         T* __restrict__ out, long long n, long long d_in, long long d_out, long long tile,
         long long row_tiles, long long col_tiles, int has_bias, int act, bool vec_out) {
-        const long long item_tiles = row_tiles * col_tiles;
-        const long long z = tile / item_tiles;
-        const long long in_item = tile - z * item_tiles;
-        const long long col0 = (in_item / row_tiles) * BN;
-        const long long row0 = (in_item % row_tiles) * BM;
-        x += z * n * d_in;
-        w += z * d_out * d_in;
-        out += z * n * d_out;
-        if (has_bias) bias += z * d_out;
+        long long row0, col0;
+        lg_tile_origin<BM, BN>(tile, row_tiles, col_tiles, n, d_in, d_out, has_bias, x, w, bias, out, row0, col0);
         const int tid = threadIdx.x;
         const int lane = tid & (LG_WARP - 1);
         const int warp = tid / LG_WARP;
