@@ -290,16 +290,26 @@ def choose_config(n: int, d_out: int, dtype: str, batch: int, sm_count: int) -> 
     4. else ``"medium"`` (the most blocks of the general shapes).
     """
     configs = TILE_CONFIGS[dtype]
-    for name in ("large", "medium"):
-        c = configs[name]
-        blocks = batch * blocks_for(n, c.bm) * blocks_for(d_out, c.bn)
-        if blocks >= sm_count and _tile_fill(n, d_out, c) >= MIN_TILE_FILL:
-            return name
+    name = _first_filling(configs, ("large", "medium"), n, d_out, batch, sm_count)
+    if name is not None:
+        return name
     if n <= configs["short"].bm:
         return "short"
     if d_out <= configs["skinny"].bn:
         return "skinny"
     return "medium"
+
+
+def _first_filling(configs: dict, names: tuple[str, ...], n: int, d_out: int, batch: int,
+                   sm_count: int) -> str | None:
+    """The first of ``names`` whose tiles are at least :data:`MIN_TILE_FILL` full and
+    give every SM a block, or None."""
+    for name in names:
+        c = configs[name]
+        blocks = batch * blocks_for(n, c.bm) * blocks_for(d_out, c.bn)
+        if blocks >= sm_count and _tile_fill(n, d_out, c) >= MIN_TILE_FILL:
+            return name
+    return None
 
 
 def choose_mma_config(n: int, d_out: int, dtype: str, batch: int, sm_count: int) -> str:
@@ -311,11 +321,9 @@ def choose_mma_config(n: int, d_out: int, dtype: str, batch: int, sm_count: int)
     else ``"mma_medium"``.
     """
     configs = MMA_CONFIGS[dtype]
-    for name in ("mma_large", "mma_medium"):
-        c = configs[name]
-        blocks = batch * blocks_for(n, c.bm) * blocks_for(d_out, c.bn)
-        if blocks >= sm_count and _tile_fill(n, d_out, c) >= MIN_TILE_FILL:
-            return name
+    name = _first_filling(configs, ("mma_large", "mma_medium"), n, d_out, batch, sm_count)
+    if name is not None:
+        return name
     if d_out <= configs["mma_skinny"].bn:
         return "mma_skinny"
     return "mma_medium"
