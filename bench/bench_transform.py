@@ -179,6 +179,14 @@ def _plan_info(case) -> dict:
     return {"path": p.path, "config": p.config}
 
 
+def _cuda_torch(peer):
+    """The peer torch, or a skip when it has no CUDA device."""
+    torch = peer("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("peer torch has no CUDA device")
+    return torch
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", SHAPES, ids=_id)
 def test_cuda_liam_gpu(benchmark, describe, measure, rotation, case):
@@ -231,9 +239,7 @@ def test_cuda_cupy_unfused(benchmark, describe, measure, rotation, peer, case):
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", SHAPES, ids=_id)
 def test_cuda_torch(benchmark, describe, measure, rotation, peer, case):
-    torch = peer("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("peer torch has no CUDA device")
+    torch = _cuda_torch(peer)
     F = torch.nn.functional
     inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cuda")
     tensors = itertools.cycle([tuple(torch.from_dlpack(a) for a in copy) for copy in inputs.copies])
@@ -269,9 +275,7 @@ def test_cuda_cublas_alone(benchmark, describe, measure, rotation, peer, case):
 def test_cuda_bfloat16_tensors(benchmark, describe, measure, rotation, peer, case, impl):
     # bfloat16 storage, float32 accumulation: our fused kernel (bfloat16 has no
     # cuBLAS path here) against torch's F.linear + relu, which uses tensor cores.
-    torch = peer("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("peer torch has no CUDA device")
+    torch = _cuda_torch(peer)
     F = torch.nn.functional
     inputs = rotation(lambda: _make(case), nbytes=_bytes(case) // 2, backend="cuda")
     tensors = itertools.cycle([tuple(torch.from_dlpack(a).to(torch.bfloat16) for a in copy)
@@ -323,9 +327,7 @@ def dense_16bit_peak(name: str) -> float | None:
 def test_cuda_16bit_gelu(benchmark, describe, measure, rotation, peer, case, dtype, impl):
     # Goals: ours <= 1.1x torch's gelu(F.linear) on the square shape and <= 0.8x on the
     # skinny ones, and >= 60% of the dense 16-bit peak on the square shape.
-    torch = peer("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("peer torch has no CUDA device")
+    torch = _cuda_torch(peer)
     F = torch.nn.functional
     tdtype = getattr(torch, dtype)
     inputs = rotation(lambda: _make(case), nbytes=_bytes(case) // 2, backend="cuda")
@@ -374,9 +376,7 @@ DENSE_TF32_PEAK_TFLOPS = {"H200": 494.7, "H100 SXM": 494.7, "H100 NVL": 417.5, "
 def test_cuda_tf32_gelu(benchmark, describe, measure, rotation, peer, case, impl):
     # float32 CUDA tensors, bias + GELU, both allowed TF32: ours with precision="tf32" (our
     # TF32 tile at every size) against gelu(F.linear) with torch.backends.cuda.matmul.allow_tf32.
-    torch = peer("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("peer torch has no CUDA device")
+    torch = _cuda_torch(peer)
     F = torch.nn.functional
     inputs = rotation(lambda: _make(case), nbytes=_bytes(case), backend="cuda")
     tensors = itertools.cycle([tuple(torch.from_dlpack(a) for a in copy) for copy in inputs.copies])
