@@ -80,6 +80,29 @@ struct MmaLane {
     float* d;                // [4] (may be c)
 };
 
+// The f32 accumulator fragment of a lane (g = lane / 4, t = lane % 4), the
+// same for every shape m16n8kK: c[i] is C row g + 8 (i / 2), column 2t + i % 2.
+inline void mma_read_c(const MmaLane& l, unsigned g, unsigned t, double (&C)[16][8]) {
+    for (unsigned i = 0; i < 4; ++i) C[g + 8 * (i >> 1)][2 * t + (i & 1u)] = static_cast<double>(l.c[i]);
+}
+
+// D = C + A B for the whole warp, each output summed in double and rounded once
+// to float; every lane's C was read before any D is written (D may alias C).
+template <unsigned K>
+inline void mma_write_d(void* const* lanes, const double (&A)[16][K], const double (&B)[K][8],
+                        const double (&C)[16][8]) {
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        const MmaLane& l = *static_cast<const MmaLane*>(lanes[lane]);
+        const unsigned g = lane >> 2, t = lane & 3u;
+        for (unsigned i = 0; i < 4; ++i) {
+            const unsigned row = g + 8 * (i >> 1), col = 2 * t + (i & 1u);
+            double s = C[row][col];
+            for (unsigned k = 0; k < K; ++k) s += A[row][k] * B[k][col];
+            l.d[i] = static_cast<float>(s);
+        }
+    }
+}
+
 inline std::string mma_m16n8k16_run(void* const* lanes, int arg) {
     double (*widen)(std::uint32_t) = arg == kMmaBF16 ? mma_bf16_to_double : mma_half_to_double;
     double A[16][16], B[16][8], C[16][8];
@@ -96,19 +119,9 @@ inline std::string mma_m16n8k16_run(void* const* lanes, int arg) {
             B[k][g] = widen(l.b[i] & 0xffffu);
             B[k + 1][g] = widen(l.b[i] >> 16);
         }
-        for (unsigned i = 0; i < 4; ++i) C[g + 8 * (i >> 1)][2 * t + (i & 1u)] = static_cast<double>(l.c[i]);
+        mma_read_c(l, g, t, C);
     }
-    // Every lane's C is read before any D is written: D may alias C.
-    for (unsigned lane = 0; lane < 32; ++lane) {
-        const MmaLane& l = *static_cast<const MmaLane*>(lanes[lane]);
-        const unsigned g = lane >> 2, t = lane & 3u;
-        for (unsigned i = 0; i < 4; ++i) {
-            const unsigned row = g + 8 * (i >> 1), col = 2 * t + (i & 1u);
-            double s = C[row][col];
-            for (unsigned k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
-            l.d[i] = static_cast<float>(s);
-        }
-    }
+    mma_write_d(lanes, A, B, C);
     return {};
 }
 
@@ -129,19 +142,9 @@ inline std::string mma_m16n8k8_tf32_run(void* const* lanes, int) {
         const unsigned g = lane >> 2, t = lane & 3u;
         for (unsigned i = 0; i < 4; ++i) A[g + 8 * (i & 1u)][t + 4 * (i >> 1)] = mma_tf32_to_double(l.a[i]);
         for (unsigned i = 0; i < 2; ++i) B[t + 4 * i][g] = mma_tf32_to_double(l.b[i]);
-        for (unsigned i = 0; i < 4; ++i) C[g + 8 * (i >> 1)][2 * t + (i & 1u)] = static_cast<double>(l.c[i]);
+        mma_read_c(l, g, t, C);
     }
-    // Every lane's C is read before any D is written: D may alias C.
-    for (unsigned lane = 0; lane < 32; ++lane) {
-        const MmaLane& l = *static_cast<const MmaLane*>(lanes[lane]);
-        const unsigned g = lane >> 2, t = lane & 3u;
-        for (unsigned i = 0; i < 4; ++i) {
-            const unsigned row = g + 8 * (i >> 1), col = 2 * t + (i & 1u);
-            double s = C[row][col];
-            for (unsigned k = 0; k < 8; ++k) s += A[row][k] * B[k][col];
-            l.d[i] = static_cast<float>(s);
-        }
-    }
+    mma_write_d(lanes, A, B, C);
     return {};
 }
 
