@@ -187,6 +187,38 @@ __device__ __forceinline__ void lg_tile_origin(long long tile, long long row_til
     if (has_bias) bias += z * d_out;
 }
 
+// ------------------------------------------------------------------ the k-loop
+
+// The double-buffered k-loop of both GEMM tiles: tile t is computed from one
+// shared buffer (compute(buf)) while each thread's global loads of its parts
+// pa (x) and pb (w) for tile t + 1 are in flight into registers, then written
+// to the other buffer; one barrier per k-tile.  The last barrier retires every
+// read of the tiles, so the epilogue may reuse the shared memory.  k is 32-bit:
+// the launcher bounds d_in below 2^31.
+template <int BK, typename Shared, typename PartA, typename PartB, typename Compute>
+__device__ __forceinline__ void lg_k_loop(Shared& sh, PartA& pa, PartB& pb, int kdim, const Compute& compute) {
+    const int k_tiles = (kdim + BK - 1) / BK;
+    pa.load(0, kdim);
+    pb.load(0, kdim);
+    pa.store(sh.t.a[0]);
+    pb.store(sh.t.b[0]);
+    __syncthreads();
+    for (int t = 0; t < k_tiles; ++t) {
+        const int buf = (int)(t & 1);
+        const bool more = t + 1 < k_tiles;
+        if (more) {  // in flight during compute
+            pa.load((t + 1) * BK, kdim);
+            pb.load((t + 1) * BK, kdim);
+        }
+        compute(buf);
+        if (more) {
+            pa.store(sh.t.a[buf ^ 1]);
+            pb.store(sh.t.b[buf ^ 1]);
+        }
+        __syncthreads();
+    }
+}
+
 // ------------------------------------------------------------------ the fused epilogue
 
 // Bias + the activation functor Act over ROWS staged rows of an output tile
@@ -383,27 +415,7 @@ struct LinearTile {
             for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
         }
 
-        const int kdim = (int)d_in;
-        const int k_tiles = (kdim + BK - 1) / BK;
-        pa.load(0, kdim);
-        pb.load(0, kdim);
-        pa.store(sh.t.a[0]);
-        pb.store(sh.t.b[0]);
-        __syncthreads();
-        for (int t = 0; t < k_tiles; ++t) {
-            const int buf = (int)(t & 1);
-            const bool more = t + 1 < k_tiles;
-            if (more) {  // in flight during compute
-                pa.load((t + 1) * BK, kdim);
-                pb.load((t + 1) * BK, kdim);
-            }
-            compute(sh, buf, ty, tx, acc);
-            if (more) {
-                pa.store(sh.t.a[buf ^ 1]);
-                pb.store(sh.t.b[buf ^ 1]);
-            }
-            __syncthreads();
-        }
+        lg_k_loop<BK>(sh, pa, pb, (int)d_in, [&](int buf) { compute(sh, buf, ty, tx, acc); });
 
         // Epilogue, one row group at a time: registers -> staging -> global.
         // The k-loop's final barrier has retired every read of the tiles.
@@ -611,27 +623,7 @@ struct MmaTile {
             }
         }
 
-        const int kdim = (int)d_in;
-        const int k_tiles = (kdim + BK - 1) / BK;
-        pa.load(0, kdim);
-        pb.load(0, kdim);
-        pa.store(sh.t.a[0]);
-        pb.store(sh.t.b[0]);
-        __syncthreads();
-        for (int t = 0; t < k_tiles; ++t) {
-            const int buf = (int)(t & 1);
-            const bool more = t + 1 < k_tiles;
-            if (more) {  // in flight during compute
-                pa.load((t + 1) * BK, kdim);
-                pb.load((t + 1) * BK, kdim);
-            }
-            compute(sh, buf, wm, wn, lane, acc);
-            if (more) {
-                pa.store(sh.t.a[buf ^ 1]);
-                pb.store(sh.t.b[buf ^ 1]);
-            }
-            __syncthreads();
-        }
+        lg_k_loop<BK>(sh, pa, pb, (int)d_in, [&](int buf) { compute(sh, buf, wm, wn, lane, acc); });
 
         // Epilogue, one m16 slice of every warp per pass: accumulators ->
         // staging (d0, d1 in row g, d2, d3 in row g + 8) -> lg_finish_rows.
