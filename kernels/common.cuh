@@ -147,10 +147,11 @@ __device__ __forceinline__ float lg_bf16_to_float(lg_bf16 h) {
 
 // binary32 -> bfloat16, round to nearest, ties to even.  Overflow rounds to
 // inf by itself (the exponent field is the float's); NaN stays a quiet NaN.
-// Both branches give identical bits for every non-NaN input.
+// Both branches give identical bits for every non-NaN input.  cvt.rn.bf16.f32
+// needs sm_80: older GPUs (and the emulator) take the integer rounding.
 __device__ __forceinline__ lg_bf16 lg_float_to_bf16(float f) {
     lg_bf16 h;
-#ifndef LIAM_EMULATOR
+#if !defined(LIAM_EMULATOR) && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
 #else
     const unsigned int u = __float_as_uint(f);

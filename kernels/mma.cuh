@@ -37,6 +37,16 @@
 #pragma once
 #include "common.cuh"
 
+// mma.sync m16n8k16 / m16n8k8.tf32 and cvt.rna.tf32 exist from sm_80 on.  A
+// dtype's module holds every entry of that dtype (liam_gpu/launch/runtime.py),
+// so on an older GPU these bodies must still compile: there they trap, and the
+// launcher never picks a tensor-core entry below compute capability 8.0.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define LG_TENSOR_CORES 0
+#else
+#define LG_TENSOR_CORES 1
+#endif
+
 #ifndef LIAM_EMULATOR
 // The 32-bit shared-window address of a generic pointer into shared memory.
 __device__ __forceinline__ unsigned lg_smem_addr(const void* p) {
@@ -54,6 +64,8 @@ template <>
 __device__ __forceinline__ void lg_mma_16816<lg_half>(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
 #ifdef LIAM_EMULATOR
     liam_emu::mma_m16n8k16(liam_emu::kMmaF16, d, a, b, d);
+#elif !LG_TENSOR_CORES
+    __trap();
 #else
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};"
@@ -66,6 +78,8 @@ template <>
 __device__ __forceinline__ void lg_mma_16816<lg_bf16>(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
 #ifdef LIAM_EMULATOR
     liam_emu::mma_m16n8k16(liam_emu::kMmaBF16, d, a, b, d);
+#elif !LG_TENSOR_CORES
+    __trap();
 #else
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};"
@@ -78,6 +92,8 @@ __device__ __forceinline__ void lg_mma_16816<lg_bf16>(float (&d)[4], const unsig
 __device__ __forceinline__ void lg_mma_1688_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
 #ifdef LIAM_EMULATOR
     liam_emu::mma_m16n8k8_tf32(d, a, b, d);
+#elif !LG_TENSOR_CORES
+    __trap();
 #else
     asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};"
@@ -87,10 +103,14 @@ __device__ __forceinline__ void lg_mma_1688_tf32(float (&d)[4], const unsigned (
 }
 
 // cvt.rna.tf32.f32 of the float32 whose bits are `x`: the tf32 value's bits
-// (the low 13 bits zero).  NaN stays NaN, overflow rounds to infinity.
+// (the low 13 bits zero).  Overflow rounds to infinity; infinities and NaN are
+// only masked (a NaN with payload only in the low 13 bits becomes infinity).
 __device__ __forceinline__ unsigned lg_cvt_rna_tf32(unsigned x) {
 #ifdef LIAM_EMULATOR
     return liam_emu::cvt_rna_tf32(x);
+#elif !LG_TENSOR_CORES
+    __trap();
+    return x;
 #else
     unsigned r;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(__uint_as_float(x)));

@@ -75,6 +75,28 @@ def _kinds(problems) -> set[str]:
     return {p.kind for p in problems}
 
 
+#: The oldest architecture CUDA 13 still builds for (Turing: T4, RTX 20xx).
+OLDEST_ARCH = "sm_75"
+
+
+def _groups() -> list:
+    return [pytest.param(fam.name, group, id=f"{fam.name}-{group or 'all'}")
+            for fam in families().values() for group in dict.fromkeys(map(fam.group, fam.name_expressions))]
+
+
+@pytest.mark.parametrize(("family", "group"), _groups())
+def test_every_module_group_compiles_for_the_oldest_gpu(family: str, group: str) -> None:
+    # A GPU loader compiles one module per group with every entry of it, so one
+    # sm_80-only instruction (mma.sync, cvt.rna.tf32, cvt.rn.bf16) outside a
+    # __CUDA_ARCH__ guard would take down every entry of the group on a T4, even
+    # those the launcher picks there (the SIMT kernels).
+    fam = families()[family]
+    from liam_gpu.launch.family import compile_options
+
+    result = compile_entry_points(fam.code(), fam.group_members(group), arch=OLDEST_ARCH, options=compile_options())
+    assert result.success, result.log
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_clean_kernel_passes(arch: str) -> None:
     result = compile_entry_points(CLEAN, ["scale<float, 256>"], arch=arch, options=("-std=c++17",))

@@ -37,8 +37,9 @@
 // differently).
 //
 // cvt.rna.tf32.f32: round a float32 to tf32 (10 mantissa bits) to nearest,
-// ties away from zero; the result's low 13 bits are zero.  Infinities stay,
-// a NaN stays a (quiet) NaN, a finite value that rounds past the largest
+// ties away from zero; the result's low 13 bits are zero.  Infinities and
+// NaN are only masked (as ptxas's SASS does: a NaN with payload only in the
+// low 13 bits becomes infinity), a finite value that rounds past the largest
 // float becomes infinity (no .satfinite).  Subnormals round the same way.
 //
 // Arithmetic: 16-bit inputs widen exactly, a product of two is exact in
@@ -150,8 +151,11 @@ inline std::string mma_m16n8k8_tf32_run(void* const* lanes, int) {
 
 // cvt.rna.tf32.f32 on the bits of a float32 (see the header comment).
 inline std::uint32_t cvt_rna_tf32(std::uint32_t bits) {
-    if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0u) {
-        return (bits & 0xffffe000u) | 0x00400000u;  // NaN: keep sign and top payload, quiet
+    if ((bits & 0x7fffffffu) >= 0x7f800000u) {
+        // Infinity or NaN: only masked, as the SASS that ptxas emits for sm_80 and
+        // sm_90 does (FSETP.GEU |x|, +INF skips the rounding add; nothing is
+        // quieted): a NaN whose payload lies only in the low 13 bits becomes infinity.
+        return bits & 0xffffe000u;
     }
     // Adding half a tf32 ulp to the magnitude and truncating rounds to
     // nearest with ties away from zero; a carry into the exponent is the
