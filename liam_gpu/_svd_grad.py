@@ -110,7 +110,8 @@ def _make_complement() -> Any:
             need_x, need_mu = ctx.needs_input_grad[:2]
             if not (need_x or need_mu):
                 return None, None, None, None, None, None, None
-            g = grad / s  # G S^-1 (mt x k)
+            # G S^-1 (mt x k); a zero singular value's vector carries no gradient here (0, not 0/0).
+            g = torch.where(s != 0, grad / s, torch.zeros_like(grad))  # s: theta for eigsh, of either sign
             g = g - q @ (q.mT @ g)  # (I - Q Q^T) G S^-1
             grad_t = g @ v.mT  # dL/dT (mt x nt)
             grad_x = (grad_t.mT if ctx.swapped else grad_t) if need_x else None

@@ -409,3 +409,25 @@ def test_svd_lowrank_and_pca_lowrank_are_differentiable_through_a_and_m():
         return u.abs().sum() + s.sum() + v.abs().sum()
 
     assert gradcheck(pca_fn, (a,))
+
+
+def test_exactly_zero_singular_values_give_finite_gradients_of_the_product():
+    # A rank-1 matrix factored at k = 2: S = [s1, 0].  The zero singular value's
+    # vector must not turn the gradient of a loss of U S V^T into 0/0 (NaN).  Of
+    # that gradient, the part touching u1 or v1 is the rank-1 SVD's exact one; the
+    # rest, (I - u1 u1^T) G (I - v1 v1^T), belongs to a direction in which the
+    # rank-2 truncation of a rank-1 matrix is not differentiable (its second
+    # pair is the best rank-1 part of the perturbation), so any finite value goes.
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(4)
+    a = (torch.randn(10, 1, generator=g, dtype=torch.float64) @ torch.randn(1, 4, generator=g, dtype=torch.float64))
+    a.requires_grad_()
+    w = torch.randn(10, 4, generator=g, dtype=torch.float64)
+    lr = lg.svd_compress(a, 2)
+    assert float(lr.S[1]) < 1e-12 * float(lr.S[0])
+    (lr.to_dense() * w).sum().backward()
+    assert bool(torch.isfinite(a.grad).all())
+    u, _, vt = torch.linalg.svd(a.detach(), full_matrices=False)
+    pu, pv = u[:, :1] @ u[:, :1].T, vt[:1].T @ vt[:1]
+    linear_part = lambda m: pu @ m + m @ pv - pu @ m @ pv  # noqa: E731
+    assert torch.allclose(linear_part(a.grad), linear_part(w), atol=1e-10)

@@ -762,6 +762,19 @@ def test_svd_lowrank_subtracts_m_as_a_dense_a_minus_m(layout, mean):
     torch.testing.assert_close(s, torch.linalg.svdvals(expected)[:8], rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+@pytest.mark.parametrize("mean", ["row", "column", "full"])
+@pytest.mark.parametrize("grad", ["A", "M"])
+def test_svd_lowrank_sparse_a_with_grad_is_refused_the_same_way_on_every_m_route(layout, mean, grad):
+    # The centring operator, its transpose and the dense copy alike: one error naming A and M.
+    a = _lowrank_matrix(40, 15, 4)
+    m = {"row": a.mean(0, keepdim=True), "column": a.mean(1, keepdim=True), "full": _lowrank_matrix(40, 15, 2)}[mean]
+    given = {"coo": a.to_sparse(), "csr": a.to_sparse_csr()}[layout]
+    (given if grad == "A" else m).requires_grad_()
+    with pytest.raises(ValueError, match="A is a sparse tensor and A or M requires grad"):
+        lt.svd_lowrank(given, q=4, M=m)
+
+
 def test_svd_lowrank_repeats_under_torch_manual_seed_and_leaves_a_alone():
     a = torch.randn(300, 80, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     before = a.clone()

@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from .. import arrays
 from ..svd import randomized_svd
 
 __all__ = ["svd_lowrank", "pca_lowrank"]
@@ -165,6 +166,9 @@ def _factor(A: torch.Tensor, q: int, niter: int, M: torch.Tensor | None, *,
             center: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(U, S, V)`` of ``A - M`` (or of ``A`` centred by its column means with ``center``)."""
     options = dict(n_iter=niter, random_state=_seed())
+    if _is_sparse(A) and arrays.needs_autograd(A, M):
+        # The same refusal on every route (the centring operator, the transposed one, the dense copy).
+        raise ValueError("A is a sparse tensor and A or M requires grad: gradients are recorded for dense A only")
     if center:
         u, s, vt = randomized_svd(A, q, center=True, **options)
         return u, s, vt.mT
