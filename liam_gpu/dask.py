@@ -1307,12 +1307,22 @@ def _finite_part(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
         return np.array([[float(_Block(w, a, dtype).finite())]])
 
 
+def _sparse_sums(x: Any, axis: int) -> np.ndarray:
+    """Sums of a scipy.sparse block along ``axis`` in float64, as a 1-D host array.
+
+    scipy's ``sum(dtype=float64)`` accumulates float32 data in float32 and
+    casts the result, so the values are widened first (a copy of the values
+    only), as the in-memory :meth:`~liam_gpu.operators.SparseOperator.times_host` does.
+    """
+    return np.asarray(x.astype(np.float64).sum(axis=axis)).ravel()
+
+
 def _column_sums_part(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
     """The column sums of one row block in float64 (``center=True`` on row chunks)."""
     with _worker(a, device) as w:
         x = _Block(w, a, dtype).x
         if _is_sparse(x):
-            return np.asarray(x.sum(axis=0, dtype=np.float64)).reshape(1, -1)
+            return _sparse_sums(x, axis=0).reshape(1, -1)
         return w.host(w.backend.xp.sum(x, axis=0, dtype=np.float64))[None]
 
 
@@ -1321,7 +1331,7 @@ def _row_means_block(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
     with _worker(a, device) as w:
         x = _Block(w, a, dtype).x
         if _is_sparse(x):
-            return np.asarray(x.sum(axis=1, dtype=np.float64)).ravel() / x.shape[1]
+            return _sparse_sums(x, axis=1) / x.shape[1]
         return w.host(w.backend.xp.mean(x, axis=1, dtype=np.float64))
 
 
@@ -1390,5 +1400,5 @@ def _row_sums_block(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
     with _worker(a, device) as w:
         x = _Block(w, a, dtype).x
         if _is_sparse(x):
-            return np.asarray(x.sum(axis=1, dtype=np.float64)).reshape(-1, 1)
+            return _sparse_sums(x, axis=1).reshape(-1, 1)
         return w.host(w.backend.xp.sum(x, axis=1, dtype=np.float64))[:, None]

@@ -756,3 +756,18 @@ def test_grid_chunks_are_read_twice_per_power_step_and_never_rechunked(client, t
     np.testing.assert_allclose(lr.S, ref.S, rtol=0, atol=s_tol)
     np.testing.assert_allclose(_as_dense(lr.U), ref.U, rtol=0, atol=vec_tol)
     np.testing.assert_allclose(_as_dense(lr.Vt), ref.Vt, rtol=0, atol=vec_tol)
+
+
+def test_sparse_centring_sums_do_not_cancel_in_float32():
+    # Column (and row) sums of float32 sparse chunks are float64 sums of the
+    # values, as in memory: scipy's sum(dtype=float64) accumulates float32 in
+    # float32 (1e8 - 1e8 + 1999 ones gave 1998 or 2002 instead of 1999).
+    m = 2001
+    dense = np.ones((m, 3), np.float32)
+    dense[0, 0], dense[1, 0], dense[0, 1], dense[2, 1] = 1e8, -1e8, 1e8, -1e8
+    x = sp.csr_matrix(dense)
+    truth = dense.astype(np.float64).sum(axis=0)
+    f32 = np.dtype(np.float32)
+    np.testing.assert_array_equal(ldask._column_sums_part(x, f32, None).ravel(), truth)
+    np.testing.assert_array_equal(ldask._row_sums_block(x.T.tocsr(), f32, None).ravel(), truth)
+    np.testing.assert_allclose(ldask._row_means_block(x.T.tocsr(), f32, None) * m, truth, rtol=4 * 2.0**-52)
