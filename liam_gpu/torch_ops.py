@@ -27,7 +27,8 @@ __all__ = ["takes", "transform_matrix"]
 _DTYPES = (torch.float32, torch.float64)
 #: Elements per row block of the gelu epilogue: its float32 temporary (512 KiB) stays in L2.
 _BLOCK_ELEMENTS = 1 << 17
-_NEG_SQRT_HALF = -math.sqrt(0.5)
+#: -1/sqrt(2): gelu's erfc argument scale (shared with the torch layers).
+NEG_SQRT_HALF = -math.sqrt(0.5)
 
 
 def _dense_cpu(t: Any, dtype: Any) -> bool:
@@ -136,7 +137,7 @@ def gelu_(y: torch.Tensor) -> torch.Tensor:
     for start in range(0, rows, step):
         part = flat[start:start + step]
         t = buf[:part.numel()].view(part.shape)
-        torch.mul(part, _NEG_SQRT_HALF, out=t)
+        torch.mul(part, NEG_SQRT_HALF, out=t)
         t.erfc_()
         t.mul_(0.5)
         part.mul_(t)

@@ -23,6 +23,7 @@ import cloudpickle  # noqa: E402  (a dependency of distributed)
 import liam_gpu  # noqa: E402
 from liam_gpu import dask as ldask  # noqa: E402
 from liam_gpu.backends import emulator_available  # noqa: E402
+from bounds import halko_bound  # noqa: E402
 
 # Workers unpickle this module's helpers by value: they need not import the test module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -431,21 +432,6 @@ def _centred_truth(dense: np.ndarray, center) -> np.ndarray:
     return a if center is False else a - np.asarray(center, dtype=np.float64)
 
 
-def _halko_bound(s: np.ndarray, k: int, l: int, q: int) -> float:
-    """A bound on ``||A_c - U S Vt||_2`` that the randomized SVD meets with probability ``>= 1 - 6 (l-k)^-(l-k)``.
-
-    Halko, Martinsson & Tropp (2011), Theorem 10.8 for the Gaussian sketch of
-    ``B = (A A^T)^q A`` (singular values ``s^(2q+1)``), Proposition 8.6 to come
-    back to ``A`` (power ``1 / (2q+1)``), and Theorem 9.3 for the truncation
-    to rank ``k`` (``+ s_(k+1)``).  ``l - k >= 4`` oversampling columns.
-    """
-    p = l - k
-    e = 2 * q + 1
-    tail = float(np.sqrt(np.sum(s[k:] ** (2 * e))))
-    basis = ((1 + 17 * math.sqrt(1 + k / p)) * s[k] ** e + 8 * math.sqrt(k + p) / (p + 1) * tail) ** (1 / e)
-    return float(s[k]) + basis
-
-
 def _as_dense(x):
     return x.compute() if isinstance(x, da.Array) else np.asarray(x)
 
@@ -506,7 +492,7 @@ def test_svd_compress_is_independent_of_the_chunking_and_near_optimal(client, ki
     perturbation = np.finfo(np.float64).eps * math.sqrt(m * n) * np.linalg.norm(dense, 2)
     vec_tol = perturbation / float(np.min(s_true[:KC] - s_true[1:KC + 1]))
     l = 16  # k + p = 15, rounded up to a multiple of 8 (rangefinder.sketch_width)
-    bound = _halko_bound(s_true, KC, l, q) + perturbation
+    bound = halko_bound(s_true, KC, l, q) + perturbation
     for chunks in _chunkings(m, n):
         x = da.from_array(a, chunks=chunks)
         lr = liam_gpu.dask.svd_compress(x, KC, n_iter=q, random_state=9, center=mean)

@@ -19,6 +19,7 @@ import math
 import sys
 
 import fake_cupy
+from bounds import halko_bound
 import numpy as np
 import pytest
 
@@ -102,20 +103,6 @@ def _rounding_bounds(dense: np.ndarray, s_true: np.ndarray, k: int, dtype) -> tu
     that over the smallest gap of the factored spectrum among the first ``k + 1`` (Wedin)."""
     perturbation = np.finfo(dtype).eps * math.sqrt(dense.size) * np.linalg.norm(dense, 2)
     return perturbation, perturbation / float(np.min(s_true[:k] - s_true[1:k + 1]))
-
-
-def _halko_bound(s: np.ndarray, k: int, l: int, q: int) -> float:
-    """A bound on ``||A - U S Vt||_2`` met with probability ``>= 1 - 6 (l-k)^-(l-k)``.
-
-    Halko, Martinsson & Tropp (2011): Theorem 10.8 for the Gaussian sketch of
-    ``(A A^T)^q A``, Proposition 8.6 back to ``A`` (power ``1 / (2q+1)``),
-    Theorem 9.3 for the truncation to rank ``k`` (``+ s_(k+1)``).
-    """
-    p = l - k
-    e = 2 * q + 1
-    tail = float(np.sqrt(np.sum(s[k:] ** (2 * e))))
-    basis = ((1 + 17 * math.sqrt(1 + k / p)) * s[k] ** e + 8 * math.sqrt(k + p) / (p + 1) * tail) ** (1 / e)
-    return float(s[k]) + basis
 
 
 def _host(x):
@@ -207,7 +194,7 @@ def test_randomized_svd_against_the_truth_and_the_cpu(place, fmt, center, tall, 
     np.testing.assert_allclose(vt, ref[2], rtol=0, atol=vec_tol)
     # Against the float64 truth: within Halko's bound (plus the rounding), singular values within it
     # too (Weyl), never above the true ones (U^T A V is a compression of A), orthonormal factors.
-    bound = _halko_bound(s_true, K, sketch_width(K, P, min(m, n)), Q) + s_tol
+    bound = halko_bound(s_true, K, sketch_width(K, P, min(m, n)), Q) + s_tol
     assert np.linalg.norm(truth - (u * s) @ vt, 2) <= bound
     assert np.all(s_true[:K] - s <= bound) and np.all(s <= s_true[:K] + s_tol)
     unit = 100 * np.finfo(dtype).eps * math.sqrt(max(m, n))

@@ -242,7 +242,6 @@ def transform_matrix(
 _HOST_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-_NEG_SQRT_HALF = -math.sqrt(0.5)
 
 
 def _gelu(z: torch.Tensor) -> torch.Tensor:
@@ -255,7 +254,7 @@ def _gelu(z: torch.Tensor) -> torch.Tensor:
     with ``transform_matrix`` on torch CPU tensors).
     """
     if z.requires_grad or not z.is_contiguous():
-        return z * (0.5 * torch.special.erfc(z * _NEG_SQRT_HALF))
+        return z * (0.5 * torch.special.erfc(z * torch_ops.NEG_SQRT_HALF))
     return torch_ops.gelu_(z)
 
 
