@@ -47,6 +47,20 @@
 #define LG_TENSOR_CORES 1
 #endif
 
+// Under the emulator each wrapper takes its caller's source location, so that
+// lanes reaching the same instruction from different call sites (undefined
+// for .aligned instructions on a GPU) fault instead of being merged, and
+// faults name the kernel's line rather than this header's.
+#ifdef LIAM_EMULATOR
+#define LG_SITE_PARAM , std::source_location lg_site
+#define LG_SITE_DEFAULT , std::source_location lg_site = std::source_location::current()
+#define LG_SITE , lg_site
+#else
+#define LG_SITE_PARAM
+#define LG_SITE_DEFAULT
+#define LG_SITE
+#endif
+
 #ifndef LIAM_EMULATOR
 // The 32-bit shared-window address of a generic pointer into shared memory.
 __device__ __forceinline__ unsigned lg_smem_addr(const void* p) {
@@ -58,12 +72,14 @@ __device__ __forceinline__ unsigned lg_smem_addr(const void* p) {
 
 // d = A B + d, m16n8k16, A row-major and B column-major 16-bit, float32 d.
 template <typename T>
-__device__ __forceinline__ void lg_mma_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]);
+__device__ __forceinline__ void lg_mma_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]
+                                             LG_SITE_DEFAULT);
 
 template <>
-__device__ __forceinline__ void lg_mma_16816<lg_half>(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+__device__ __forceinline__ void lg_mma_16816<lg_half>(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]
+                                                LG_SITE_PARAM) {
 #ifdef LIAM_EMULATOR
-    liam_emu::mma_m16n8k16(liam_emu::kMmaF16, d, a, b, d);
+    liam_emu::mma_m16n8k16(liam_emu::kMmaF16, d, a, b, d LG_SITE);
 #elif !LG_TENSOR_CORES
     __trap();
 #else
@@ -75,9 +91,10 @@ __device__ __forceinline__ void lg_mma_16816<lg_half>(float (&d)[4], const unsig
 }
 
 template <>
-__device__ __forceinline__ void lg_mma_16816<lg_bf16>(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+__device__ __forceinline__ void lg_mma_16816<lg_bf16>(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]
+                                                LG_SITE_PARAM) {
 #ifdef LIAM_EMULATOR
-    liam_emu::mma_m16n8k16(liam_emu::kMmaBF16, d, a, b, d);
+    liam_emu::mma_m16n8k16(liam_emu::kMmaBF16, d, a, b, d LG_SITE);
 #elif !LG_TENSOR_CORES
     __trap();
 #else
@@ -89,9 +106,10 @@ __device__ __forceinline__ void lg_mma_16816<lg_bf16>(float (&d)[4], const unsig
 }
 
 // d = A B + d, m16n8k8, A row-major and B column-major tf32, float32 d.
-__device__ __forceinline__ void lg_mma_1688_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+__device__ __forceinline__ void lg_mma_1688_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]
+                                                 LG_SITE_DEFAULT) {
 #ifdef LIAM_EMULATOR
-    liam_emu::mma_m16n8k8_tf32(d, a, b, d);
+    liam_emu::mma_m16n8k8_tf32(d, a, b, d LG_SITE);
 #elif !LG_TENSOR_CORES
     __trap();
 #else
@@ -121,9 +139,9 @@ __device__ __forceinline__ unsigned lg_cvt_rna_tf32(unsigned x) {
 // ldmatrix: the "memory" clobber keeps the compiler from moving shared-memory
 // stores across the load (a barrier separates them in the tiles anyway).
 template <bool TRANS = false>
-__device__ __forceinline__ void lg_ldmatrix_x4(unsigned (&r)[4], const void* row) {
+__device__ __forceinline__ void lg_ldmatrix_x4(unsigned (&r)[4], const void* row LG_SITE_DEFAULT) {
 #ifdef LIAM_EMULATOR
-    liam_emu::ldmatrix_m8n8(4, TRANS, r, row);
+    liam_emu::ldmatrix_m8n8(4, TRANS, r, row LG_SITE);
 #else
     if constexpr (TRANS) {
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
@@ -136,9 +154,9 @@ __device__ __forceinline__ void lg_ldmatrix_x4(unsigned (&r)[4], const void* row
 }
 
 template <bool TRANS = false>
-__device__ __forceinline__ void lg_ldmatrix_x2(unsigned (&r)[2], const void* row) {
+__device__ __forceinline__ void lg_ldmatrix_x2(unsigned (&r)[2], const void* row LG_SITE_DEFAULT) {
 #ifdef LIAM_EMULATOR
-    liam_emu::ldmatrix_m8n8(2, TRANS, r, row);
+    liam_emu::ldmatrix_m8n8(2, TRANS, r, row LG_SITE);
 #else
     if constexpr (TRANS) {
         asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
@@ -151,9 +169,9 @@ __device__ __forceinline__ void lg_ldmatrix_x2(unsigned (&r)[2], const void* row
 }
 
 template <bool TRANS = false>
-__device__ __forceinline__ void lg_ldmatrix_x1(unsigned (&r)[1], const void* row) {
+__device__ __forceinline__ void lg_ldmatrix_x1(unsigned (&r)[1], const void* row LG_SITE_DEFAULT) {
 #ifdef LIAM_EMULATOR
-    liam_emu::ldmatrix_m8n8(1, TRANS, r, row);
+    liam_emu::ldmatrix_m8n8(1, TRANS, r, row LG_SITE);
 #else
     if constexpr (TRANS) {
         asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];"

@@ -150,6 +150,22 @@ __global__ void ldsm(const unsigned short* m, unsigned* r, long long shift) {
     for (int i = 0; i < NUM; ++i) r[lane * NUM + i] = out[i];
 }
 
+// Lanes 0..15 and 16..31 reach ldmatrix.x1 with the same arguments from two
+// different lines: two instructions, which .aligned forbids.
+__global__ void ldsm_two_sites(const unsigned short* m, unsigned* r) {
+    alignas(16) __shared__ unsigned short s[8][8];
+    const int lane = threadIdx.x;
+    for (int e = lane; e < 64; e += 32) s[e / 8][e % 8] = m[e];
+    __syncwarp();
+    unsigned out[1];
+    if (lane < 16) {
+        lg_ldmatrix_x1(out, &s[lane % 8][0]);
+    } else {
+        lg_ldmatrix_x1(out, &s[lane % 8][0]);
+    }
+    r[lane] = out[0];
+}
+
 // The composition the transform uses: A (16x16) and W (8x16, w's layout) in
 // shared memory, ldmatrix.x4 for A and .x2 for B, one mma; d = A W^T.
 // Lanes 16..31 call ldmatrix.x2 for A when `split` (they disagree).
@@ -175,7 +191,8 @@ __global__ void ldsm_mma(const unsigned short* a, const unsigned short* wt, floa
 }
 """
 
-PRIMITIVE_NAMES = ["mma_direct<lg_half>", "mma_direct<lg_bf16>", "ldsm_mma<lg_half>", "ldsm_mma<lg_bf16>"] + [
+PRIMITIVE_NAMES = ["mma_direct<lg_half>", "mma_direct<lg_bf16>", "ldsm_mma<lg_half>", "ldsm_mma<lg_bf16>",
+                   "ldsm_two_sites"] + [
     f"ldsm<{num}, {'true' if trans else 'false'}>" for num in (1, 2, 4) for trans in (False, True)]
 
 
@@ -249,6 +266,15 @@ def test_lanes_that_disagree_about_ldmatrix_are_a_fault(prim):
     z = np.zeros(256, np.uint16)
     with pytest.raises(KernelFault, match="warp lanes disagree.*ldmatrix"):
         prim.get_function("ldsm_mma<lg_half>")((1,), (32,), (z, z[:128].copy(), np.zeros(128, np.float32), 1))
+
+
+def test_the_same_ldmatrix_from_two_call_sites_is_a_fault(prim):
+    # Same variant, same arguments, different instructions: a GPU's behaviour is
+    # undefined; the emulator must not merge them into one.
+    from liam_gpu.emulator import KernelFault
+
+    with pytest.raises(KernelFault, match=r"warp lanes disagree.*ldmatrix"):
+        prim.get_function("ldsm_two_sites")((1,), (32,), (np.zeros(64, np.uint16), np.zeros(32, np.uint32)))
 
 
 def test_mma_needs_a_whole_warp(prim):

@@ -407,9 +407,11 @@ inline void try_complete_warp_locked(const Thread& me) {
         if (!((exist >> lane) & 1u)) continue;
         const Thread& o = b.t[base + lane];
         const bool named = (me.mask >> lane) & 1u;
-        // Collective instructions must also agree on their variant (type, .num, .trans).
+        // Collective instructions must also agree on their variant (type, .num, .trans)
+        // and be the same instruction (the same call site).
         if (o.st == St::Warp && (named || ((o.mask >> me.lane) & 1u)) &&
-            (o.op != me.op || o.mask != me.mask || (is_collective(me.op) && o.arg != me.arg))) {
+            (o.op != me.op || o.mask != me.mask ||
+             (is_collective(me.op) && (o.arg != me.arg || !same_site(o.where, me.where))))) {
             fault_locked(&me, std::string("warp lanes disagree: lane ") + std::to_string(me.lane) + " calls " +
                                   op_name(me.op) + "(mask=" + hex(me.mask) + ") at " + fmt_site(me.where) +
                                   " but lane " + std::to_string(lane) + " calls " + op_name(o.op) + "(mask=" +
