@@ -487,7 +487,10 @@ struct MmaTile {
     static constexpr int LDK = BK + CHUNK;
     static constexpr int G = lg_vec<T>::GROUP;
     static constexpr int ROWS = WARPS_M * 16;  // rows staged per epilogue pass
-    static constexpr int LDC = BN + G;
+    // Staged rows padded by 8 floats: the float2 stores of a half-warp (row g,
+    // columns 2t, 2t + 1 of each n8 slice) then fall in banks 8g + 2t + {0, 1},
+    // all distinct (a 4-float pad put rows g and g + 1 on the same banks).
+    static constexpr int LDC = BN + 8;
     static constexpr int RSTEP = THREADS / KC;  // rows between one thread's chunks
 
     static_assert(sizeof(T) == 2 || sizeof(T) == 4, "tensor-core tile: 16-bit storage or float (tf32)");

@@ -169,10 +169,10 @@ class MmaConfig:
 
         Mirrors ``MmaTile::Shared`` in transform.cu: rows of ``bk`` stored
         elements plus one 16-byte chunk of padding, and ``(bm / wm) * 16``
-        staged rows of ``bn + 4`` floats.
+        staged rows of ``bn + 8`` floats.
         """
         tiles = 2 * (self.bm + self.bn) * (self.bk * self.itemsize + 16)
-        staging = (self.bm // self.wm) * 16 * (self.bn + 4) * 4
+        staging = (self.bm // self.wm) * 16 * (self.bn + 8) * 4
         return max(tiles, staging)
 
 
