@@ -598,7 +598,7 @@ struct MmaTile {
 
     typedef LgFinishRows<T, BN, LDC, ROWS, THREADS> FinishRows;
 
-    // One BM x BN output tile, numbered as in LinearTile::run.
+    // One BM x BN output tile, number `tile` (lg_tile_origin).
     static __device__ __forceinline__ void run(
         Shared& sh, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
         T* __restrict__ out, long long n, long long d_in, long long d_out, long long tile,
