@@ -60,8 +60,8 @@ def randomized_svd(
     a
         ``(m, n)`` matrix, or a ``(..., m, n)`` stack factored item by item
         (numpy, CuPy, torch or a nested list; any number of leading axes),
-        or a scipy.sparse matrix or array of any format (converted once to CSR, never densified; on the
-        CPU).  Not modified and never copied, unless its dtype or memory
+        or sparse input: scipy.sparse (any format), cupyx.scipy.sparse, torch COO/CSR tensors
+        (converted once to CSR, never densified; see :mod:`liam_gpu.sparse_input`).  Not modified and never copied, unless its dtype or memory
         layout needs converting (integers and float16 are computed in float64
         / float32; a non-contiguous view is copied).
     n_components
