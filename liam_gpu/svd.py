@@ -60,9 +60,10 @@ def randomized_svd(
     a
         ``(m, n)`` matrix, or a ``(..., m, n)`` stack factored item by item
         (numpy, CuPy, torch or a nested list; any number of leading axes),
-        or sparse input: scipy.sparse (any format), cupyx.scipy.sparse, torch COO/CSR tensors
-        (converted once to CSR, never densified; see :mod:`liam_gpu.sparse_input`).  Not modified and never copied, unless its dtype or memory
-        layout needs converting (integers and float16 are computed in float64
+        or sparse input: scipy.sparse (any format), cupyx.scipy.sparse, torch
+        COO/CSR tensors (converted once to CSR, never densified; see
+        :mod:`liam_gpu.sparse_input`).  Not modified and never copied, unless
+        its dtype or memory layout needs converting (integers and float16 are computed in float64
         / float32; a non-contiguous view is copied).
     n_components
         Rank ``k`` of the result, ``1 <= k <= min(m, n)``.
