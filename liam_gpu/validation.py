@@ -74,9 +74,24 @@ def check_finite(name: str, x: Any, *, storage: str | None = None) -> None:
     if storage == "bfloat16" or bfloat16.is_bfloat16(x.dtype):
         bad = bool(bfloat16.nonfinite(x).any())
     else:
-        bad = x.dtype.kind == "f" and not bool(_module_of(x).isfinite(x).all())
+        xp = _module_of(x)
+        bad = x.dtype.kind == "f" and not _sum_is_finite(xp, x) and not bool(xp.isfinite(x).all())
     if bad:
         raise ValueError(f"{name} contains NaN or Inf; pass check_finite=False to skip this check")
+
+
+def _sum_is_finite(xp: Any, x: Any) -> bool:
+    """Whether the sum of float32/float64 ``x`` is finite, which proves every element is.
+
+    One reduction and no input-sized boolean temporary (3.5 against 6.4 ms for
+    ``isfinite(x).all()`` on 16M float32 here).  False for a non-finite sum of
+    finite terms (overflow) and for float16 (whose sums overflow early): the
+    caller then runs the exact test.
+    """
+    if x.dtype.itemsize < 4:
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(xp.isfinite(xp.sum(x)))
 
 
 def check_all_finite(**named: Any) -> None:

@@ -138,3 +138,23 @@ def test_cuda_without_a_device_is_a_clear_error(monkeypatch):
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="cuda:3.*not available"):
         lg.transform_matrix(np.ones((2, 3)), np.ones((2, 3)), device="cuda:3")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_check_finite_is_exact_whatever_the_sum_does(dtype):
+    # The fast test sums x: a finite sum clears x, and a non-finite one (NaN,
+    # +inf and -inf together, or an overflow of finite values) takes the exact test.
+    from liam_gpu import validation
+
+    big = np.finfo(dtype).max
+    finite_overflowing = np.array([big, big, big, -big / 2], dtype=dtype)
+    validation.check_finite("x", finite_overflowing)  # finite: no error although the sum overflows
+    validation.check_finite("x", np.zeros((0, 3), dtype=dtype))
+    for bad in ([1.0, np.nan], [np.inf, -np.inf], [1.0, np.inf], [-np.inf, 2.0]):
+        with pytest.raises(ValueError, match="x contains NaN or Inf"):
+            validation.check_finite("x", np.array(bad, dtype=dtype))
+    base = np.ones((4, 6), dtype=dtype)
+    base[0, 1] = np.nan  # outside the strided view: not part of x
+    validation.check_finite("x", base[:, ::2])
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        validation.check_finite("x", base[:, 1::2])
