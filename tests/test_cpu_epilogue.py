@@ -152,3 +152,10 @@ def test_without_threadpoolctl_one_thread_of_ours(monkeypatch, parallel_always):
     monkeypatch.setattr(_threads, "_controllers", [])
     assert _threads.blas_threads() == 1
     np.testing.assert_array_equal(lg.transform_matrix(x, w, b, "gelu", device="cpu"), want)
+
+
+def test_a_pool_in_hand_still_takes_work_after_a_larger_one_is_made():
+    # A concurrent call may hold the pool it was given while another grows it.
+    small = _threads.pool(1)
+    _threads.pool(_threads.pool(1)._max_workers + 1)
+    assert small.submit(lambda: 7).result() == 7

@@ -73,7 +73,7 @@ def pool(workers: int) -> ThreadPoolExecutor:
     global _pool
     with _lock:
         if _pool is None or _pool._max_workers < workers:  # noqa: SLF001  (no public size)
-            if _pool is not None:
-                _pool.shutdown(wait=False)  # its running tasks finish; new ones go to the larger pool
+            # The smaller pool is not shut down: a concurrent call may still be about to
+            # submit to it.  Once nothing holds it, its idle threads exit with it.
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="liam-gpu-cpu")
         return _pool
