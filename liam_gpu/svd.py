@@ -9,6 +9,7 @@ matrices get the exact SVD of the batched kernel instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -566,7 +567,7 @@ def _engine(backend: Any, mat: _Matrix, plan: Plan, mean: np.ndarray | None = No
     # whose basis is narrower than that are factored again at that rank.
     found = [adaptive(op, plan) for op in ops]
     k = max(rank for _, rank in found)
-    again = Plan(k=k, p=plan.p, q=plan.q, seed=plan.seed, check=False, estimate=True, tf32=plan.tf32)
+    again = dataclasses.replace(plan, k=k, tol=None, check=False, estimate=True)
     return [fact if fact.width >= k else fixed_rank(op, again) for (fact, _), op in zip(found, ops)], k
 
 

@@ -101,15 +101,18 @@ def test_kernel_gelu_is_accurate_in_the_tail():
 
 
 def test_compiled_float32_gelu_is_accurate_in_the_tail():
-    # The CPU epilogue's compiled gelu (numba, the ``fast`` extra): the same bound.
+    # The CPU epilogue's compiled gelu (numba, the ``fast`` extra) evaluates erfc in
+    # float64 from the unrounded x / sqrt 2, so the tail's 3 x^2 term of bound()
+    # (scipy's path rounds that argument first) does not apply: 4 ulps everywhere
+    # (2.1 measured, liam_gpu/_numba_epilogue.py).
     if activations.fast_epilogue() is None:
         pytest.skip("numba is not installed (the fast extra)")
     x = tail_and_bulk(np.float32)
     got = x.copy()[None, :]
     activations.apply_bias_inplace(got, None, GELU)
-    assert np.all(ulps(got[0], gelu64(x), np.float32) <= bound(x))
+    assert np.all(ulps(got[0], gelu64(x), np.float32) <= 4)
     # With a bias: x = (x - 1) + 1 in float32, gelu of the rounded sum.
     shifted = (x - np.float32(1))[None, :]
     activations.apply_bias_inplace(shifted, np.ones(x.size, np.float32), GELU)
     xs = (x - np.float32(1)) + np.float32(1)
-    assert np.all(ulps(shifted[0], gelu64(xs), np.float32) <= bound(xs))
+    assert np.all(ulps(shifted[0], gelu64(xs), np.float32) <= 4)

@@ -17,6 +17,8 @@ import liam_gpu as lg
 from liam_gpu import activations
 from liam_gpu.backends import _threads, cpu
 
+from test_transform import assert_close  # tests/ is on sys.path
+
 ACTS = [None, "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"]
 #: (n, d_in, d_out): tall, wide (split by columns), tails of 1 and 63 rows, one row.
 SHAPES = [(1000, 96, 200), (96, 64, 1000), (4097, 32, 96), (191, 16, 130), (1, 5, 3)]
@@ -57,11 +59,10 @@ def test_same_bits_whatever_the_block_size_and_threads(monkeypatch, parallel_alw
 @pytest.mark.parametrize("shape", SHAPES[:3], ids=lambda s: "x".join(map(str, s)))
 def test_matches_the_float64_reference(parallel_always, shape, act):
     x, w, b = _inputs(*shape)
-    want = activations.reference(x.astype(np.float64) @ w.T.astype(np.float64) + b, act)
     for threads in (1, 2):
         with threadpoolctl.threadpool_limits(threads, user_api="blas"):
             got = lg.transform_matrix(x, w, b, act, device="cpu")
-        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+        assert_close(got, x, w, b, act, np.float32)  # the elementwise bound of tests/test_transform.py
 
 
 def test_numpy_fallback_without_numba(monkeypatch):

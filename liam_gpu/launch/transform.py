@@ -46,7 +46,6 @@ from .transform_plan import (  # noqa: F401  (re-exported: the planning API of t
     BLAS_RULES,
     MIN_TILE_FILL,
     MMA_CONFIGS,
-    MMA_K_MULTIPLE,
     MMA_K_MULTIPLES,
     MMA_MIN_CAPABILITY,
     MMA_OPT_IN,

@@ -198,11 +198,6 @@ MMA_CONFIGS: dict[str, dict[str, MmaConfig]] = {
 #: allows it (``tf32=True``, the public ``precision="tf32"``).
 MMA_OPT_IN: frozenset[str] = frozenset({"float32"})
 
-#: The tensor-core path needs d_in to be a multiple of this for the 16-bit
-#: types (8 values: every row's 16-byte chunks aligned, each wholly inside or
-#: outside the matrix); :data:`MMA_K_MULTIPLES` has it per dtype.
-MMA_K_MULTIPLE = 8
-
 #: Per storage dtype, the multiple of d_in the tensor-core path needs (16 bytes of elements).
 MMA_K_MULTIPLES: dict[str, int] = {"float16": 8, "bfloat16": 8, "float32": 4}
 
