@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import bfloat16
+from .xp import array_module as _module_of  # numpy or CuPy: a leaf module, imported once
 
 #: dtypes computed in their own precision.
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -80,15 +81,21 @@ def check_finite(name: str, x: Any, *, storage: str | None = None) -> None:
         raise ValueError(f"{name} contains NaN or Inf; pass check_finite=False to skip this check")
 
 
+#: Elements from which :func:`check_finite` tries the one-sum test first.
+_SUM_TEST_MIN = 1 << 15
+
+
 def _sum_is_finite(xp: Any, x: Any) -> bool:
     """Whether the sum of float32/float64 ``x`` is finite, which proves every element is.
 
     One reduction and no input-sized boolean temporary (3.5 against 6.4 ms for
     ``isfinite(x).all()`` on 16M float32 here).  False for a non-finite sum of
-    finite terms (overflow) and for float16 (whose sums overflow early): the
+    finite terms (overflow), for float16 (whose sums overflow early) and for
+    arrays below :data:`_SUM_TEST_MIN` elements, where two small reductions
+    cost more than the temporary (7.6 µs more per tiny transform call): the
     caller then runs the exact test.
     """
-    if x.dtype.itemsize < 4:
+    if x.dtype.itemsize < 4 or x.size < _SUM_TEST_MIN:
         return False
     with np.errstate(over="ignore", invalid="ignore"):
         return bool(xp.isfinite(xp.sum(x)))
@@ -184,8 +191,3 @@ def overlapping(out: Any, **inputs: Any) -> list[str]:
             found.append(name)
     return found
 
-
-def _module_of(x: Any):
-    from .arrays import array_module
-
-    return array_module(x)
