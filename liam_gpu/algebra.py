@@ -10,6 +10,7 @@ module (numpy or CuPy).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -251,23 +252,40 @@ class BinaryAlgebra:
 def _norm(xp: Any, a: Any, axis: int | None = None, keepdims: bool = False) -> Any:
     """The 2-norm of ``a`` (along ``axis``), scaled as LAPACK's ``nrm2`` so it neither overflows nor underflows.
 
-    The squares are summed after dividing by a power of two near the largest
-    magnitude (exact: only the exponent changes), so values near the dtype's
-    largest or smallest normal number (1e30 or 1e-30 in float32) do not
-    square to Inf or 0.  NaN and Inf propagate as in ``numpy.linalg.norm``.
+    The plain sum of squares first (1.8 against 5.8 ms for the scaled sum on
+    4M float32 values here); where its squares overflowed or underflowed, the squares are summed after dividing by a power of two near
+    the largest magnitude (exact: only the exponent changes), so values near
+    the dtype's largest or smallest normal number (1e30 or 1e-30 in float32)
+    do not square to Inf or 0.  NaN and Inf propagate as in ``numpy.linalg.norm``.
     """
     if a.size == 0:
         return xp.linalg.norm(a, axis=axis, keepdims=keepdims)
+    with np.errstate(over="ignore", under="ignore"):  # detected below, and redone scaled
+        # Pairwise-summed squares, not numpy.linalg.norm: its BLAS dot sums
+        # float32 in float32 sequentially (3e-6 off at 4M values, against 4e-8 here).
+        total = xp.sqrt(xp.square(a).sum(axis=axis, keepdims=True))
+    # The plain sum of squares is accurate unless a square overflowed (an infinite
+    # norm: also the answer for an infinite entry, which the scaled sum gives too)
+    # or the squares underflowed enough to matter (a norm below sqrt(n tiny / eps)).
+    info = xp.finfo(a.dtype)
+    n = a.size if axis is None else a.shape[axis]
+    low = math.sqrt(n * float(info.tiny) / float(info.eps))
+    if not bool(xp.all(xp.isnan(total) | (xp.isfinite(total) & (total >= low)))):
+        total = _scaled_norm(xp, a, axis)
+    if not keepdims:
+        # a scalar like numpy.linalg.norm's (CuPy keeps a 0-d array, as cupy.linalg.norm does)
+        total = total.reshape(())[()] if axis is None else xp.squeeze(total, axis=axis)
+    return total
+
+
+def _scaled_norm(xp: Any, a: Any, axis: int | None) -> Any:
+    """:func:`_norm` with the squares of ``a / 2^e`` summed, ``2^e`` near the largest magnitude (keepdims)."""
     big = xp.abs(a).max(axis=axis, keepdims=True)
     _, exponent = xp.frexp(big)
     # A non-finite or zero maximum keeps the scale 1 (Inf and NaN then propagate).
     exponent = xp.where(xp.isfinite(big) & (big > 0), exponent, 0)
     scale = xp.ldexp(xp.ones_like(big), exponent)
-    total = xp.sqrt(xp.square(a / scale).sum(axis=axis, keepdims=True)) * scale
-    if not keepdims:
-        # a scalar like numpy.linalg.norm's (CuPy keeps a 0-d array, as cupy.linalg.norm does)
-        total = total.reshape(())[()] if axis is None else xp.squeeze(total, axis=axis)
-    return total
+    return xp.sqrt(xp.square(a / scale).sum(axis=axis, keepdims=True)) * scale
 
 
 def _same_shape(na: str, a: Any, nb: str, b: Any) -> None:
