@@ -126,9 +126,10 @@ class CpuBackend(Backend):
     def _gemm_epilogue(self, x, wt, bias, activation, out, storage):
         """``out = act(x @ wt + bias)`` with one BLAS call and a chunked in-place epilogue.
 
-        The GEMM is one call (BLAS loses 1.1-8x when split into row chunks,
-        measured here); bias and activation then run over cache-sized chunks of
-        the output so their temporaries stay small.  The 16-bit types have no
+        For what :func:`_fused_rows` does not take: a plain product (no bias,
+        no activation), a batch, and the 16-bit types.  The GEMM is one call;
+        bias and activation then run over cache-sized chunks of the output so
+        their temporaries stay small.  The 16-bit types have no
         BLAS: they go through float32 buffers of about 4M elements.  bfloat16
         (the ``ml_dtypes`` dtype, or ``uint16`` bits with ``storage``) is
         widened exactly from its bits and rounded once per output element.
