@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from .. import arrays
+from .. import arrays, sparse_input
 from ..svd import randomized_svd
 
 __all__ = ["svd_lowrank", "pca_lowrank"]
@@ -151,22 +151,18 @@ def _seed() -> int:
     return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
 
 
-def _is_sparse(A: torch.Tensor) -> bool:
-    return A.layout in (torch.sparse_coo, torch.sparse_csr)
-
-
 def _transpose(A: torch.Tensor) -> torch.Tensor:
     """``A^T`` without a copy of a dense ``A`` (a view) or a densified sparse one (COO's transpose)."""
     if A.layout == torch.sparse_csr:
         A = A.to_sparse_coo()
-    return A.t() if _is_sparse(A) else A.mT
+    return A.t() if sparse_input.is_torch(A) else A.mT
 
 
 def _factor(A: torch.Tensor, q: int, niter: int, M: torch.Tensor | None, *,
             center: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(U, S, V)`` of ``A - M`` (or of ``A`` centred by its column means with ``center``)."""
     options = dict(n_iter=niter, random_state=_seed())
-    if _is_sparse(A) and arrays.needs_autograd(A, M):
+    if sparse_input.is_torch(A) and arrays.needs_autograd(A, M):
         # The same refusal on every route (the centring operator, the transposed one, the dense copy).
         raise ValueError("A is a sparse tensor and A or M requires grad: gradients are recorded for dense A only")
     if center:
@@ -191,6 +187,6 @@ def _factor(A: torch.Tensor, q: int, niter: int, M: torch.Tensor | None, *,
         # Row means: A - nu 1^T = (A^T - 1 nu^T)^T, the centring operator on the transpose.
         u, s, vt = randomized_svd(_transpose(A), q, center=M.reshape(m), **options)
         return vt.mT, s, u
-    dense = A.to_dense() if _is_sparse(A) else A
+    dense = A.to_dense() if sparse_input.is_torch(A) else A
     u, s, vt = randomized_svd(dense - M, q, **options)
     return u, s, vt.mT
