@@ -14,7 +14,7 @@ import numpy as np
 
 from . import arrays, validation
 from .operators import RankOneUpdate
-from .rangefinder import Plan, fixed_rank
+from .rangefinder import Plan, basis, fixed_rank
 from .svd import _Matrix, _check_count, _check_normalizer, _mean, _n_iter, _resolve, seed_from_random_state
 
 __all__ = ["PCAResult", "pca"]
@@ -143,7 +143,7 @@ def _recorded(x: Any, mat: Any, mean: np.ndarray, op: Any, plan: Plan, kind: arr
     t = _svd_grad.source(x, mat.data.dtype)
     m = int(t.shape[0])
     mu = _svd_grad.centre_of(t, True, mean)
-    _, s, vt = _svd_grad.project(t, mu, fixed_rank(op, plan), plan.k)
+    _, s, vt = _svd_grad.project(t, mu, basis(op, plan), plan.k)  # signs: flip_rows below
     vt = _svd_grad.flip_rows(vt)
     # ||X - mean||_F^2 of the ratio's denominator, in float64 (the engine's sum_squares is float64).
     total = (t - mu).double().square().sum()

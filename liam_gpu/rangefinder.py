@@ -312,13 +312,7 @@ def fixed_rank(op: Any, plan: Plan, norm2: float | None = None) -> Factorization
 
     ``norm2``: ``||T||_F^2`` if known (else measured when ``plan.estimate``).
     """
-    mt, nt = op.shape
-    width = min(sketch_width(plan.k, plan.p, nt), mt)  # mt < nt only for a Dask array chunked along columns
-    # A sketch as wide as the matrix spans its whole range: LAPACK's SVD is exact and
-    # cheaper where the operator offers it; else no power iteration (it would only
-    # square the conditioning).
-    q = 0 if width >= nt else plan.q
-    if width >= nt and hasattr(op, "dense_svd"):
+    if _dense_is_exact(op, plan):
         if plan.check:  # LAPACK would answer NaN with its own message
             op.require_finite(op.data)
         return dense(op, _norm2(op, plan) if plan.estimate and norm2 is None else norm2)
@@ -327,10 +321,46 @@ def fixed_rank(op: Any, plan: Plan, norm2: float | None = None) -> Factorization
     early = plan.estimate and norm2 is None and not getattr(op, "sums_in_sketch", False)
     if early:
         norm2 = _norm2(op, plan)
-    basis = range_finder(passes(op, plan), width, q, plan.seed, normalizer=plan.normalizer, check=plan.check)
+    basis = fixed_basis(op, plan)
     if norm2 is None and plan.estimate:
         norm2 = _norm2(op, plan)
     return finish(op, basis, norm2, driver=plan.driver)
+
+
+def _width(op: Any, plan: Plan) -> int:
+    mt, nt = op.shape
+    return min(sketch_width(plan.k, plan.p, nt), mt)  # mt < nt only for a Dask array chunked along columns
+
+
+def _dense_is_exact(op: Any, plan: Plan) -> bool:
+    """A sketch as wide as ``T`` spans its whole range: LAPACK's SVD is exact and cheaper, where offered."""
+    return _width(op, plan) >= op.shape[1] and hasattr(op, "dense_svd")
+
+
+def basis(op: Any, plan: Plan) -> Factorization:
+    """The fixed-rank range finder's basis as a :class:`Factorization` without the small SVD.
+
+    Only ``op`` and ``q`` are set (``p``, ``uc``, ``vc`` None, ``s`` empty):
+    for callers that factor ``Q^T T`` themselves and fix the signs after
+    (the autograd path, :mod:`liam_gpu._svd_grad`), which would otherwise pay
+    :func:`finish`'s pass over ``T`` and its Gram reductions for nothing.
+    Where the dense SVD is exact it is that :func:`fixed_rank` result.
+    """
+    if _dense_is_exact(op, plan):
+        return fixed_rank(op, plan)
+    return Factorization(op, fixed_basis(op, plan), None, None, np.empty(0), None)
+
+
+def fixed_basis(op: Any, plan: Plan) -> Any:
+    """The fixed-rank range finder's orthonormal basis ``Q`` of ``T`` (``mt x width``), no small SVD.
+
+    For callers that form ``Q^T T`` themselves (the autograd path,
+    :mod:`liam_gpu._svd_grad`).  A sketch as wide as ``T`` takes no power
+    iteration (it would only square the conditioning).
+    """
+    width = _width(op, plan)
+    q = 0 if width >= op.shape[1] else plan.q
+    return range_finder(passes(op, plan), width, q, plan.seed, normalizer=plan.normalizer, check=plan.check)
 
 
 def adaptive(op: Any, plan: Plan) -> tuple[Factorization, int]:

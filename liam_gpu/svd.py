@@ -19,8 +19,8 @@ import numpy as np
 from . import arrays, backends, sparse_input, validation
 from .transform import allows_tf32
 from .operators import DenseOperator, RankOneUpdate, SparseOperator
-from .rangefinder import (Factorization, Plan, ResolutionWarning, adaptive, fixed_rank, flip_signs, range_finder,
-                          resolution)
+from .rangefinder import (Factorization, Plan, ResolutionWarning, adaptive, basis, fixed_rank, flip_signs,
+                          range_finder, resolution)
 
 __all__ = ["randomized_svd", "randomized_range_finder", "svd_compress", "seed_from_random_state",
            "ResolutionWarning"]
@@ -535,7 +535,11 @@ def _factor_recorded(backend: Any, mat: _Matrix, plan: Plan, mean: np.ndarray | 
             signs = _svd_grad.align_signs(u, backend.batched_svd(mat.data)[0][..., :k])
             u, vt = u * signs, vt * signs.mT
     else:
-        facts, k = _engine(backend, mat, plan, mean)
+        if plan.tol is None and plan.flip and not plan.estimate:
+            # Only the bases are used: B = Q^T A is factored by torch and the signs set below.
+            facts, k = [basis(op, plan) for op in _operators(backend, mat, mean)], plan.k
+        else:
+            facts, k = _engine(backend, mat, plan, mean)
         items = [_svd_grad.project(x if len(mat.shape) == 2 else x[i], mu, fact, k) for i, fact in enumerate(facts)]
         if len(mat.shape) == 2:
             (u, s, vt), = items
@@ -553,22 +557,26 @@ def _engine(backend: Any, mat: _Matrix, plan: Plan, mean: np.ndarray | None = No
 
     Not for stacks that the batched kernel takes (:func:`_small_stack`).
     """
-    if len(mat.shape) == 2:
-        op = mat.operator(backend)
-        op = op if mean is None else RankOneUpdate.centred(op, mean)
-        if plan.tol is not None:
-            fact, k = adaptive(op, plan)
-            return [fact], k
-        return [fixed_rank(op, plan)], plan.k
-    ops = [DenseOperator.of(backend, mat.data[i]) for i in range(mat.shape[0])]
+    ops = _operators(backend, mat, mean)
     if plan.tol is None:
         return [fixed_rank(op, plan) for op in ops], plan.k
+    if len(mat.shape) == 2:
+        fact, k = adaptive(ops[0], plan)
+        return [fact], k
     # One rank for the stack: what the most demanding item needs.  Items
     # whose basis is narrower than that are factored again at that rank.
     found = [adaptive(op, plan) for op in ops]
     k = max(rank for _, rank in found)
     again = dataclasses.replace(plan, k=k, tol=None, check=False, estimate=True)
     return [fact if fact.width >= k else fixed_rank(op, again) for (fact, _), op in zip(found, ops)], k
+
+
+def _operators(backend: Any, mat: _Matrix, mean: np.ndarray | None) -> list[Any]:
+    """The engine's operator of each item (one for a 2-D matrix, centred by ``mean`` if given)."""
+    if len(mat.shape) == 2:
+        op = mat.operator(backend)
+        return [op if mean is None else RankOneUpdate.centred(op, mean)]
+    return [DenseOperator.of(backend, mat.data[i]) for i in range(mat.shape[0])]
 
 
 def _small_stack(backend: Any, data: Any, plan: Plan) -> tuple[Any, Any, Any, Any]:
