@@ -148,23 +148,18 @@ class DenseOperator(_InMemory):
         """
         return replace(self, tf32=True) if np.dtype(self.data.dtype) == np.float32 else self
 
-    @property
-    def _tf32(self) -> dict[str, bool]:
-        # The keyword only when set: backends without it serve every default call.
-        return {"tf32": True} if self.tf32 else {}
-
     def sketch(self, seed: int, l: int, col0: int = 0, *, with_v: bool = False) -> tuple[Any, Any | None]:
         if with_v:
-            return self.backend.sketch_pass(self.data, seed, l, trans=self.trans, col0=col0, **self._tf32)
+            return self.backend.sketch_pass(self.data, seed, l, trans=self.trans, col0=col0, tf32=self.tf32)
         return self.backend.sketch(self.data, seed, l, trans=self.trans, col0=col0), None
 
     def power(self, w: Any, *, with_v: bool = False) -> tuple[Any, Any | None]:
         if with_v:
-            return self.backend.power_pass(self.data, w, trans=self.trans, **self._tf32)
-        return self.backend.matmul(self.data, w, trans=self.trans, **self._tf32), None
+            return self.backend.power_pass(self.data, w, trans=self.trans, tf32=self.tf32)
+        return self.backend.matmul(self.data, w, trans=self.trans, tf32=self.tf32), None
 
     def t_times(self, y: Any) -> Any:
-        return self.backend.matmul(self.data, y, trans=not self.trans, **self._tf32)
+        return self.backend.matmul(self.data, y, trans=not self.trans, tf32=self.tf32)
 
     def sum_squares(self) -> float:
         return self.backend.sum_squares(self.data)

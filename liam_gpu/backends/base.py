@@ -105,9 +105,8 @@ class Backend:
         blocks); this default is two :meth:`matmul` calls (a GPU has the
         bandwidth, and cuBLAS is faster on whole matrices).  ``tf32`` as for :meth:`matmul`.
         """
-        extra = {"tf32": True} if tf32 else {}
-        y = self.matmul(a, z, trans=trans, **extra)
-        return y, self.matmul(a, y, trans=not trans, **extra)
+        y = self.matmul(a, z, trans=trans, tf32=tf32)
+        return y, self.matmul(a, y, trans=not trans, tf32=tf32)
 
     def sketch_pass(self, a: Any, seed: int, l: int, *, trans: bool = False, col0: int = 0,
                     tf32: bool = False) -> tuple[Any, Any]:
@@ -117,7 +116,7 @@ class Backend:
         computes ``Y`` in the dtype.
         """
         y = self.sketch(a, seed, l, trans=trans, col0=col0)
-        return y, self.matmul(a, y, trans=not trans, **({"tf32": True} if tf32 else {}))
+        return y, self.matmul(a, y, trans=not trans, tf32=tf32)
 
     def gram(self, y: Any, *, accumulate: Any = np.float64) -> np.ndarray:
         """``y.T @ y`` of a tall-skinny C-contiguous ``y`` (m, l), as a host float64 array.
