@@ -59,6 +59,7 @@ from .transform_plan import (  # noqa: F401  (re-exported: the planning API of t
     TileConfig,
     choose_config,
     choose_mma_config,
+    mma_refusal,
     plan_shape,
     takes_mma,
 )
@@ -351,22 +352,13 @@ def _run_blas(runtime, dtype, x, w, bias, activation, out, batched: bool) -> Lau
 
 
 def _mma_refusal(runtime: Runtime, dtype: str, x: Any, w: Any, tf32: bool) -> str | None:
-    """Why the tensor-core kernel cannot take a launch (None when it can)."""
-    if dtype not in MMA_CONFIGS:
-        return f"the tensor-core kernel takes float16, bfloat16 and (with tf32=True) float32, not {dtype}"
-    if dtype in MMA_OPT_IN and not tf32:
-        return f"{dtype} runs on tensor cores only as TF32, which needs tf32=True (precision='tf32')"
-    if not has_tensor_cores(runtime):
-        major, minor = compute_capability(runtime)
-        return (f"the device's compute capability {major}.{minor} is below 8.0 "
-                f"(no mma.sync for 16-bit types or tf32)")
-    d_in, multiple = int(x.shape[-1]), MMA_K_MULTIPLES[dtype]
-    if d_in % multiple:
-        return f"d_in={d_in} is not a multiple of {multiple}"
-    for name, a in (("x", x), ("w", w)):
-        if not is_aligned(runtime, a, 16):
-            return f"{name} does not start on a 16-byte boundary"
-    return None
+    """Why the tensor-core kernel cannot take a launch (None when it can): the plan's reasons, then alignment."""
+    reason = mma_refusal(dtype, int(x.shape[-1]), has_tensor_cores(runtime), tf32)
+    if reason is None:
+        for name, a in (("x", x), ("w", w)):
+            if not is_aligned(runtime, a, 16):
+                return f"{name} does not start on a 16-byte boundary"
+    return reason
 
 
 def _run_mma(runtime, dtype, config_name, x, w, bias, activation, out, batch, n, d_in, d_out) -> Launch:

@@ -324,11 +324,22 @@ def choose_mma_config(n: int, d_out: int, dtype: str, batch: int, sm_count: int)
     return "mma_medium"
 
 
+def mma_refusal(dtype: str, d_in: int, tensor_cores: bool, tf32: bool) -> str | None:
+    """Why a launch of this dtype and depth cannot take the tensor-core kernel (alignment aside), or None."""
+    if dtype not in MMA_CONFIGS:
+        return f"the tensor-core kernel takes float16, bfloat16 and (with tf32=True) float32, not {dtype}"
+    if dtype in MMA_OPT_IN and not tf32:
+        return f"{dtype} runs on tensor cores only as TF32, which needs tf32=True (precision='tf32')"
+    if not tensor_cores:
+        return "the device's compute capability is below 8.0 (no mma.sync for 16-bit types or tf32)"
+    if d_in % MMA_K_MULTIPLES[dtype]:
+        return f"d_in={d_in} is not a multiple of {MMA_K_MULTIPLES[dtype]}"
+    return None
+
+
 def takes_mma(dtype: str, d_in: int, tensor_cores: bool, tf32: bool) -> bool:
     """Whether a launch of this dtype and depth goes to the tensor-core kernel (alignment aside)."""
-    if not tensor_cores or dtype not in MMA_CONFIGS or (dtype in MMA_OPT_IN and not tf32):
-        return False
-    return d_in % MMA_K_MULTIPLES[dtype] == 0
+    return mma_refusal(dtype, d_in, tensor_cores, tf32) is None
 
 
 @functools.lru_cache(maxsize=4096)
