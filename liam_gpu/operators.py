@@ -65,11 +65,17 @@ def left_factor(backend: Any, dtype: Any, q: Any, c: np.ndarray | int, *,
         u = backend.matmul(q, backend.asarray(np.ascontiguousarray(c, dtype=dtype)))
     if not flip:
         return u, None
-    xp = backend.xp
-    picked = xp.take_along_axis(u, xp.argmax(xp.abs(u), axis=0)[None, :], axis=0)[0]
-    signs = np.where(backend.to_host(picked) < 0, -1.0, 1.0)
-    u *= backend.asarray(signs.astype(dtype))
-    return u, signs
+    signs = largest_entry_signs(backend.xp, u, axis=0)
+    u *= signs
+    return u, backend.to_host(signs)[0].astype(np.float64)
+
+
+def largest_entry_signs(xp: Any, a: Any, axis: int) -> Any:
+    """scikit-learn's ``svd_flip`` convention: ``+1`` or ``-1`` per vector along ``axis`` of ``a``
+    (stacks too), making each vector's largest-magnitude entry positive.  Same dtype as ``a``, the
+    length-1 ``axis`` kept, so ``a * signs`` applies it."""
+    picked = xp.take_along_axis(a, xp.expand_dims(xp.argmax(xp.abs(a), axis=axis), axis), axis=axis)
+    return xp.where(picked < 0, -1, 1).astype(a.dtype)
 
 
 class _InMemory:

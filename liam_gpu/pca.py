@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import arrays, validation
-from .operators import RankOneUpdate
+from .operators import RankOneUpdate, largest_entry_signs
 from .rangefinder import Plan, basis, fixed_rank
 from .svd import _Matrix, _check_count, _check_normalizer, _mean, _n_iter, _resolve, seed_from_random_state
 
@@ -117,8 +117,7 @@ def pca(
         total = op.sum_squares()
         xp = backend.xp
         # scikit-learn's PCA: the largest-magnitude entry of each component positive.
-        picked = xp.take_along_axis(vt, xp.argmax(xp.abs(vt), axis=1)[:, None], axis=1)
-        vt *= xp.where(picked < 0, -1, 1).astype(vt.dtype)
+        vt *= largest_entry_signs(xp, vt, axis=1)
         s_host = backend.to_host(s).astype(np.float64)
         variance = s_host**2 / (m - 1)
         ratio = s_host**2 / total if total > 0 else np.zeros_like(s_host)

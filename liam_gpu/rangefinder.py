@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .cholqr import basis_pass, orthonormalize, shifted_factor
+from .operators import largest_entry_signs
 
 #: Relative errors below which an estimate says only "at most this", per dtype.
 #: float32: the returned factors' own rounding (``~u sqrt(k)``) and the
@@ -197,9 +198,7 @@ def flip_signs(xp: Any, u: Any, vt: Any) -> tuple[Any, Any]:
     Works on single matrices and stacks (``u`` (..., m, k), ``vt`` (..., k,
     n)); ``u`` and ``vt`` are scaled in place.
     """
-    where = xp.argmax(xp.abs(u), axis=-2)[..., None, :]
-    picked = xp.take_along_axis(u, where, axis=-2)
-    signs = xp.where(picked < 0, -1, 1).astype(u.dtype)
+    signs = largest_entry_signs(xp, u, axis=-2)
     u *= signs
     vt *= xp.swapaxes(signs, -1, -2)
     return u, vt
