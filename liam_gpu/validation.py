@@ -174,7 +174,9 @@ def overlapping(out: Any, **inputs: Any) -> list[str]:
     A bounds test, like ``numpy.may_share_memory``: interleaved views that
     share no element count as overlapping, which costs the caller a copy,
     never a wrong answer.  Arrays of different devices never overlap (a CuPy
-    array and a numpy one live in different memory).
+    array and a numpy one live in different memory).  Not
+    ``cupy.may_share_memory``: it refuses arrays of two GPUs (an ``out`` on
+    another device is legitimate here, and copied back).
     """
     if out is None:
         return []
