@@ -174,9 +174,10 @@ def overlapping(out: Any, **inputs: Any) -> list[str]:
     A bounds test, like ``numpy.may_share_memory``: interleaved views that
     share no element count as overlapping, which costs the caller a copy,
     never a wrong answer.  Arrays of different devices never overlap (a CuPy
-    array and a numpy one live in different memory).  Not
-    ``cupy.may_share_memory``: it refuses arrays of two GPUs (an ``out`` on
-    another device is legitimate here, and copied back).
+    array and a numpy one live in different memory).  Not the array
+    module's ``may_share_memory``: an ``out`` on another GPU is legitimate
+    here, and a CuPy function given arrays of two devices may refuse them
+    (the tests' strict fake CuPy does).
     """
     if out is None:
         return []
