@@ -1,20 +1,36 @@
-"""``transform_matrix`` on torch CPU tensors with torch's own GEMM (issue 18).
+"""Torch's own ops with liam-gpu's numerical contract, for torch CPU tensors (issue 18).
 
-On CPU tensors ``F.linear`` (MKL, torch's thread pool) is the fastest GEMM in
-the process, and numpy's BLAS beside torch's pool makes the two fight for the
-cores; so :mod:`liam_gpu.dispatch` sends dense CPU tensors of one float dtype
-here, after the core's own checks (the same errors as the core path).  The
-result keeps liam-gpu's numerical contract, not torch's: gelu is
-``0.5 x erfc(-x / sqrt 2)`` with relative accuracy in the tail (torch's
-``F.gelu`` computes ``1 + erf`` and loses it below about -4), computed with
-torch's vectorised ``erfc`` by L2-sized row blocks (:func:`gelu_`, which the
-torch layers share).  The other activations are torch's in-place functions.
+Two routes compute ``act(x @ W.T + b)`` on CPU tensors with torch's ops
+instead of numpy's BLAS (numpy's pool beside torch's makes the two fight for
+the cores, and ``F.linear`` is the fastest GEMM in such a process):
 
-Imported lazily by :mod:`liam_gpu.dispatch` only; the core never imports it.
+* :func:`transform_matrix` here, which :mod:`liam_gpu.dispatch` sends dense
+  CPU tensors of one float dtype to (no autograd, the result activated in
+  place);
+* :func:`liam_gpu.torch.functional.host_linear`, the torch layers (autograd).
+
+Both take their activations from :data:`TORCH_ACTIVATIONS`, the one statement
+of how torch computes each activation of :mod:`liam_gpu.activations` with
+liam-gpu's meaning: gelu is ``0.5 x erfc(-x / sqrt 2)`` with relative
+accuracy in the tail (torch's ``F.gelu`` computes ``1 + erf`` and loses it
+below about -4), 16-bit tensors are activated in float32 and rounded once.
+Each has an in-place form (:func:`activate_`: no autograd, L2-sized row
+blocks where a temporary is needed) and an out-of-place one that autograd
+can record (:func:`activate`); the two give the same bits.
+
+Both check finiteness the same way (:func:`sum_is_finite`): NaN/Inf in an
+input reaches its whole row or column of ``x W^T + b``, so a finite sum of
+the pre-activation output clears every input with one read of the output,
+and only a non-finite sum takes the exact checks with the core's messages.
+
+Imported lazily by :mod:`liam_gpu.dispatch` (torch tensors only) and by
+:mod:`liam_gpu.torch`; the core never imports it.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,12 +38,15 @@ import torch
 
 from . import activations, arrays, backends, transform, validation
 
-__all__ = ["takes", "transform_matrix"]
+__all__ = ["TORCH_ACTIVATIONS", "TorchActivation", "activate", "activate_", "gelu_", "sum_is_finite",
+           "takes", "transform_matrix"]
 
 _DTYPES = (torch.float32, torch.float64)
-#: Elements per row block of the gelu epilogue: its float32 temporary (512 KiB) stays in L2.
+#: 16-bit dtypes: activated in float32, rounded once.
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+#: Elements per row block of the blocked in-place activations: a float32 temporary (512 KiB) stays in L2.
 _BLOCK_ELEMENTS = 1 << 17
-#: -1/sqrt(2): gelu's erfc argument scale (shared with the torch layers).
+#: -1/sqrt(2): gelu's erfc argument scale.
 NEG_SQRT_HALF = -math.sqrt(0.5)
 
 
@@ -58,10 +77,10 @@ def transform_matrix(data: torch.Tensor, weights: torch.Tensor, bias: torch.Tens
     Returns None where the core must run it after all (``out`` overlapping an
     input), having raised exactly what the core raises for bad input.
     """
-    code = activations.activation_code(activation)
+    name = activations.TABLE[activations.activation_code(activation)].name
     kind = arrays.common_kind(data=data, weights=weights, bias=bias, out=out)
     named = {"data": data, "weights": weights} | ({} if bias is None else {"bias": bias})
-    views = {name: arrays.to_compute(t, kind, name=name) for name, t in named.items()}
+    views = {key: arrays.to_compute(t, kind, name=key) for key, t in named.items()}
     transform.check_shapes(views["data"], views["weights"], views.get("bias"))
 
     out_shape = tuple(data.shape[:-1]) + (weights.shape[0],)
@@ -76,49 +95,50 @@ def transform_matrix(data: torch.Tensor, weights: torch.Tensor, bias: torch.Tens
     with torch.no_grad():
         if out is None:
             y = torch.nn.functional.linear(x2, weights, bias)
-            # NaN/Inf in an input reaches its whole row or column of x W^T + b (inf * 0 is NaN
-            # too), so a finite sum of the product clears the inputs: one read of the output
-            # instead of all of them (the weights are 16x the output at 256 x 4096 -> 4096).
-            # A non-finite sum (or an overflow of finite values) takes the core's exact checks.
-            if check_finite:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    finite = np.isfinite(np.sum(y.numpy()))
-                if not finite:  # the core's checks, in its order, with its messages
-                    validation.check_all_finite(**views)
+            # Before the activation (relu(-inf) is 0): one read of the output instead of every
+            # input (the weights are 16x the output at 256 x 4096 -> 4096).
+            if check_finite and not sum_is_finite(y):
+                validation.check_all_finite(**views)  # the core's checks, in its order, with its messages
         else:
             y = out.view(-1, weights.shape[0])
             if bias is None:
                 torch.matmul(x2, weights.t(), out=y)
             else:
                 torch.addmm(bias, x2, weights.t(), out=y)
-        _activate(y, code)
+        activate_(y, name)
     return out if out is not None else y.reshape(out_shape)
 
 
-def _activate(y: torch.Tensor, code: int) -> None:
-    """The activation in place on the 2-D output ``y``, with liam-gpu's meaning and accuracy."""
-    name = activations.TABLE[code].name
-    if name is None:
-        return
-    if name == "relu":
-        y.relu_()
-    elif name == "gelu":
-        gelu_(y)
-    elif name == "gelu_tanh":  # no in-place form: by blocks, so the temporary stays small
-        step = max(1, _BLOCK_ELEMENTS // max(1, y.shape[1]))
-        for start in range(0, y.shape[0], step):
-            part = y[start:start + step]
-            part.copy_(torch.nn.functional.gelu(part, approximate="tanh"))
-    elif name == "silu":
-        torch.nn.functional.silu(y, inplace=True)
-    elif name == "sigmoid":
-        y.sigmoid_()
-    else:
-        y.tanh_()
+# --- the finite check ----------------------------------------------------------------
 
+#: Elements from which :func:`sum_is_finite` sums with torch: below, numpy's sum has less overhead.
+_TORCH_SUM_MIN = 1 << 14
+
+
+def sum_is_finite(y: torch.Tensor) -> bool:
+    """Whether the sum of the float32/float64 CPU tensor ``y`` is finite (a non-finite element makes it not).
+
+    For ``y = x @ W.T + b`` (a chain of such products too) a finite sum proves
+    every input finite: NaN/Inf in ``x[i, k]`` makes every ``y[i, :]`` non-finite
+    (``inf * 0`` is NaN, ``inf - inf`` too), one in ``W[j, k]`` every ``y[:, j]``,
+    one in ``b[j]`` the column ``j``; a non-finite element stays non-finite in
+    any sum.  The converse does not hold: finite inputs whose products or sum
+    overflow give a non-finite sum, so a caller runs the exact input checks
+    then, which decide.  Sums with torch's own pool from :data:`_TORCH_SUM_MIN`
+    elements (faster than ``np.sum``'s one thread there), with numpy below.
+    """
+    with torch.no_grad():
+        y = y.detach()
+        if y.numel() >= _TORCH_SUM_MIN or not y.is_contiguous():
+            return bool(torch.isfinite(y.sum()))
+        with np.errstate(over="ignore", invalid="ignore"):
+            return bool(np.isfinite(np.sum(y.numpy())))
+
+
+# --- the activations ------------------------------------------------------------------
 
 def gelu_(y: torch.Tensor) -> torch.Tensor:
-    """``0.5 y erfc(-y / sqrt 2)`` in place on a C-contiguous tensor, returned.
+    """``0.5 y erfc(-y / sqrt 2)`` in place on a C-contiguous float32/float64 tensor, returned.
 
     Row blocks of ``_BLOCK_ELEMENTS`` pass through one temporary that stays in
     L2: ``t = -y / sqrt 2``, torch's vectorised ``erfc`` (SLEEF) on ``t``,
@@ -130,15 +150,112 @@ def gelu_(y: torch.Tensor) -> torch.Tensor:
     11.9 ms for the numba epilogue of the numpy path and 0.25 and 6.1 ms for
     ``F.gelu`` (which allocates its output and computes ``1 + erf``).
     """
-    flat = y.view(-1, y.shape[-1]) if y.dim() > 1 else y.view(1, -1)
-    rows, cols = flat.shape
-    step = max(1, _BLOCK_ELEMENTS // max(1, cols))
-    buf = torch.empty(min(rows, step) * cols, dtype=y.dtype, device=y.device)
-    for start in range(0, rows, step):
-        part = flat[start:start + step]
-        t = buf[:part.numel()].view(part.shape)
+    def block(part: torch.Tensor, t: torch.Tensor) -> None:
         torch.mul(part, NEG_SQRT_HALF, out=t)
         t.erfc_()
         t.mul_(0.5)
         part.mul_(t)
+
+    return _by_blocks(y, block, y.dtype)
+
+
+def _gelu(z: torch.Tensor) -> torch.Tensor:
+    """:func:`gelu_` out of place, for autograd: the same operations, so the same bits (``0.5`` is exact)."""
+    return z * (0.5 * torch.special.erfc(z * NEG_SQRT_HALF))
+
+
+def _gelu_tanh_(y: torch.Tensor) -> torch.Tensor:
+    """torch's tanh GELU in place: it has no in-place form, so by blocks, the temporary one block."""
+    return _by_blocks(y, lambda part, _: part.copy_(torch.nn.functional.gelu(part, approximate="tanh")), None)
+
+
+def _gelu_tanh(z: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.gelu(z, approximate="tanh")
+
+
+def _silu_(y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.silu(y, inplace=True)
+
+
+def _by_blocks(y: torch.Tensor, block: Callable[[torch.Tensor, torch.Tensor | None], Any],
+               scratch: torch.dtype | None) -> torch.Tensor:
+    """``block(part, t)`` on each row block of ``_BLOCK_ELEMENTS`` of the C-contiguous ``y``, returned.
+
+    ``t`` is a temporary of the block's shape and dtype ``scratch``, one buffer
+    reused by every block (None: no temporary), so it stays in L2 while the
+    block is hot.
+    """
+    flat = y.view(-1, y.shape[-1]) if y.dim() > 1 else y.view(1, -1)
+    rows, cols = flat.shape
+    step = max(1, _BLOCK_ELEMENTS // max(1, cols))
+    buf = None if scratch is None else torch.empty(min(rows, step) * cols, dtype=scratch, device=y.device)
+    for start in range(0, rows, step):
+        part = flat[start:start + step]
+        block(part, None if buf is None else buf[:part.numel()].view(part.shape))
     return y
+
+
+@dataclass(frozen=True)
+class TorchActivation:
+    """How torch computes one activation of :data:`liam_gpu.activations.TABLE`, with its meaning and accuracy.
+
+    Attributes
+    ----------
+    name
+        The activation's name in :mod:`liam_gpu.activations` (None: identity).
+    inplace
+        Overwrites a C-contiguous float32/float64 tensor that nothing records
+        (no autograd) and returns it; by L2-sized row blocks where it needs a
+        temporary.  None for the identity.
+    function
+        The same values (the same bits) out of place, which autograd records;
+        None for the identity.
+    """
+
+    name: str | None
+    inplace: Callable[[torch.Tensor], torch.Tensor] | None
+    function: Callable[[torch.Tensor], torch.Tensor] | None
+
+
+#: Every activation of :data:`liam_gpu.activations.TABLE`, by name, as torch computes it here.
+TORCH_ACTIVATIONS: dict[str | None, TorchActivation] = {a.name: a for a in (
+    TorchActivation(None, None, None),
+    TorchActivation("relu", torch.Tensor.relu_, torch.relu),
+    TorchActivation("gelu", gelu_, _gelu),
+    TorchActivation("gelu_tanh", _gelu_tanh_, _gelu_tanh),
+    TorchActivation("silu", _silu_, torch.nn.functional.silu),
+    TorchActivation("sigmoid", torch.Tensor.sigmoid_, torch.sigmoid),
+    TorchActivation("tanh", torch.Tensor.tanh_, torch.tanh),
+)}
+
+
+def activate_(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """``activation`` (a canonical name) in place on the C-contiguous tensor ``y``, returned; no autograd.
+
+    float16/bfloat16: each row block is activated in float32 and rounded once
+    (a float32 temporary of one block).
+    """
+    entry = TORCH_ACTIVATIONS[activation]
+    if entry.inplace is None:
+        return y
+    if y.dtype in _HALF_DTYPES:
+        def block(part: torch.Tensor, t: torch.Tensor) -> None:
+            t.copy_(part)
+            part.copy_(entry.inplace(t))
+
+        return _by_blocks(y, block, torch.float32)
+    entry.inplace(y)
+    return y
+
+
+def activate(z: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """``activation`` (a canonical name) of ``z`` out of place, recordable by autograd and ``torch.compile``.
+
+    The bits of :func:`activate_`; float16/bfloat16 activated in float32 and rounded once.
+    """
+    entry = TORCH_ACTIVATIONS[activation]
+    if entry.function is None:
+        return z
+    if z.dtype in _HALF_DTYPES:
+        return entry.function(z.float()).to(z.dtype)
+    return entry.function(z)

@@ -242,34 +242,6 @@ def transform_matrix(
 _HOST_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-
-
-def _gelu(z: torch.Tensor) -> torch.Tensor:
-    """Exact (erf) GELU as ``0.5 z erfc(-z / sqrt 2)``, the kernels' and the CPU backend's form.
-
-    It keeps relative accuracy where ``1 + erf`` cancels (z << 0), which
-    ``F.gelu`` loses below about -4; the price is torch's ``erfc`` pass.
-    Without autograd ``z`` (the layer's own fresh, contiguous product) is
-    overwritten by L2-sized blocks (:func:`liam_gpu.torch_ops.gelu_`, shared
-    with ``transform_matrix`` on torch CPU tensors).
-    """
-    if z.requires_grad or not z.is_contiguous():
-        return z * (0.5 * torch.special.erfc(z * torch_ops.NEG_SQRT_HALF))
-    return torch_ops.gelu_(z)
-
-
-#: Activation name -> torch's function with the meaning of ``liam_gpu.activations``.
-_TORCH_ACTIVATIONS: dict[str | None, Any] = {
-    None: None,
-    "relu": torch.relu,
-    "gelu": _gelu,
-    "gelu_tanh": lambda z: torch.nn.functional.gelu(z, approximate="tanh"),
-    "silu": torch.nn.functional.silu,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-}
-
-
 def host_linear(
     data: torch.Tensor, weights: tuple[torch.Tensor, ...], bias: torch.Tensor | None,
     activation: str | None, device: Any, check_finite: bool,
@@ -278,15 +250,25 @@ def host_linear(
 
     On the CPU, numpy's BLAS and torch's thread pool compete when a layer
     runs inside a torch program (1.5x to 18x slower than ``nn.Linear``
-    measured), so the layers compute CPU tensors with ``F.linear`` and torch's
-    activations, with liam-gpu's numerical contract: one dtype in, the same
-    out, 16-bit types accumulated and activated in float32 and rounded once,
-    gelu in the exact erf form with relative accuracy in its tail (as
-    :mod:`liam_gpu.torch_ops` and the kernels).  Autograd is torch's.
+    measured), so the layers compute CPU tensors with ``F.linear`` and the
+    activations of :data:`liam_gpu.torch_ops.TORCH_ACTIVATIONS`, with
+    liam-gpu's numerical contract: one dtype in, the same out, 16-bit types
+    accumulated and activated in float32 and rounded once, gelu in the exact
+    erf form with relative accuracy in its tail.  Autograd is torch's.
+
+    The errors are those of the layers' liam-gpu path (``transform_matrix``
+    of ``data`` and ``W1`` with ``check_finite``, then of each next product
+    without it), in its order.  ``check_finite`` reads the pre-activation
+    output once (:func:`liam_gpu.torch_ops.sum_is_finite`): NaN/Inf in
+    ``data`` or ``W1`` makes whole rows or columns of every later product
+    non-finite, so a finite sum clears them; only a non-finite one reads the
+    inputs.  NaN/Inf in a later factor or the bias of a chain is not an error,
+    as on that path.
 
     Returns None (the caller takes the liam-gpu path) unless every tensor is
-    a dense CPU tensor of one float dtype and ``device`` resolves to the CPU
-    backend (and, under ``torch.compile``, ``check_finite`` is off).
+    a dense CPU tensor of one float dtype, the weights 2-D, and ``device``
+    resolves to the CPU backend (and, under ``torch.compile``,
+    ``check_finite`` is off).
     """
     dtype = data.dtype
     if dtype not in _HOST_DTYPES:
@@ -296,36 +278,48 @@ def host_linear(
             isinstance(t, torch.Tensor) and t.dtype == dtype and t.is_cpu and t.layout == torch.strided
         ):
             return None
+    if any(w.dim() != 2 for w in weights):
+        return None  # batched weights: the liam-gpu path
     if device != "cpu":
         if device is not None and not isinstance(device, str):
             return None  # a Scheduler (or a torch.device)
         on_cpu = _computes_on_cpu_traced if torch.compiler.is_compiling() else _computes_on_cpu
         if not on_cpu(device):
             return None  # another backend
-    if check_finite and torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    if check_finite and compiling:
         return None  # the check's answer would break the graph; the operator checks inside
-    if data.numel() == 0 or data.dim() == 0:
+    if not _fits(data, weights, bias):
         _check_host(data, weights, bias, check_finite)  # raises, with the core's message
-    if bias is not None and bias.shape != weights[-1].shape[:1]:  # F.linear would broadcast it
-        raise ValueError(f"bias must have shape {tuple(weights[-1].shape[:1])} to match weights, "
-                         f"got {tuple(bias.shape)}")
-    if check_finite:
-        _check_host(data, weights, bias, check_finite)
     if dtype in (torch.float16, torch.bfloat16):
         data, weights = data.float(), tuple(w.float() for w in weights)
         bias = None if bias is None else bias.float()
-    try:
-        z = data
-        for w in weights[:-1]:
-            z = torch.nn.functional.linear(z, w)
-        z = torch.nn.functional.linear(z, weights[-1], bias)
-    except RuntimeError:
-        _check_host(data, weights, bias, False)  # shapes that do not fit: the core's ValueError
-        raise
-    act = _TORCH_ACTIVATIONS[activation]
-    if act is not None:
-        z = act(z)
+    z = data
+    for w in weights[:-1]:
+        z = torch.nn.functional.linear(z, w)
+    z = torch.nn.functional.linear(z, weights[-1], bias)
+    # The sum of the pre-activation output (relu(-inf) is 0); the exact checks only when it is not finite.
+    if check_finite and not torch_ops.sum_is_finite(z):
+        _check_host(data, weights, bias, True)
+    # z is this call's own fresh tensor: activated in place unless autograd records it (or a trace,
+    # which fuses the out-of-place form anyway).
+    if compiling or (z.requires_grad and torch.is_grad_enabled()):
+        z = torch_ops.activate(z, activation)
+    else:
+        z = torch_ops.activate_(z, activation)
     return z if z.dtype == dtype else z.to(dtype)
+
+
+def _fits(data: torch.Tensor, weights: tuple[torch.Tensor, ...], bias: torch.Tensor | None) -> bool:
+    """Whether the chain's shapes fit and nothing is empty (2-D weights): no error but NaN/Inf is possible."""
+    if data.dim() < 1 or data.numel() == 0:
+        return False
+    features = data.shape[-1]
+    for w in weights:
+        if w.numel() == 0 or w.shape[1] != features:
+            return False
+        features = w.shape[0]
+    return bias is None or tuple(bias.shape) == (features,)
 
 
 def _computes_on_cpu(device: str | None) -> bool:
@@ -340,24 +334,30 @@ _computes_on_cpu_traced = torch.compiler.assume_constant_result(_computes_on_cpu
 
 def _check_host(data: torch.Tensor, weights: tuple[torch.Tensor, ...], bias: torch.Tensor | None,
                 check_finite: bool) -> None:
-    """The checks of :func:`liam_gpu.transform_matrix` for the first product, with its messages."""
-    first_bias = bias if len(weights) == 1 else None
-    w = weights[0]
-    shapes_ok = (
-        data.dim() >= 1 and w.dim() == 2 and data.shape[-1] == w.shape[1]
-        and (first_bias is None or first_bias.shape == w.shape[:1])
-    )
-    if not shapes_ok:  # the core's checks, for their messages
-        from ..transform import check_shapes
+    """The checks of the layers' liam-gpu path, with the core's messages, in its order.
 
-        check_shapes(data, w, first_bias)
-    if data.numel() == 0:
-        raise ValueError(f"data is empty (shape {tuple(data.shape)}); every axis must have length >= 1")
-    if check_finite:
-        with torch.no_grad():
-            for name, t in (("data", data), ("weights", w), ("bias", first_bias)):
-                if t is not None and not bool(torch.isfinite(t).all()):
-                    raise ValueError(f"{name} contains NaN or Inf; pass check_finite=False to skip this check")
+    That path is ``transform_matrix(data, W1, [bias], check_finite=check_finite)``,
+    then ``transform_matrix(hidden, W, [bias], check_finite=False)`` for each
+    next factor ``W`` (the bias with the last); the core checks the shapes,
+    then each input in turn (``data``, ``weights``, ``bias``): empty, then
+    NaN/Inf.  Returns when nothing is wrong.
+    """
+    x = data
+    for i, w in enumerate(weights):
+        b = bias if i == len(weights) - 1 else None
+        transform.check_shapes(x, w, b)
+        finite = check_finite and i == 0
+        for name, t in (("data", x), ("weights", w), ("bias", b)):
+            if t is None:
+                continue
+            if t.numel() == 0:
+                raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); every axis must have length >= 1")
+            if finite:
+                with torch.no_grad():
+                    if not bool(torch.isfinite(t).all()):
+                        raise ValueError(f"{name} contains NaN or Inf; pass check_finite=False to skip this check")
+        # The next product's data: the shape of this one's result (its values do not matter here).
+        x = torch.empty((*x.shape[:-1], w.shape[0]), device="meta")
 
 
 def _as_tensors(*values: Any) -> list[Any]:
