@@ -142,21 +142,29 @@ def gelu_(y: torch.Tensor) -> torch.Tensor:
 
     Row blocks of ``_BLOCK_ELEMENTS`` pass through one temporary that stays in
     L2: ``t = -y / sqrt 2``, torch's vectorised ``erfc`` (SLEEF) on ``t``,
-    ``y *= t / 2``.  Rounding ``-y / sqrt 2`` to the working precision moves
-    ``erfc`` by a relative ``y^2 u`` in the tail, inside gelu's bound of
-    ``4 + 3 y^2`` ulps (tests/test_activations.py, tests/test_transform.py).
-    Measured side by side on torch CPU tensors (float32, one thread, median
-    of 15): 0.63 ms at 512 x 1024 and 5.2 ms at 4096 x 1024, against 1.43 and
-    11.9 ms for the numba epilogue of the numpy path and 0.25 and 6.1 ms for
-    ``F.gelu`` (which allocates its output and computes ``1 + erf``).
+    ``y *= t / 2``.  Each step is elementwise and ``erfc``'s value does not
+    depend on where an element falls in a block (its vector and scalar paths
+    agree), so the bits do not depend on the block size.  Rounding
+    ``-y / sqrt 2`` to the working precision moves ``erfc`` by a relative
+    ``y^2 u`` in the tail, inside gelu's bound of ``4 + 3 y^2`` ulps
+    (tests/test_activations.py, tests/test_transform.py).  Measured side by
+    side on torch CPU tensors (float32, one thread, median of 15): 0.63 ms at
+    512 x 1024 and 5.2 ms at 4096 x 1024, against 1.43 and 11.9 ms for the
+    numba epilogue of the numpy path and 0.25 and 6.1 ms for ``F.gelu``
+    (which allocates its output and computes ``1 + erf``).
     """
-    def block(part: torch.Tensor, t: torch.Tensor) -> None:
+    flat = y.view(-1, y.shape[-1]) if y.dim() > 1 else y.view(1, -1)
+    rows, cols = flat.shape
+    step = max(1, _BLOCK_ELEMENTS // max(1, cols))
+    buf = torch.empty(min(rows, step) * cols, dtype=y.dtype, device=y.device)
+    for start in range(0, rows, step):
+        part = flat[start:start + step]
+        t = buf[:part.numel()].view(part.shape)
         torch.mul(part, NEG_SQRT_HALF, out=t)
         t.erfc_()
         t.mul_(0.5)
         part.mul_(t)
-
-    return _by_blocks(y, block, y.dtype)
+    return y
 
 
 def _gelu(z: torch.Tensor) -> torch.Tensor:
@@ -165,8 +173,8 @@ def _gelu(z: torch.Tensor) -> torch.Tensor:
 
 
 def _gelu_tanh_(y: torch.Tensor) -> torch.Tensor:
-    """torch's tanh GELU in place: it has no in-place form, so by blocks, the temporary one block."""
-    return _by_blocks(y, lambda part, _: part.copy_(torch.nn.functional.gelu(part, approximate="tanh")), None)
+    # aten's in-place gelu: the kernel of F.gelu(approximate="tanh") (the same bits), no temporary.
+    return torch.ops.aten.gelu_(y, approximate="tanh")
 
 
 def _gelu_tanh(z: torch.Tensor) -> torch.Tensor:
@@ -175,24 +183,6 @@ def _gelu_tanh(z: torch.Tensor) -> torch.Tensor:
 
 def _silu_(y: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.silu(y, inplace=True)
-
-
-def _by_blocks(y: torch.Tensor, block: Callable[[torch.Tensor, torch.Tensor | None], Any],
-               scratch: torch.dtype | None) -> torch.Tensor:
-    """``block(part, t)`` on each row block of ``_BLOCK_ELEMENTS`` of the C-contiguous ``y``, returned.
-
-    ``t`` is a temporary of the block's shape and dtype ``scratch``, one buffer
-    reused by every block (None: no temporary), so it stays in L2 while the
-    block is hot.
-    """
-    flat = y.view(-1, y.shape[-1]) if y.dim() > 1 else y.view(1, -1)
-    rows, cols = flat.shape
-    step = max(1, _BLOCK_ELEMENTS // max(1, cols))
-    buf = None if scratch is None else torch.empty(min(rows, step) * cols, dtype=scratch, device=y.device)
-    for start in range(0, rows, step):
-        part = flat[start:start + step]
-        block(part, None if buf is None else buf[:part.numel()].view(part.shape))
-    return y
 
 
 @dataclass(frozen=True)
@@ -205,8 +195,8 @@ class TorchActivation:
         The activation's name in :mod:`liam_gpu.activations` (None: identity).
     inplace
         Overwrites a C-contiguous float32/float64 tensor that nothing records
-        (no autograd) and returns it; by L2-sized row blocks where it needs a
-        temporary.  None for the identity.
+        (no autograd) and returns it, with no temporary of the tensor's size
+        (gelu: one of an L2-sized block).  None for the identity.
     function
         The same values (the same bits) out of place, which autograd records;
         None for the identity.
@@ -232,20 +222,19 @@ TORCH_ACTIVATIONS: dict[str | None, TorchActivation] = {a.name: a for a in (
 def activate_(y: torch.Tensor, activation: str | None) -> torch.Tensor:
     """``activation`` (a canonical name) in place on the C-contiguous tensor ``y``, returned; no autograd.
 
-    float16/bfloat16: each row block is activated in float32 and rounded once
-    (a float32 temporary of one block).
+    The bits of :func:`activate` on the same tensor: gelu by L2-sized row
+    blocks whose bits do not depend on the block (:func:`gelu_`), the others
+    in one call of torch's kernel over the whole tensor, as the out-of-place
+    form (torch's sigmoid, silu and tanh GELU round a vector lane and the
+    scalar tail of a loop differently, so blocks would change their bits).
+    float16/bfloat16: activated in float32 (a float32 copy) and rounded once.
     """
     entry = TORCH_ACTIVATIONS[activation]
     if entry.inplace is None:
         return y
     if y.dtype in _HALF_DTYPES:
-        def block(part: torch.Tensor, t: torch.Tensor) -> None:
-            t.copy_(part)
-            part.copy_(entry.inplace(t))
-
-        return _by_blocks(y, block, torch.float32)
-    entry.inplace(y)
-    return y
+        return y.copy_(entry.inplace(y.float()))
+    return entry.inplace(y)
 
 
 def activate(z: torch.Tensor, activation: str | None) -> torch.Tensor:
