@@ -22,6 +22,7 @@ import cloudpickle  # noqa: E402  (a dependency of distributed)
 
 import liam_gpu  # noqa: E402
 from liam_gpu import dask as ldask  # noqa: E402
+from liam_gpu.dask import tasks as dask_tasks  # noqa: E402
 from liam_gpu.backends import emulator_available  # noqa: E402
 from bounds import halko_bound  # noqa: E402
 
@@ -754,6 +755,6 @@ def test_sparse_centring_sums_do_not_cancel_in_float32():
     x = sp.csr_matrix(dense)
     truth = dense.astype(np.float64).sum(axis=0)
     f32 = np.dtype(np.float32)
-    np.testing.assert_array_equal(ldask._column_sums_part(x, f32, None).ravel(), truth)
-    np.testing.assert_array_equal(ldask._row_sums_block(x.T.tocsr(), f32, None).ravel(), truth)
-    np.testing.assert_allclose(ldask._row_means_block(x.T.tocsr(), f32, None) * m, truth, rtol=4 * 2.0**-52)
+    np.testing.assert_array_equal(dask_tasks.column_sums_part(x, f32, None).ravel(), truth)
+    np.testing.assert_array_equal(dask_tasks.row_sums_block(x.T.tocsr(), f32, None).ravel(), truth)
+    np.testing.assert_allclose(dask_tasks.row_means_block(x.T.tocsr(), f32, None) * m, truth, rtol=4 * 2.0**-52)

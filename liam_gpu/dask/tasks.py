@@ -1,0 +1,228 @@
+"""The per-block tasks of :mod:`liam_gpu.dask`'s passes, run on the workers.
+
+Each takes its blocks (and the small client matrices, one graph key each)
+and returns the block's results in the block's type and host float64 sums.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import arrays, philox
+from ..sparse_input import is_scipy
+from .block import Block, Shift, Worker, on_worker
+
+
+def omega_block(seed: int, width: int, dtype: np.dtype, block_info: dict | None = None) -> np.ndarray:
+    """Rows ``lo:hi`` of the Philox ``Omega`` (``block_info`` is passed by ``map_blocks``)."""
+    lo, hi = block_info[None]["array-location"][0]
+    return philox.omega(seed, hi - lo, width, dtype, row0=lo)
+
+
+def _stats_row(w: Worker, leading: Sequence[float], v: np.ndarray | None, y: Any,
+               accumulations: Sequence[np.dtype]) -> np.ndarray:
+    """``[leading..., V_i..., Gram matrices of Y_i...]`` as one host float64 row (see :class:`_Stats`)."""
+    parts = [np.asarray(leading, dtype=np.float64)]
+    if v is not None:
+        parts.append(np.ravel(v))
+    parts += [np.ravel(w.backend.gram(y, accumulate=acc)) for acc in accumulations]
+    return np.concatenate(parts)[None]
+
+
+def sketch_block(a: Any, r: np.ndarray | None, seed: int, width: int, shift: Shift | None, with_v: bool,
+                  dtype: np.dtype, accumulations: Sequence[np.dtype], device: Any) -> tuple[Any, np.ndarray]:
+    """``Y_i = T_i Omega`` and ``[||T_i||_F^2, Y_i not finite, T_i^T Y_i's parts (with_v), Gram matrices of Y_i]``.
+
+    ``Omega``'s rows are ``A``'s columns, so every block multiplies by the same ``Omega``.
+    """
+    with on_worker(a, device) as w:
+        block = Block(w, a, dtype, r, shift)
+        y, v = block.sketch(seed, width, with_v)
+        not_finite = float(not bool(w.backend.xp.isfinite(y).all()))
+        return w.give_back(y), _stats_row(w, [block.sum_squares(), not_finite], v, y, accumulations)
+
+
+def power_block(a: Any, r: np.ndarray | None, c: np.ndarray, shift: Shift | None, with_v: bool,
+                 dtype: np.dtype, accumulations: Sequence[np.dtype], device: Any) -> tuple[Any, np.ndarray]:
+    """``Y_i = T_i C`` for a client matrix ``C``, and ``[T_i^T Y_i's parts (with_v), Gram matrices of Y_i]``."""
+    with on_worker(a, device) as w:
+        y, v = Block(w, a, dtype, r, shift).times(w.backend.asarray(c), with_v)
+        return w.give_back(y), _stats_row(w, [], v, y, accumulations)
+
+
+def t_times_part(a: Any, r: np.ndarray | None, y: Any, shift: Shift | None, with_norm: bool,
+                  dtype: np.dtype, device: Any) -> np.ndarray:
+    """``A_i^T Y_i`` (and ``r_i^T Y_i`` under it, with centring; then a row ``[||T_i||_F^2, 0...]``
+    ``with_norm``), summed across blocks in float64."""
+    with on_worker(a, device) as w:
+        block = Block(w, a, dtype, r, shift)
+        part = block.t_times(w.load(y, dtype))
+        if with_norm:
+            norm = np.zeros((1, part.shape[1]))
+            norm[0, 0] = block.sum_squares()
+            part = np.vstack([part, norm])
+        return part[None]
+
+
+def gram_part(y: Any, accumulate: np.dtype, device: Any) -> np.ndarray:
+    with on_worker(y, device) as w:
+        return w.backend.gram(w.load(y), accumulate=accumulate)[None]
+
+
+def tri_apply_block(y: Any, r: np.ndarray, rinv: np.ndarray, accumulate: np.dtype, device: Any) -> Any:
+    with on_worker(y, device) as w:
+        return w.give_back(w.backend.tri_apply(w.load(y), r, accumulate=accumulate, rinv=rinv))
+
+
+def qr_block(y: Any, device: Any) -> tuple[Any, np.ndarray]:
+    """Householder QR of one block: ``Q_i`` in the block's type, ``R_i`` (min(rows, l) x l) on the host."""
+    with on_worker(y, device) as w:
+        q, r = w.backend.householder_qr(w.load(y))
+        return w.give_back(q), np.asarray(r, dtype=np.float64)
+
+
+def tsqr_block(pair: tuple[Any, np.ndarray], parts: list[np.ndarray], device: Any,
+                block_id: tuple[int, ...] | None = None) -> Any:
+    """``Q_i S_i``: block ``i`` of the TSQR factor (``block_id`` is passed by ``map_blocks``)."""
+    q = pair[0]
+    with on_worker(q, device) as w:
+        return w.give_back(w.backend.matmul(w.load(q), w.backend.asarray(parts[block_id[0]])))
+
+
+def left_block(q: Any, c: np.ndarray, device: Any) -> tuple[Any, np.ndarray]:
+    """``U_i = Q_i C``, and per column ``[largest |u|..., the signed u at its first occurrence...]``."""
+    with on_worker(q, device) as w:
+        xp = w.backend.xp
+        u = w.backend.matmul(w.load(q), w.backend.asarray(c))
+        where = xp.argmax(xp.abs(u), axis=0)[None, :]
+        picked = xp.take_along_axis(u, where, axis=0)[0]
+        return w.give_back(u), np.concatenate([w.host(xp.abs(picked)), w.host(picked)])[None]
+
+
+def scale_columns_block(u: Any, signs: np.ndarray) -> Any:
+    """``u * signs`` in ``u``'s own array type (the signs are +-1: exact)."""
+    kind = arrays.kind_of(u)
+    with arrays.caller_stream(kind):
+        return u * arrays.from_compute(signs.astype(u.dtype), kind)
+
+
+def sum_squares_part(a: Any, r: np.ndarray | None, shift: Shift | None, dtype: np.dtype,
+                      device: Any) -> np.ndarray:
+    with on_worker(a, device) as w:
+        return np.array([[Block(w, a, dtype, r, shift).sum_squares()]])
+
+
+def residual_part(a: Any, r: np.ndarray | None, q: Any, bt: np.ndarray, shift: Shift | None,
+                   dtype: np.dtype, device: Any) -> np.ndarray:
+    """``||T_i - Q_i Bt^T||_F^2`` of one row block."""
+    with on_worker(a, device) as w:
+        block = Block(w, a, dtype, r, shift)
+        return np.array([[[block.residual_sq(w.load(q, dtype), w.backend.asarray(bt))]]])
+
+
+def matmul_block(q: Any, c: np.ndarray, device: Any) -> Any:
+    with on_worker(q, device) as w:
+        return w.give_back(w.backend.matmul(w.load(q), w.backend.asarray(c)))
+
+
+def finite_part(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
+    with on_worker(a, device) as w:
+        return np.array([[float(Block(w, a, dtype).finite())]])
+
+
+def _sparse_sums(x: Any, axis: int) -> np.ndarray:
+    """Sums of a scipy.sparse block along ``axis`` in float64, as a 1-D host array.
+
+    scipy's ``sum(dtype=float64)`` accumulates float32 data in float32 and
+    casts the result, so the values are widened first (a copy of the values
+    only), as the in-memory :meth:`~liam_gpu.operators.SparseOperator.times_host` does.
+    """
+    return np.asarray(x.astype(np.float64).sum(axis=axis)).ravel()
+
+
+def column_sums_part(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
+    """The column sums of one row block in float64 (``center=True`` on row chunks)."""
+    with on_worker(a, device) as w:
+        x = Block(w, a, dtype).x
+        if is_scipy(x):
+            return _sparse_sums(x, axis=0).reshape(1, -1)
+        return w.host(w.backend.xp.sum(x, axis=0, dtype=np.float64))[None]
+
+
+def row_means_block(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
+    """The row means of one row block of ``x.T`` in float64 (``center=True`` on column chunks)."""
+    with on_worker(a, device) as w:
+        x = Block(w, a, dtype).x
+        if is_scipy(x):
+            return _sparse_sums(x, axis=1) / x.shape[1]
+        return w.host(w.backend.xp.mean(x, axis=1, dtype=np.float64))
+
+
+# --------------------------------------------------------------------------- grid blocks, on the workers
+
+
+def _grid_block(w: Worker, a: Any, r: np.ndarray | None, c: np.ndarray | None, centred: bool,
+                dtype: np.dtype) -> Block:
+    """Block ``T_ij = A_ij - r_i c_j^T`` (``r_i``, ``c_j`` its pieces; None: ones) or ``A_ij``."""
+    return Block(w, a, dtype, r, Shift(c, None) if centred else None)
+
+
+def grid_times_block(a: Any, r: np.ndarray | None, c: np.ndarray | None, x: np.ndarray, centred: bool,
+                      with_norm: bool, dtype: np.dtype, device: Any) -> Any:
+    """``A_ij X_j`` as an ``(m_i, 1, l)`` piece in the block's type, and ``[[[||T_ij||_F^2]]]`` (``with_norm``)."""
+    with on_worker(a, device) as w:
+        block = _grid_block(w, a, r, c, centred, dtype)
+        xj = np.ascontiguousarray(x, dtype=dtype)
+        part = w.give_back(block.product(xj if block.sparse else w.backend.asarray(xj)))[:, None, :]
+        return (part, np.array([[[block.sum_squares()]]])) if with_norm else part
+
+
+def grid_basis_block(y: Any, r: np.ndarray | None, shift: Shift | None, dtype: np.dtype,
+                      accumulations: Sequence[np.dtype], device: Any) -> tuple[Any, np.ndarray]:
+    """Row block ``Y_i = sum_j A_ij X_j - r_i (c^T X)`` and ``[Y_i not finite, Gram matrices of Y_i]``."""
+    with on_worker(y, device) as w:
+        y = w.load(y, dtype)
+        if shift is not None:
+            rows = int(y.shape[0])
+            ri = np.ones(rows) if r is None else np.asarray(r, dtype=np.float64)
+            y = y - w.backend.asarray(ri.astype(dtype))[:, None] * w.backend.asarray(shift.cx)
+        not_finite = float(not bool(w.backend.xp.isfinite(y).all()))
+        return w.give_back(y), _stats_row(w, [not_finite], None, y, accumulations)
+
+
+def grid_t_times_block(a: Any, y: Any, dtype: np.dtype, device: Any) -> np.ndarray:
+    """``A_ij^T Y_i`` as a host float64 ``(1, n_j, l)`` piece."""
+    with on_worker(a, device) as w:
+        return Block(w, a, dtype).t_times(w.load(y, dtype))[None]
+
+
+def r_times_block(y: Any, r: np.ndarray | None, dtype: np.dtype, device: Any) -> np.ndarray:
+    """``r_i^T Y_i`` (``r`` None: ones) as a host float64 ``(1, l)`` row."""
+    with on_worker(y, device) as w:
+        y = w.load(y, dtype)
+        ri = np.ones(int(y.shape[0])) if r is None else np.asarray(r, dtype=np.float64)
+        return w.host(w.backend.asarray(ri.astype(dtype))[None, :] @ y)
+
+
+def grid_sum_squares_block(a: Any, r: np.ndarray | None, c: np.ndarray | None, centred: bool,
+                            dtype: np.dtype, device: Any) -> np.ndarray:
+    with on_worker(a, device) as w:
+        return np.array([[_grid_block(w, a, r, c, centred, dtype).sum_squares()]])
+
+
+def grid_residual_block(a: Any, r: np.ndarray | None, c: np.ndarray | None, q: Any, bt: np.ndarray,
+                         centred: bool, dtype: np.dtype, device: Any) -> np.ndarray:
+    """``||T_ij - Q_i Bt_j^T||_F^2`` of one block."""
+    with on_worker(a, device) as w:
+        block = _grid_block(w, a, r, c, centred, dtype)
+        return np.array([[[block.residual_sq(w.load(q, dtype), w.backend.asarray(bt))]]])
+
+
+def row_sums_block(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
+    """The row sums of one block in float64, as an ``(m_i, 1)`` column (``center=True`` on a grid, swapped)."""
+    with on_worker(a, device) as w:
+        x = Block(w, a, dtype).x
+        if is_scipy(x):
+            return _sparse_sums(x, axis=1).reshape(-1, 1)
+        return w.host(w.backend.xp.sum(x, axis=1, dtype=np.float64))[:, None]
