@@ -70,12 +70,56 @@ def left_factor(backend: Any, dtype: Any, q: Any, c: np.ndarray | int, *,
     return u, backend.to_host(signs)[0].astype(np.float64)
 
 
+def largest_entries(xp: Any, a: Any, axis: int) -> Any:
+    """Each vector's entry of largest magnitude along ``axis`` of ``a``, signed, the first on ties;
+    the length-1 ``axis`` kept.  Of the parts of a vector (row blocks of a Dask factor), the largest
+    of the parts' largest entries is the vector's."""
+    return xp.take_along_axis(a, xp.expand_dims(xp.argmax(xp.abs(a), axis=axis), axis), axis=axis)
+
+
 def largest_entry_signs(xp: Any, a: Any, axis: int) -> Any:
     """scikit-learn's ``svd_flip`` convention: ``+1`` or ``-1`` per vector along ``axis`` of ``a``
     (stacks too), making each vector's largest-magnitude entry positive.  Same dtype as ``a``, the
     length-1 ``axis`` kept, so ``a * signs`` applies it."""
-    picked = xp.take_along_axis(a, xp.expand_dims(xp.argmax(xp.abs(a), axis=axis), axis), axis=axis)
-    return xp.where(picked < 0, -1, 1).astype(a.dtype)
+    return xp.where(largest_entries(xp, a, axis) < 0, -1, 1).astype(a.dtype)
+
+
+def rank_one_minus(backend: Any, x: Any, left: np.ndarray | None, row: Any) -> Any:
+    """``x - left row``: the correction of :class:`RankOneUpdate` (``T0 X - a (b^T X)``,
+    ``T0^T Y - b (a^T Y)``), on all of ``x`` or on one block of its rows.
+
+    ``x`` (rows, l) is a ``backend`` array, ``left`` a host float64 vector of its
+    rows (None: ones), ``row`` a (1, l) ``backend`` array; computed in ``x``'s dtype.
+    """
+    if left is None:
+        return x - row  # 1 * row is row: the same as a vector of ones
+    return x - backend.asarray(np.ascontiguousarray(left, dtype=x.dtype))[:, None] * row
+
+
+def vector_times(backend: Any, v: np.ndarray, y: Any, dtype: Any) -> Any:
+    """``v^T Y`` as a (1, l) ``backend`` array, for a host float64 vector ``v`` made ``dtype``:
+    the ``a^T Y`` and ``b^T X`` of :class:`RankOneUpdate`, of all rows or one block's."""
+    return backend.asarray(np.ascontiguousarray(v, dtype=dtype))[None, :] @ y
+
+
+def centred_sum_squares(norm2: float, a_t0_b: float, a: np.ndarray, b: np.ndarray) -> float:
+    """``||T0 - a b^T||_F^2 = ||T0||^2 - 2 a^T T0 b + ||a||^2 ||b||^2`` from ``||T0||^2`` and
+    ``a^T T0 b``, all float64 (for sparse ``T0``, whose products with a float64 vector are float64:
+    the cancellation costs ~1e-16 relative); clipped at 0."""
+    return max(norm2 - 2.0 * a_t0_b + float(a @ a) * float(b @ b), 0.0)
+
+
+def canonical_csr(a: Any, dtype: Any) -> Any:
+    """``a`` (any format of its sparse library) as CSR of ``dtype`` with its duplicates summed.
+
+    ``sum_duplicates`` works in place (and cuSPARSE's SpMM asks for canonical
+    CSR): it runs on a copy, never on the caller's own matrix.
+    """
+    csr = a.tocsr().astype(dtype, copy=False)
+    if not csr.has_canonical_format:
+        csr = csr.copy() if csr is a else csr
+        csr.sum_duplicates()
+    return csr
 
 
 class _InMemory:
@@ -214,12 +258,7 @@ class SparseOperator(_InMemory):
     @classmethod
     def of(cls, backend: Any, a: Any, dtype: Any) -> "SparseOperator":
         """The tall view of ``a`` (any format of the backend's sparse library), converted once to ``dtype`` CSR."""
-        csr = a.tocsr().astype(dtype, copy=False)
-        if not csr.has_canonical_format:
-            # sum_duplicates works in place (and cuSPARSE's SpMM asks for canonical CSR):
-            # never on the caller's own matrix.
-            csr = csr.copy() if csr is a else csr
-            csr.sum_duplicates()
+        csr = canonical_csr(a, dtype)
         rows, cols = csr.shape
         if rows >= cols:
             # scipy multiplies A^T through A's CSR read as CSC (a view, no second copy
@@ -318,7 +357,7 @@ class RankOneUpdate:
 
     def _minus(self, x: Any, left: np.ndarray, right_t_x: Any) -> Any:
         """``x - left right_t_x`` for a host vector ``left`` and a row ``right_t_x`` (1, l)."""
-        return x - self._vec(left)[:, None] * right_t_x
+        return rank_one_minus(self.backend, x, left, right_t_x)
 
     # Y is centred before T^T Y is formed, so the update gives up the base's fused
     # (Y, T0^T Y) pass: forming T^T Y from T0^T T0 X cancels at the scale of
@@ -334,20 +373,18 @@ class RankOneUpdate:
         return y, (self.t_times(y) if with_v else None)
 
     def power(self, w: Any, *, with_v: bool = False) -> tuple[Any, Any | None]:
-        y = self._minus(self.base.power(w)[0], self.a, self._vec(self.b)[None, :] @ w)
+        y = self._minus(self.base.power(w)[0], self.a, vector_times(self.backend, self.b, w, self.dtype))
         return y, (self.t_times(y) if with_v else None)
 
     def t_times(self, y: Any) -> Any:
         """``T^T Y = T0^T Y - b (a^T Y)``."""
-        return self._minus(self.base.t_times(y), self.b, self._vec(self.a)[None, :] @ y)
+        return self._minus(self.base.t_times(y), self.b, vector_times(self.backend, self.a, y, self.dtype))
 
     def sum_squares(self) -> float:
         if isinstance(self.base, SparseOperator):
-            # ||T0 - a b^T||^2 = ||T0||^2 - 2 a^T T0 b + ||a||^2 ||b||^2, all in float64 (the
-            # sparse product with a float64 vector is float64): the cancellation costs ~1e-16.
+            # The sparse product with a float64 vector is float64: the formula does not cancel.
             t0_b = self.base.times_host(self.base.data, self.b)
-            value = self.base.sum_squares() - 2.0 * float(self.a @ t0_b) + float(self.a @ self.a) * float(self.b @ self.b)
-            return max(value, 0.0)
+            return centred_sum_squares(self.base.sum_squares(), float(self.a @ t0_b), self.a, self.b)
         # Dense: entry by entry, row block by row block (T0_ij - a_i b_j rounds like an explicit
         # centring; the formula above would cancel in the data's own precision).
         return self.base.residual_sq(self._vec(self.a)[:, None], self._vec(self.b)[:, None])

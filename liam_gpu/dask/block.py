@@ -7,8 +7,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .. import arrays, backends, philox
-from ..operators import _row_blocks
+from .. import arrays, backends
+from ..operators import (DenseOperator, RankOneUpdate, SparseOperator, canonical_csr, rank_one_minus,
+                         vector_times)
 from ..sparse_input import is_scipy
 
 __all__ = ["Shift", "Worker", "on_worker", "Block"]
@@ -58,11 +59,19 @@ def on_worker(block: Any, device: Any) -> Iterator[Worker]:
 class Block:
     """Row block ``T_i = A_i - r_i c^T`` of the operator, on its worker.
 
-    ``A_i`` is a backend array, or a scipy.sparse CSR matrix whose products are
-    scipy's sparse-times-dense (never densified but for row pieces in
-    :meth:`residual_sq`).  Without centring (``shift`` None) ``T_i = A_i``;
-    with it ``r_i`` is the block's part of ``r`` (None: ones) and ``c`` comes
-    with ``shift`` (None: ones), both in the compute dtype.
+    ``A_i`` is read through the in-memory operator of its kind, in its own
+    orientation -- :class:`~liam_gpu.operators.DenseOperator` for a backend
+    array, :class:`~liam_gpu.operators.SparseOperator` for a scipy.sparse
+    block (scipy's sparse-times-dense, never densified but for row pieces in
+    :meth:`residual_sq`) -- so a block's products, norm and residual are the
+    in-memory formulas.  Without centring (``shift`` None) ``T_i = A_i``; with
+    it ``r_i`` is the block's part of ``r`` (None: ones) and ``c`` comes with
+    ``shift`` (None: ones), both in the compute dtype.  The norm and the
+    residual of ``T_i`` are :class:`~liam_gpu.operators.RankOneUpdate`'s; the
+    products split its correction across the cluster, so that a pass still
+    reads ``A_i`` once for ``Y_i`` and ``A_i^T Y_i``: ``c^T X`` comes from the
+    client with ``shift``, and ``r_i^T Y_i`` goes back with ``A_i^T Y_i``, the
+    client subtracting ``c sum_i r_i^T Y_i``.
     """
 
     def __init__(self, w: Worker, a: Any, dtype: np.dtype, r: np.ndarray | None = None,
@@ -70,105 +79,68 @@ class Block:
         self.w, self.dtype, self.shift = w, np.dtype(dtype), shift
         self.sparse = is_scipy(a)
         if self.sparse:
-            x = a.tocsr().astype(self.dtype, copy=False)
-            if not x.has_canonical_format:  # summed duplicates for sum_squares, on a copy: x is the caller's
-                x = x.copy()
-                x.sum_duplicates()
-            self.x = x
+            self.x = canonical_csr(a, self.dtype)
+            self.op = SparseOperator(w.backend, self.x, self.x.T, False)  # the block's rows, never swapped
         else:
             self.x = w.load(a, dtype)
+            self.op = DenseOperator(w.backend, self.x, False, False)
         rows, cols = (int(d) for d in self.x.shape)
         self.r64 = self.c64 = None
+        self.t = self.op  # T_i, for its norm and residual
         if shift is not None:
             self.r64 = np.ones(rows) if r is None else np.asarray(r, dtype=np.float64)
             self.c64 = np.ones(cols) if shift.c is None else np.asarray(shift.c, dtype=np.float64)
+            self.t = RankOneUpdate(self.op, self.r64, self.c64)
 
-    @property
-    def xp(self) -> Any:
-        return self.w.backend.xp
-
-    def _vec(self, v: np.ndarray) -> Any:
-        return self.w.backend.asarray(np.ascontiguousarray(v, dtype=self.dtype))
-
-    def _centred(self, y: Any) -> Any:
-        """``A_i X - r_i (c^T X)`` from ``A_i X`` (``c^T X`` came with the shift)."""
-        if self.shift is None:
-            return y
-        return y - self._vec(self.r64)[:, None] * self._vec(self.shift.cx)
+    def _quiet(self) -> Any:
+        """Overflow in a sparse block's products is reported by the caller, from ``Y``."""
+        return np.errstate(over="ignore", invalid="ignore") if self.sparse else contextlib.nullcontext()
 
     def _pass(self, y: Any, with_v: bool) -> tuple[Any, Any | None]:
-        """``Y_i`` centred, and ``T_i^T Y_i``'s parts (``A_i^T Y_i`` then ``r_i^T Y_i``) when ``with_v``."""
-        y = self._centred(y)
+        """``Y_i = A_i X - r_i (c^T X)`` from ``A_i X``, and ``T_i^T Y_i``'s parts (``A_i^T Y_i`` then
+        ``r_i^T Y_i``, see :meth:`t_times`) when ``with_v``."""
+        if self.shift is not None:
+            cx = self.w.backend.asarray(np.ascontiguousarray(self.shift.cx, dtype=self.dtype))
+            y = rank_one_minus(self.w.backend, y, self.r64, cx)
         return y, (self.t_times(y) if with_v else None)
+
+    def _fused(self, y: Any, v: Any) -> tuple[Any, Any | None]:
+        """A pass without centring: ``V`` of the operator's own (fused) pass, to the host."""
+        return y, (None if v is None else self.w.host(v))
 
     def sketch(self, seed: int, width: int, with_v: bool) -> tuple[Any, Any | None]:
         """``Y_i = T_i Omega`` (``Omega``'s rows are ``A``'s columns: the same for every block)."""
-        if self.sparse:
-            omega = philox.omega(seed, self.x.shape[1], width, self.dtype)
-            with np.errstate(over="ignore", invalid="ignore"):  # reported by the caller, from Y
-                return self._pass(np.ascontiguousarray(self.x @ omega, dtype=self.dtype), with_v)
-        if self.shift is None and with_v:  # the backend's fused pass: A_i read once for both
-            y, v = self.w.backend.sketch_pass(self.x, seed, width)
-            return y, self.w.host(v)
-        return self._pass(self.w.backend.sketch(self.x, seed, width), with_v)
+        with self._quiet():
+            if self.shift is None:
+                return self._fused(*self.op.sketch(seed, width, with_v=with_v))
+            return self._pass(self.op.sketch(seed, width)[0], with_v)
 
     def product(self, c: Any) -> Any:
         """``A_i C`` (no centring) for a backend matrix ``C`` (numpy for a sparse block)."""
-        if self.sparse:
-            with np.errstate(over="ignore", invalid="ignore"):  # reported by the caller, from Y
-                return np.ascontiguousarray(self.x @ c, dtype=self.dtype)
-        return self.w.backend.matmul(self.x, c)
+        with self._quiet():
+            return self.op.power(c)[0]
 
     def times(self, c: Any, with_v: bool) -> tuple[Any, Any | None]:
         """``Y_i = T_i C`` for a backend matrix ``C``."""
-        if self.sparse:
-            return self._pass(np.ascontiguousarray(self.x @ c, dtype=self.dtype), with_v)
-        if self.shift is None and with_v:
-            y, v = self.w.backend.power_pass(self.x, c)
-            return y, self.w.host(v)
-        return self._pass(self.w.backend.matmul(self.x, c), with_v)
+        if self.shift is None:
+            return self._fused(*self.op.power(c, with_v=with_v))
+        return self._pass(self.op.power(c)[0], with_v)
 
     def t_times(self, y: Any) -> np.ndarray:
         """``A_i^T Y_i`` and, with centring, the row ``r_i^T Y_i`` under it: host float64."""
-        v = self.x.T @ y if self.sparse else self.w.backend.matmul(self.x, y, trans=True)
+        v = self.w.host(self.op.t_times(y))
         if self.shift is None:
-            return self.w.host(v)
-        return np.vstack([self.w.host(v), self.w.host(self._vec(self.r64)[None, :] @ y)])
+            return v
+        return np.vstack([v, self.w.host(vector_times(self.w.backend, self.r64, y, self.dtype))])
 
     def sum_squares(self) -> float:
         """``||T_i||_F^2`` (float64)."""
-        if self.sparse:
-            values = self.x.data.astype(np.float64)
-            total = float(np.dot(values, values))
-            if self.shift is None:
-                return total
-            # ||A_i - r c^T||^2 = ||A_i||^2 - 2 r^T A_i c + ||r||^2 ||c||^2 in float64, as in memory
-            # (operators.RankOneUpdate): the sparse product with a float64 vector is float64.
-            value = total - 2.0 * float(self.r64 @ (self.x @ self.c64)) \
-                + float(self.r64 @ self.r64) * float(self.c64 @ self.c64)
-            return max(value, 0.0)
-        if self.shift is None:
-            return self.w.backend.sum_squares(self.x)
-        # Entry by entry: T_ij = A_ij - r_i c_j rounds like an explicit centring.
-        part = self.x - self._vec(self.r64)[:, None] * self._vec(self.c64)[None, :]
-        return self.w.backend.sum_squares(self.xp.ascontiguousarray(part))
+        return self.t.sum_squares()
 
     def residual_sq(self, q: Any, bt: Any) -> float:
         """``||T_i - Q_i Bt^T||_F^2`` (float64): dense, or row pieces of a sparse block made dense."""
-        backend = self.w.backend
-        if not self.sparse:
-            part = self.x - backend.matmul(q, bt.T)
-            if self.shift is not None:
-                part = part - self._vec(self.r64)[:, None] * self._vec(self.c64)[None, :]
-            return backend.sum_squares(self.xp.ascontiguousarray(part))
-        total = 0.0
-        for lo, hi in _row_blocks(*(int(d) for d in self.x.shape)):
-            part = self.x[lo:hi].toarray() - q[lo:hi] @ bt.T
-            if self.shift is not None:
-                part -= (self.r64[lo:hi, None] * self.c64[None, :]).astype(self.dtype)
-            total += backend.sum_squares(np.ascontiguousarray(part))
-        return total
+        return self.t.residual_sq(q, bt)
 
     def finite(self) -> bool:
         values = self.x.data if self.sparse else self.x
-        return bool(self.xp.isfinite(values).all())
+        return bool(self.w.backend.xp.isfinite(values).all())

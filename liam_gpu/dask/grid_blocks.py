@@ -10,6 +10,7 @@ import numpy as np
 from dask import delayed
 from dask.array.utils import meta_from_array
 
+from ..operators import rank_one_minus
 from . import tasks
 from .block import Shift
 from .row_blocks import FAN_IN, DaskOperator, omega_rows
@@ -83,7 +84,7 @@ class GridBlocks(DaskOperator):
 
     def _product_pass(self, x: Any, cols: int, cx: np.ndarray | None, *,
                       with_norm: bool) -> tuple[Any, bool, float | None]:
-        """``Y = T X`` for ``X`` in ``A``'s column chunks: persisted, its Gram matrices known.
+        """``Y = T X`` for ``X`` in ``A``'s column chunks: persisted, its Gram matrix known.
 
         Returns ``Y``, whether it is finite, and ``||T||_F^2`` (``with_norm``;
         from the same tasks, which read each block once) or None.
@@ -100,22 +101,21 @@ class GridBlocks(DaskOperator):
             norms = out.map_blocks(operator.getitem, 1, chunks=((1,) * nbi, (1,) * nbj, (1,)), dtype=np.float64,
                                    meta=np.empty((0, 0, 0)))
         summed = partial.sum(axis=1, split_every={1: FAN_IN})
-        # Per row block: the centring, then [Y_i not finite, Gram matrices of Y_i].
+        # Per row block: the centring, then [Y_i not finite, Y_i^T Y_i].
         shift = None if cx is None else delayed(Shift(None, np.ascontiguousarray(cx, dtype=self.dtype)))
         r = self._r if self.centred else None
         pairs = da.blockwise(tasks.grid_basis_block, "ib", summed, "ib", r, None if r is None else "i", shift, None,
-                             self.dtype, None, self.accumulations, None, self.device, None,
+                             self.dtype, None, self.device, None,
                              dtype=self.dtype, meta=self.meta)
         y = pairs.map_blocks(operator.getitem, 0, chunks=(self.a.chunks[0], (cols,)), dtype=self.dtype,
                              meta=self.meta)
-        width = 1 + len(self.accumulations) * cols * cols
+        width = 1 + cols * cols
         stats = pairs.map_blocks(operator.getitem, 1, chunks=((1,) * nbi, (width,)), dtype=np.float64,
                                  meta=np.empty((0, 0)))
         wanted = [y, stats.sum(axis=0, split_every=FAN_IN)] + ([norms.sum()] if with_norm else [])
         y, *totals = dask.persist(*wanted)
         totals = [np.asarray(t, dtype=np.float64) for t in dask.compute(*totals)]
-        grams = totals[0][1:].reshape(len(self.accumulations), cols, cols)
-        self._grams = {(y.name, acc): g for acc, g in zip(self.accumulations, grams)}
+        self._grams = {y.name: totals[0][1:].reshape(cols, cols)}
         return y, not totals[0][0], (float(totals[1]) if with_norm else None)
 
     def t_times(self, y: Any, *, with_norm: bool = False) -> Any:
@@ -133,7 +133,7 @@ class GridBlocks(DaskOperator):
         totals = [np.asarray(t, dtype=np.float64) for t in dask.compute(*wanted)]
         total = totals[0]
         if self.centred:  # Z = A^T Y - c (r^T Y)
-            total = total - (totals[1][None, :] if self._c is None else self._c[:, None] * totals[1][None, :])
+            total = rank_one_minus(self.backend, total, self._c, totals[1][None, :])
         return np.ascontiguousarray(total, dtype=self.dtype)
 
     def sum_squares(self) -> float:

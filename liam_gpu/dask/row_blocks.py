@@ -13,6 +13,7 @@ from dask.array.utils import meta_from_array
 
 from .. import backends, philox
 from ..backends.base import upper_inverse
+from ..operators import largest_entry_signs, rank_one_minus
 from ..sparse_input import is_scipy
 from . import tasks
 from .block import Shift
@@ -34,7 +35,7 @@ class DaskOperator:
     ``device`` names for the block's type (scipy.sparse blocks: scipy on the
     CPU).  ``gram`` is a tree reduction of per-block Gram matrices, computed
     at once -- or already known, for a basis made by a pass over ``A``, which
-    sums its Gram matrices as it goes; ``tri_apply`` is lazy, block by block
+    sums its Gram matrix as it goes; ``tri_apply`` is lazy, block by block
     (Dask fuses it into whatever reads it next); ``householder_qr`` is a
     TSQR.  The ``n x l`` and ``l x l`` matrices live on the client and are
     handled by the CPU backend (:attr:`backend`).
@@ -73,9 +74,8 @@ class DaskOperator:
         # Bases of sparse blocks are dense numpy arrays; else of the blocks' own type.
         self.meta = (np.empty((0, 0), dtype=self.dtype) if is_scipy(a._meta)
                      else meta_from_array(a, ndim=2, dtype=self.dtype))
-        # The Gram accumulation cholqr asks for, summed as each basis is made.
-        self.accumulations = (np.dtype(np.float64),)
-        self._grams: dict[tuple[str, np.dtype], np.ndarray] = {}
+        # The Gram matrix of the last basis made by a pass over A (summed as it was made), by its name.
+        self._grams: dict[str, np.ndarray] = {}
         self._norm2: float | None = None
         self._sketch_finite = True
         # The centring T = A - r c^T (see centre): c on the client (None: ones), r on the
@@ -178,7 +178,7 @@ class DaskOperator:
 
     # -- passes over A -------------------------------------------------------------------
     def _sketch(self, seed: int, width: int, *, with_v: bool) -> tuple[Any, np.ndarray | None, float, bool]:
-        """``Y = T Omega`` (persisted, its Gram matrices known), ``V = T^T Y``, ``||T||_F^2``: one pass.
+        """``Y = T Omega`` (persisted, its Gram matrix known), ``V = T^T Y``, ``||T||_F^2``: one pass.
 
         Also whether ``Y`` is finite (NaN/Inf in ``A`` always reach it: no
         entry of ``Omega`` is zero).  ``V`` only ``with_v`` (else None).
@@ -191,7 +191,7 @@ class DaskOperator:
         return y, stats.v, float(stats.leading[0]), not stats.leading[1]
 
     def power_pass(self, c: np.ndarray, *, with_v: bool) -> tuple[Any, np.ndarray | None]:
-        """``Y = T @ C`` for a client matrix ``C`` (persisted, its Gram matrices known) and ``V = T^T Y``.
+        """``Y = T @ C`` for a client matrix ``C`` (persisted, its Gram matrix known) and ``V = T^T Y``.
 
         One pass over ``A``; ``V`` only ``with_v`` (else None).
         """
@@ -222,10 +222,15 @@ class DaskOperator:
             raise ValueError("x contains NaN or Inf; pass check_finite=False to skip this check")
 
     # -- the primitives cholqr asks for --------------------------------------------------
-    def gram(self, y: Any, *, accumulate: Any = np.float64) -> np.ndarray:
-        """``Y^T Y`` as a host float64 array: per-block Gram matrices summed in float64."""
-        known = self._grams.get((y.name, np.dtype(accumulate)))
-        return known.copy() if known is not None else self._gram_sum(y, accumulate).compute()
+    def gram(self, y: Any) -> np.ndarray:
+        """``Y^T Y`` as a host float64 array: per-block Gram matrices accumulated and summed in float64
+        (the only accumulation :mod:`liam_gpu.cholqr` asks for)."""
+        known = self._grams.get(y.name)
+        if known is not None:
+            return known.copy()
+        l = int(y.shape[1])
+        parts = self._per_block(tasks.gram_part, "ab", [(y, "ia")], {"a": l, "b": l})
+        return parts.sum(axis=0, split_every=FAN_IN).compute()
 
     def tri_apply(self, y: Any, r: np.ndarray, *, accumulate: Any = np.float64,
                   rinv: np.ndarray | None = None) -> Any:
@@ -257,24 +262,21 @@ class DaskOperator:
         """``U = Q C`` with scikit-learn's ``svd_flip`` signs, and the signs.
 
         One round: every block of ``Q C`` is persisted together with its
-        largest-magnitude entry per column; the signs (ties to the first row,
-        as an ``argmax`` over the whole ``U``) then scale the persisted blocks
-        lazily.
+        largest-magnitude entry per column; the largest of those is the
+        column's (:func:`~liam_gpu.operators.largest_entry_signs` over the
+        blocks' entries: ties to the first block, as an ``argmax`` over the
+        whole ``U`` ties to the first row), and the signs then scale the
+        persisted blocks lazily.
         """
         k = int(c.shape[1])
         small = delayed(np.ascontiguousarray(c, dtype=self.dtype))
         pairs = q.map_blocks(tasks.left_block, small, self.device, chunks=(q.chunks[0], (k,)), dtype=self.dtype,
                              meta=self.meta)
         u = pairs.map_blocks(operator.getitem, 0, dtype=self.dtype, meta=self.meta)
-        picked = pairs.map_blocks(operator.getitem, 1, chunks=((1,) * q.numblocks[0], (2 * k,)),
+        picked = pairs.map_blocks(operator.getitem, 1, chunks=((1,) * q.numblocks[0], (k,)),
                                   dtype=np.float64, meta=np.empty((0, 0)))
         u, picked = dask.persist(u, picked)
-        rows = picked.compute().reshape(-1, 2, k)
-        best, value = rows[0]
-        for cand_best, cand_value in rows[1:]:
-            better = cand_best > best
-            best, value = np.where(better, cand_best, best), np.where(better, cand_value, value)
-        signs = np.where(value < 0, -1.0, 1.0)
+        signs = largest_entry_signs(np, np.asarray(picked.compute(), dtype=np.float64), axis=0)[0]
         return u.map_blocks(tasks.scale_columns_block, signs, dtype=self.dtype, meta=self.meta), signs
 
     # -- centring on the client ------------------------------------------------------------
@@ -294,28 +296,26 @@ class DaskOperator:
         """``sum_i A_i^T Y_i - c sum_i r_i^T Y_i`` from their stacked sums (no-op without centring)."""
         if not self.centred:
             return total
-        v, rty = total[:-1], total[-1:]
-        return v - (rty if self._c is None else self._c[:, None] * rty)
+        return rank_one_minus(self.backend, total[:-1], self._c, total[-1:])
 
     # -- helpers ---------------------------------------------------------------------------
     def _basis_pass(self, fn: Callable, cols: int, *args: Any, shift: Any, leading: int,
                     with_v: bool) -> tuple[Any, "_Stats"]:
         """A pass over ``A`` that makes a basis ``Y`` (``cols`` columns) and sums per-block statistics.
 
-        ``fn(block, r_i, *args, shift, with_v, dtype, accumulations, device)``
-        returns ``(Y_i, stats_i)``, ``stats_i`` a row of ``leading`` numbers,
-        then ``T_i^T Y_i`` (``with_v``; with centring ``A_i^T Y_i`` and
-        ``r_i^T Y_i``), then the Gram matrices of ``Y_i`` for each of
-        :attr:`accumulations`.  ``Y`` is persisted, the sums come back, and
-        the Gram matrices are remembered for :meth:`gram`.  One task per block
+        ``fn(block, r_i, *args, shift, with_v, dtype, device)`` returns
+        ``(Y_i, stats_i)``, ``stats_i`` a row of ``leading`` numbers, then
+        ``T_i^T Y_i`` (``with_v``; with centring ``A_i^T Y_i`` and
+        ``r_i^T Y_i``), then ``Y_i^T Y_i``.  ``Y`` is persisted, the sums come
+        back, and the Gram matrix is remembered for :meth:`gram`.  One task per block
         computes all of it, so a block of ``A`` is read once however many
         results use it.
         """
         n = int(self.a.shape[1])
         v_rows = n + 1 if self.centred else n
-        layout = _Stats.layout(leading, v_rows * cols if with_v else 0, len(self.accumulations) * cols * cols)
+        layout = _Stats.layout(leading, v_rows * cols if with_v else 0, cols * cols)
         pairs = da.blockwise(fn, "ij", self.a, "ij", self._r, None if self._r is None else "i",
-                             *[v for arg in (*args, shift, with_v, self.dtype, self.accumulations, self.device)
+                             *[v for arg in (*args, shift, with_v, self.dtype, self.device)
                                for v in (arg, None)],
                              dtype=self.dtype, meta=self.meta)
         y = pairs.map_blocks(operator.getitem, 0, chunks=(self.a.chunks[0], (cols,)), dtype=self.dtype,
@@ -325,9 +325,8 @@ class DaskOperator:
         y, total = dask.persist(y, stats.sum(axis=0, split_every=FAN_IN))
         sums = _Stats.split(np.asarray(total.compute(), dtype=np.float64), layout, (v_rows, cols))
         if sums.v is not None:
-            sums = _Stats(sums.leading, np.ascontiguousarray(self._minus_c(sums.v), dtype=self.dtype), sums.grams)
-        grams = sums.grams.reshape(len(self.accumulations), cols, cols)
-        self._grams = {(y.name, acc): g for acc, g in zip(self.accumulations, grams)}
+            sums = _Stats(sums.leading, np.ascontiguousarray(self._minus_c(sums.v), dtype=self.dtype), sums.gram)
+        self._grams = {y.name: sums.gram.reshape(cols, cols)}
         return y, sums
 
     def _per_block(self, fn: Callable, out: str, inputs: Sequence[tuple[Any, str]], sizes: dict[str, int],
@@ -355,11 +354,6 @@ class DaskOperator:
             dtype=np.float64, meta=np.empty((0,) * (1 + len(out))),
         )
 
-    def _gram_sum(self, y: Any, accumulate: Any) -> Any:
-        l = int(y.shape[1])
-        parts = self._per_block(tasks.gram_part, "ab", [(y, "ia")], {"a": l, "b": l}, np.dtype(accumulate))
-        return parts.sum(axis=0, split_every=FAN_IN)
-
 
 def omega_rows(seed: int, rows: int, width: int, dtype: np.dtype, c: np.ndarray | None) -> np.ndarray:
     """``c^T Omega`` needs ``Omega``'s rows: all of them for ``c = mu``; for ``c = 1`` their column
@@ -377,16 +371,16 @@ def omega_rows(seed: int, rows: int, width: int, dtype: np.dtype, c: np.ndarray 
 
 @dataclass(frozen=True)
 class _Stats:
-    """The summed statistics of a basis pass: leading numbers, ``V = A^T Y`` (or None), Gram matrices."""
+    """The summed statistics of a basis pass: leading numbers, ``V = A^T Y`` (or None), ``Y^T Y`` (flat)."""
 
     leading: np.ndarray
     v: np.ndarray | None
-    grams: np.ndarray
+    gram: np.ndarray
 
     @staticmethod
-    def layout(leading: int, v: int, grams: int) -> tuple[int, int, int]:
+    def layout(leading: int, v: int, gram: int) -> tuple[int, int, int]:
         """Where the parts of a statistics row end."""
-        return leading, leading + v, leading + v + grams
+        return leading, leading + v, leading + v + gram
 
     @classmethod
     def split(cls, row: np.ndarray, layout: tuple[int, int, int], v_shape: tuple[int, int]) -> "_Stats":

@@ -27,16 +27,16 @@ __all__ = ["svd_compress"]
 
 
 def svd_compress(
-    x: Any,
-    k: int | None = None,
-    *,
-    n_oversamples: int = 10,
-    n_iter: int | str = "auto",
-    random_state: Any = 0,
-    center: Any = False,
-    device: Any = None,
-    check_finite: bool = True,
-) -> LowRank:
+                 x: Any,
+                 k: int | None = None,
+                 *,
+                 n_oversamples: int = 10,
+                 n_iter: int | str = "auto",
+                 random_state: Any = 0,
+                 center: Any = False,
+                 device: Any = None,
+                 check_finite: bool = True,
+                 ) -> LowRank:
     """Rank-``k`` :class:`~liam_gpu.LowRank` of a Dask array, one Dask reduction per pass.
 
     The engine of :func:`liam_gpu.svd_compress` (:mod:`liam_gpu.rangefinder`,

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import arrays, philox
+from ..operators import largest_entries, rank_one_minus, vector_times
 from ..sparse_input import is_scipy
 from .block import Block, Shift, Worker, on_worker
 
@@ -20,19 +21,19 @@ def omega_block(seed: int, width: int, dtype: np.dtype, block_info: dict | None 
     return philox.omega(seed, hi - lo, width, dtype, row0=lo)
 
 
-def _stats_row(w: Worker, leading: Sequence[float], v: np.ndarray | None, y: Any,
-               accumulations: Sequence[np.dtype]) -> np.ndarray:
-    """``[leading..., V_i..., Gram matrices of Y_i...]`` as one host float64 row (see :class:`_Stats`)."""
+def _stats_row(w: Worker, leading: Sequence[float], v: np.ndarray | None, y: Any) -> np.ndarray:
+    """``[leading..., V_i..., Y_i^T Y_i]`` as one host float64 row (see :class:`~.row_blocks._Stats`);
+    the Gram matrix accumulated in float64, as cholqr asks."""
     parts = [np.asarray(leading, dtype=np.float64)]
     if v is not None:
         parts.append(np.ravel(v))
-    parts += [np.ravel(w.backend.gram(y, accumulate=acc)) for acc in accumulations]
+    parts.append(np.ravel(w.backend.gram(y)))
     return np.concatenate(parts)[None]
 
 
 def sketch_block(a: Any, r: np.ndarray | None, seed: int, width: int, shift: Shift | None, with_v: bool,
-                  dtype: np.dtype, accumulations: Sequence[np.dtype], device: Any) -> tuple[Any, np.ndarray]:
-    """``Y_i = T_i Omega`` and ``[||T_i||_F^2, Y_i not finite, T_i^T Y_i's parts (with_v), Gram matrices of Y_i]``.
+                 dtype: np.dtype, device: Any) -> tuple[Any, np.ndarray]:
+    """``Y_i = T_i Omega`` and ``[||T_i||_F^2, Y_i not finite, T_i^T Y_i's parts (with_v), Y_i^T Y_i]``.
 
     ``Omega``'s rows are ``A``'s columns, so every block multiplies by the same ``Omega``.
     """
@@ -40,19 +41,19 @@ def sketch_block(a: Any, r: np.ndarray | None, seed: int, width: int, shift: Shi
         block = Block(w, a, dtype, r, shift)
         y, v = block.sketch(seed, width, with_v)
         not_finite = float(not bool(w.backend.xp.isfinite(y).all()))
-        return w.give_back(y), _stats_row(w, [block.sum_squares(), not_finite], v, y, accumulations)
+        return w.give_back(y), _stats_row(w, [block.sum_squares(), not_finite], v, y)
 
 
 def power_block(a: Any, r: np.ndarray | None, c: np.ndarray, shift: Shift | None, with_v: bool,
-                 dtype: np.dtype, accumulations: Sequence[np.dtype], device: Any) -> tuple[Any, np.ndarray]:
-    """``Y_i = T_i C`` for a client matrix ``C``, and ``[T_i^T Y_i's parts (with_v), Gram matrices of Y_i]``."""
+                dtype: np.dtype, device: Any) -> tuple[Any, np.ndarray]:
+    """``Y_i = T_i C`` for a client matrix ``C``, and ``[T_i^T Y_i's parts (with_v), Y_i^T Y_i]``."""
     with on_worker(a, device) as w:
         y, v = Block(w, a, dtype, r, shift).times(w.backend.asarray(c), with_v)
-        return w.give_back(y), _stats_row(w, [], v, y, accumulations)
+        return w.give_back(y), _stats_row(w, [], v, y)
 
 
 def t_times_part(a: Any, r: np.ndarray | None, y: Any, shift: Shift | None, with_norm: bool,
-                  dtype: np.dtype, device: Any) -> np.ndarray:
+                 dtype: np.dtype, device: Any) -> np.ndarray:
     """``A_i^T Y_i`` (and ``r_i^T Y_i`` under it, with centring; then a row ``[||T_i||_F^2, 0...]``
     ``with_norm``), summed across blocks in float64."""
     with on_worker(a, device) as w:
@@ -65,9 +66,10 @@ def t_times_part(a: Any, r: np.ndarray | None, y: Any, shift: Shift | None, with
         return part[None]
 
 
-def gram_part(y: Any, accumulate: np.dtype, device: Any) -> np.ndarray:
+def gram_part(y: Any, device: Any) -> np.ndarray:
+    """``Y_i^T Y_i`` (accumulated in float64) as a host ``(1, l, l)`` piece."""
     with on_worker(y, device) as w:
-        return w.backend.gram(w.load(y), accumulate=accumulate)[None]
+        return w.backend.gram(w.load(y))[None]
 
 
 def tri_apply_block(y: Any, r: np.ndarray, rinv: np.ndarray, accumulate: np.dtype, device: Any) -> Any:
@@ -83,7 +85,7 @@ def qr_block(y: Any, device: Any) -> tuple[Any, np.ndarray]:
 
 
 def tsqr_block(pair: tuple[Any, np.ndarray], parts: list[np.ndarray], device: Any,
-                block_id: tuple[int, ...] | None = None) -> Any:
+               block_id: tuple[int, ...] | None = None) -> Any:
     """``Q_i S_i``: block ``i`` of the TSQR factor (``block_id`` is passed by ``map_blocks``)."""
     q = pair[0]
     with on_worker(q, device) as w:
@@ -91,13 +93,11 @@ def tsqr_block(pair: tuple[Any, np.ndarray], parts: list[np.ndarray], device: An
 
 
 def left_block(q: Any, c: np.ndarray, device: Any) -> tuple[Any, np.ndarray]:
-    """``U_i = Q_i C``, and per column ``[largest |u|..., the signed u at its first occurrence...]``."""
+    """``U_i = Q_i C``, and each column's largest-magnitude entry in the block (signed, host float64 row:
+    :func:`~liam_gpu.operators.largest_entries`, of which the client takes the largest)."""
     with on_worker(q, device) as w:
-        xp = w.backend.xp
         u = w.backend.matmul(w.load(q), w.backend.asarray(c))
-        where = xp.argmax(xp.abs(u), axis=0)[None, :]
-        picked = xp.take_along_axis(u, where, axis=0)[0]
-        return w.give_back(u), np.concatenate([w.host(xp.abs(picked)), w.host(picked)])[None]
+        return w.give_back(u), w.host(largest_entries(w.backend.xp, u, axis=0))
 
 
 def scale_columns_block(u: Any, signs: np.ndarray) -> Any:
@@ -108,13 +108,13 @@ def scale_columns_block(u: Any, signs: np.ndarray) -> Any:
 
 
 def sum_squares_part(a: Any, r: np.ndarray | None, shift: Shift | None, dtype: np.dtype,
-                      device: Any) -> np.ndarray:
+                     device: Any) -> np.ndarray:
     with on_worker(a, device) as w:
         return np.array([[Block(w, a, dtype, r, shift).sum_squares()]])
 
 
 def residual_part(a: Any, r: np.ndarray | None, q: Any, bt: np.ndarray, shift: Shift | None,
-                   dtype: np.dtype, device: Any) -> np.ndarray:
+                  dtype: np.dtype, device: Any) -> np.ndarray:
     """``||T_i - Q_i Bt^T||_F^2`` of one row block."""
     with on_worker(a, device) as w:
         block = Block(w, a, dtype, r, shift)
@@ -169,7 +169,7 @@ def _grid_block(w: Worker, a: Any, r: np.ndarray | None, c: np.ndarray | None, c
 
 
 def grid_times_block(a: Any, r: np.ndarray | None, c: np.ndarray | None, x: np.ndarray, centred: bool,
-                      with_norm: bool, dtype: np.dtype, device: Any) -> Any:
+                     with_norm: bool, dtype: np.dtype, device: Any) -> Any:
     """``A_ij X_j`` as an ``(m_i, 1, l)`` piece in the block's type, and ``[[[||T_ij||_F^2]]]`` (``with_norm``)."""
     with on_worker(a, device) as w:
         block = _grid_block(w, a, r, c, centred, dtype)
@@ -179,16 +179,14 @@ def grid_times_block(a: Any, r: np.ndarray | None, c: np.ndarray | None, x: np.n
 
 
 def grid_basis_block(y: Any, r: np.ndarray | None, shift: Shift | None, dtype: np.dtype,
-                      accumulations: Sequence[np.dtype], device: Any) -> tuple[Any, np.ndarray]:
-    """Row block ``Y_i = sum_j A_ij X_j - r_i (c^T X)`` and ``[Y_i not finite, Gram matrices of Y_i]``."""
+                     device: Any) -> tuple[Any, np.ndarray]:
+    """Row block ``Y_i = sum_j A_ij X_j - r_i (c^T X)`` and ``[Y_i not finite, Y_i^T Y_i]``."""
     with on_worker(y, device) as w:
         y = w.load(y, dtype)
         if shift is not None:
-            rows = int(y.shape[0])
-            ri = np.ones(rows) if r is None else np.asarray(r, dtype=np.float64)
-            y = y - w.backend.asarray(ri.astype(dtype))[:, None] * w.backend.asarray(shift.cx)
+            y = rank_one_minus(w.backend, y, r, w.backend.asarray(shift.cx))
         not_finite = float(not bool(w.backend.xp.isfinite(y).all()))
-        return w.give_back(y), _stats_row(w, [not_finite], None, y, accumulations)
+        return w.give_back(y), _stats_row(w, [not_finite], None, y)
 
 
 def grid_t_times_block(a: Any, y: Any, dtype: np.dtype, device: Any) -> np.ndarray:
@@ -201,18 +199,18 @@ def r_times_block(y: Any, r: np.ndarray | None, dtype: np.dtype, device: Any) ->
     """``r_i^T Y_i`` (``r`` None: ones) as a host float64 ``(1, l)`` row."""
     with on_worker(y, device) as w:
         y = w.load(y, dtype)
-        ri = np.ones(int(y.shape[0])) if r is None else np.asarray(r, dtype=np.float64)
-        return w.host(w.backend.asarray(ri.astype(dtype))[None, :] @ y)
+        ri = np.ones(int(y.shape[0])) if r is None else r
+        return w.host(vector_times(w.backend, ri, y, dtype))
 
 
 def grid_sum_squares_block(a: Any, r: np.ndarray | None, c: np.ndarray | None, centred: bool,
-                            dtype: np.dtype, device: Any) -> np.ndarray:
+                           dtype: np.dtype, device: Any) -> np.ndarray:
     with on_worker(a, device) as w:
         return np.array([[_grid_block(w, a, r, c, centred, dtype).sum_squares()]])
 
 
 def grid_residual_block(a: Any, r: np.ndarray | None, c: np.ndarray | None, q: Any, bt: np.ndarray,
-                         centred: bool, dtype: np.dtype, device: Any) -> np.ndarray:
+                        centred: bool, dtype: np.dtype, device: Any) -> np.ndarray:
     """``||T_ij - Q_i Bt_j^T||_F^2`` of one block."""
     with on_worker(a, device) as w:
         block = _grid_block(w, a, r, c, centred, dtype)

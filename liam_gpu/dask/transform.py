@@ -15,14 +15,14 @@ __all__ = ["transform_matrix"]
 
 
 def transform_matrix(
-    x: Any,
-    weights: Any,
-    bias: Any = None,
-    activation: str | None = None,
-    *,
-    device: Any = None,
-    check_finite: bool = True,
-) -> Any:
+                     x: Any,
+                     weights: Any,
+                     bias: Any = None,
+                     activation: str | None = None,
+                     *,
+                     device: Any = None,
+                     check_finite: bool = True,
+                     ) -> Any:
     """``activation(x @ weights.T + bias)`` for a Dask array, chunk by chunk, lazily.
 
     Parameters
