@@ -256,10 +256,8 @@ def svd_compress(
         mean = _mean(backend, mat, center, kind)
         seed = seed_from_random_state(random_state)
         if tol is None:
-            rank = DEFAULT_RANK if k is None else k
-            rank = validation.check_rank("k", rank, mat.min_dim) if k is not None else min(rank, mat.min_dim)
-            plan = Plan(k=rank, p=p, q=_n_iter(n_iter, rank, mat.min_dim), seed=seed,
-                        check=bool(check_finite), estimate=True, tf32=tf32)
+            plan = fixed_rank_plan(k, mat.min_dim, n_oversamples=p, n_iter=n_iter, seed=seed,
+                                   check_finite=check_finite, tf32=tf32)
         else:
             cap = mat.min_dim if max_rank is None else validation.check_rank("max_rank", max_rank, mat.min_dim)
             q = ADAPTIVE_N_ITER if n_iter == "auto" else _check_count("n_iter", n_iter, minimum=0)
@@ -339,6 +337,30 @@ def seed_from_random_state(random_state: Any) -> int:
 
 
 # --------------------------------------------------------------------------- argument checks
+
+
+def fixed_rank_plan(k: Any, min_dim: int, *, n_oversamples: Any, n_iter: Any, seed: int, check_finite: Any,
+                    tf32: bool = False) -> Plan:
+    """The engine's plan of a fixed-rank :func:`svd_compress` (here and in :func:`liam_gpu.dask.svd_compress`).
+
+    ``k`` is checked against ``min_dim`` (None: ``min(DEFAULT_RANK, min_dim)``),
+    ``n_oversamples`` and ``n_iter`` too (``"auto"``: scikit-learn's rule for
+    that rank); the error is estimated.
+    """
+    rank = min(DEFAULT_RANK, min_dim) if k is None else validation.check_rank("k", k, min_dim)
+    p = _check_count("n_oversamples", n_oversamples, minimum=0)
+    return Plan(k=rank, p=p, q=_n_iter(n_iter, rank, min_dim), seed=seed, check=bool(check_finite), estimate=True,
+                tf32=tf32)
+
+
+def check_center_means(mean: np.ndarray, n: int) -> np.ndarray:
+    """``center=``'s column means as given (a host array): ``n`` of them, finite; returned as float64."""
+    if mean.shape != (n,):
+        raise ValueError(f"center must be True, False or {n} column means (shape ({n},)), got shape {mean.shape}")
+    mean = np.asarray(mean, dtype=np.float64)
+    if not np.isfinite(mean).all():
+        raise ValueError("center contains NaN or Inf")
+    return mean
 
 
 def _check_count(name: str, value: Any, *, minimum: int) -> int:
@@ -477,11 +499,7 @@ def _mean(backend: Any, mat: _Matrix, center: Any, kind: arrays.ArrayKind) -> np
         return backend.to_host(backend.xp.mean(mat.data, axis=axis, dtype=np.float64)).astype(np.float64)
     mean = np.asarray(backend.to_host(backend.asarray(arrays.to_compute(center, kind, name="center"))),
                       dtype=np.float64)
-    if mean.shape != (n,):
-        raise ValueError(f"center must be True, False or {n} column means (shape ({n},)), got shape {mean.shape}")
-    if not np.isfinite(mean).all():
-        raise ValueError("center contains NaN or Inf")
-    return mean
+    return check_center_means(mean, n)
 
 
 # --------------------------------------------------------------------------- dispatch

@@ -8,6 +8,7 @@ import dask.array as da
 import numpy as np
 
 from .. import arrays, backends, validation
+from ..svd import check_center_means
 
 __all__ = ["check_dask_array", "check_row_chunks", "check_svd_chunks", "check_device", "check_center",
            "host_copy"]
@@ -66,14 +67,7 @@ def check_center(center: Any, n: int) -> np.ndarray | None:
         center = center.compute()  # n numbers: the client holds n x l matrices anyway
     mean = host_copy("center", center)
     validation.float_dtype("center", mean)  # complex, strings, objects: a TypeError naming center
-    if mean.shape != (n,):
-        raise ValueError(
-            f"center must be True, False or {n} column means (shape ({n},)), got shape {tuple(mean.shape)}"
-        )
-    mean = mean.astype(np.float64)
-    if not np.isfinite(mean).all():
-        raise ValueError("center contains NaN or Inf")
-    return mean
+    return check_center_means(mean, n)
 
 
 def host_copy(name: str, value: Any) -> np.ndarray:

@@ -15,9 +15,9 @@ import numpy as np
 
 from .. import validation
 from ..lowrank import LowRank
-from ..rangefinder import Plan, fixed_rank
+from ..rangefinder import fixed_rank
 from ..sparse_input import is_scipy
-from ..svd import DEFAULT_RANK, _check_count, _n_iter, seed_from_random_state
+from ..svd import fixed_rank_plan, seed_from_random_state
 from .checks import check_center, check_dask_array, check_device, check_svd_chunks
 from .column_blocks import ColumnBlocks
 from .grid_blocks import GridBlocks
@@ -158,12 +158,11 @@ def svd_compress(
         raise ValueError(
             f"x has scipy.sparse chunks, which are computed on device='cpu' only, got device={device!r}"
         )
-    k = min(DEFAULT_RANK, m, n) if k is None else validation.check_rank("k", k, min(m, n))
-    p = _check_count("n_oversamples", n_oversamples, minimum=0)
-    q = _n_iter(n_iter, k, min(m, n))
-    seed = seed_from_random_state(random_state)
     if not isinstance(check_finite, (bool, np.bool_)):
         raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
+    plan = fixed_rank_plan(k, min(m, n), n_oversamples=n_oversamples, n_iter=n_iter,
+                           seed=seed_from_random_state(random_state), check_finite=check_finite)
+    k = plan.k
     mean = check_center(center, n) if centring else None
 
     # Oriented by the shape alone, as in memory (T = x when tall, x.T when wide), so that the
@@ -184,7 +183,6 @@ def svd_compress(
     if centring:
         inner.centre(mean, check=bool(check_finite))
     op = inner if by_rows else ColumnBlocks(inner, swapped=swapped)
-    plan = Plan(k=k, p=p, q=q, seed=seed, check=bool(check_finite), estimate=True)
     fact = fixed_rank(op, plan)
     u, s, vt = fact.factors(k, flip=True)
     if not by_rows:
