@@ -8,8 +8,7 @@ import numpy as np
 
 from .. import arrays
 from ..operators import left_factor
-from . import tasks
-from .row_blocks import DaskOperator
+from .row_blocks import DaskOperator, omega_in_chunks
 
 __all__ = ["ColumnBlocks"]
 
@@ -66,8 +65,7 @@ class ColumnBlocks:
     def sketch(self, seed: int, l: int, col0: int = 0, *, with_v: bool = False) -> tuple[Any, Any | None]:
         if col0:
             raise ValueError("the Dask operator sketches from the first column of Omega only")
-        omega = da.map_blocks(tasks.omega_block, seed, l, self.dtype, chunks=(self.s.a.chunks[0], (l,)),
-                              dtype=self.dtype, meta=np.empty((0, 0), dtype=self.dtype))
+        omega = omega_in_chunks(seed, self.s.a.chunks[0], l, self.dtype)
         with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf: reported by the caller, from Y
             y, self._norm2 = self.s.t_times(omega, with_norm=True)
         return y, (self._t_side(y) if with_v else None)
@@ -89,10 +87,7 @@ class ColumnBlocks:
         return self.s.residual_sq(self._in_s_chunks(bt), q)
 
     def require_finite(self, y: Any) -> None:
-        if bool(np.isfinite(y).all()):
-            return
-        self.s.check_finite()  # raises for NaN/Inf in x
-        raise ValueError(f"x is finite but so large that its products overflow {self.dtype}; scale it down")
+        self.s.require_finite(np.asarray(y))  # y is a client array: checked as it is
 
     def left(self, q: Any, c: np.ndarray, *, flip: bool) -> tuple[Any, np.ndarray | None]:
         return left_factor(self.backend, self.dtype, q, c, flip=flip)

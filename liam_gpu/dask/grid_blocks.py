@@ -13,7 +13,7 @@ from dask.array.utils import meta_from_array
 from ..operators import rank_one_minus
 from . import tasks
 from .block import Shift
-from .row_blocks import FAN_IN, DaskOperator, omega_rows
+from .row_blocks import FAN_IN, DaskOperator, omega_in_chunks, omega_rows
 
 __all__ = ["GridBlocks"]
 
@@ -68,8 +68,7 @@ class GridBlocks(DaskOperator):
     # -- passes over A -------------------------------------------------------------------
     def _sketch(self, seed: int, width: int, *, with_v: bool) -> tuple[Any, np.ndarray | None, float, bool]:
         """``Y = T Omega`` and ``||T||_F^2`` in one pass; ``V = T^T Y`` (``with_v``) in a second one."""
-        omega = da.map_blocks(tasks.omega_block, seed, width, self.dtype, chunks=(self.a.chunks[1], (width,)),
-                              dtype=self.dtype, meta=np.empty((0, 0), dtype=self.dtype))
+        omega = omega_in_chunks(seed, self.a.chunks[1], width, self.dtype)
         c_omega = None
         if self.centred:  # c^T Omega, from the same Philox stream the blocks use
             c_omega = self._c_times(omega_rows(seed, self.shape[1], width, self.dtype, self._c))
@@ -153,10 +152,7 @@ class GridBlocks(DaskOperator):
                              meta=np.empty((0, 0, 0)))
         return float(parts.sum().compute())
 
-    def check_finite(self) -> None:
-        """Raise ``ValueError`` if ``A`` holds NaN/Inf (one more pass, only after a non-finite sum)."""
+    def _finite_parts(self) -> Any:
         nbi, nbj = self.a.numblocks
-        finite = self.a.map_blocks(tasks.finite_part, self.dtype, self.device, chunks=((1,) * nbi, (1,) * nbj),
-                                   dtype=np.float64, meta=np.empty((0, 0)))
-        if not bool(finite.min().compute()):
-            raise ValueError("x contains NaN or Inf; pass check_finite=False to skip this check")
+        return self.a.map_blocks(tasks.finite_part, self.dtype, self.device, chunks=((1,) * nbi, (1,) * nbj),
+                                 dtype=np.float64, meta=np.empty((0, 0)))

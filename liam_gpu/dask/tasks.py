@@ -11,7 +11,6 @@ import numpy as np
 
 from .. import arrays, philox
 from ..operators import largest_entries, rank_one_minus, vector_times
-from ..sparse_input import is_scipy
 from .block import Block, Shift, Worker, on_worker
 
 
@@ -131,32 +130,29 @@ def finite_part(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
         return np.array([[float(Block(w, a, dtype).finite())]])
 
 
-def _sparse_sums(x: Any, axis: int) -> np.ndarray:
-    """Sums of a scipy.sparse block along ``axis`` in float64, as a 1-D host array.
-
-    scipy's ``sum(dtype=float64)`` accumulates float32 data in float32 and
-    casts the result, so the values are widened first (a copy of the values
-    only), as the in-memory :meth:`~liam_gpu.operators.SparseOperator.times_host` does.
-    """
-    return np.asarray(x.astype(np.float64).sum(axis=axis)).ravel()
+def _row_sums(block: Block) -> np.ndarray:
+    """A block's row sums in float64, host 1-D (a sparse block's values widened first, as in memory)."""
+    if block.sparse:
+        return block.op.times_host(block.op.data, np.ones(int(block.x.shape[1])))
+    return block.w.host(block.w.backend.xp.sum(block.x, axis=1, dtype=np.float64))
 
 
 def column_sums_part(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
     """The column sums of one row block in float64 (``center=True`` on row chunks)."""
     with on_worker(a, device) as w:
-        x = Block(w, a, dtype).x
-        if is_scipy(x):
-            return _sparse_sums(x, axis=0).reshape(1, -1)
-        return w.host(w.backend.xp.sum(x, axis=0, dtype=np.float64))[None]
+        block = Block(w, a, dtype)
+        if block.sparse:  # SparseOperator.column_sums: the values widened to float64 before summing
+            return block.op.column_sums()[None]
+        return w.host(w.backend.xp.sum(block.x, axis=0, dtype=np.float64))[None]
 
 
 def row_means_block(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
     """The row means of one row block of ``x.T`` in float64 (``center=True`` on column chunks)."""
     with on_worker(a, device) as w:
-        x = Block(w, a, dtype).x
-        if is_scipy(x):
-            return _sparse_sums(x, axis=1) / x.shape[1]
-        return w.host(w.backend.xp.mean(x, axis=1, dtype=np.float64))
+        block = Block(w, a, dtype)
+        if block.sparse:
+            return _row_sums(block) / block.x.shape[1]
+        return w.host(w.backend.xp.mean(block.x, axis=1, dtype=np.float64))
 
 
 # --------------------------------------------------------------------------- grid blocks, on the workers
@@ -220,7 +216,4 @@ def grid_residual_block(a: Any, r: np.ndarray | None, c: np.ndarray | None, q: A
 def row_sums_block(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
     """The row sums of one block in float64, as an ``(m_i, 1)`` column (``center=True`` on a grid, swapped)."""
     with on_worker(a, device) as w:
-        x = Block(w, a, dtype).x
-        if is_scipy(x):
-            return _sparse_sums(x, axis=1).reshape(-1, 1)
-        return w.host(w.backend.xp.sum(x, axis=1, dtype=np.float64))[:, None]
+        return _row_sums(Block(w, a, dtype))[:, None]
