@@ -758,3 +758,27 @@ def test_sparse_centring_sums_do_not_cancel_in_float32():
     np.testing.assert_array_equal(dask_tasks.column_sums_part(x, f32, None).ravel(), truth)
     np.testing.assert_array_equal(dask_tasks.row_sums_block(x.T.tocsr(), f32, None).ravel(), truth)
     np.testing.assert_allclose(dask_tasks.row_means_block(x.T.tocsr(), f32, None) * m, truth, rtol=4 * 2.0**-52)
+
+
+@pytest.mark.parametrize("row_chunks", [(2, 2, 2), (1, 5), (6,)])
+def test_left_factor_signs_follow_the_in_memory_convention_across_blocks(row_chunks):
+    # Each column's sign makes its largest-magnitude entry positive, a tie going to the first
+    # row, as in memory (operators.largest_entry_signs): a tie split across row blocks goes to
+    # the earlier block; an all-zero column keeps +1.
+    from liam_gpu.operators import largest_entry_signs
+
+    u = np.array([[-3.0, 1.0, 0.25, 0.0],
+                  [1.0, 2.0, -0.5, 0.0],
+                  [3.0, -2.0, 0.25, 0.0],
+                  [0.0, 0.0, 0.0, 0.0],
+                  [2.0, 1.0, 0.5, 0.0],
+                  [-1.0, -2.0, 0.1, 0.0]])
+    q = da.from_array(u, chunks=(row_chunks, 4))
+    with dask.config.set(scheduler="synchronous"):
+        op = ldask.DaskOperator(q, np.dtype(np.float64), None)
+        flipped, signs = op.left_factor(q, np.eye(4))
+        flipped = flipped.compute()
+    want = largest_entry_signs(np, u, axis=0)[0]
+    np.testing.assert_array_equal(want, [-1.0, 1.0, -1.0, 1.0])  # the convention the blocks must reproduce
+    np.testing.assert_array_equal(signs, want)
+    np.testing.assert_array_equal(flipped, u * want)
