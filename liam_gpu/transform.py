@@ -9,7 +9,8 @@ caller's array type.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -130,6 +131,83 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite, tf32
     as ``uint16`` bits and go through with ``storage="bfloat16"``
     (:mod:`liam_gpu.bfloat16`).
     """
+    call = prepare(data, weights, bias, out, kind, check_finite=check_finite, to_backend=backend.asarray)
+    target, direct = _output_buffer(call, backend)
+    _linear(backend, call, call.x, call.w, call.b, code, target, tf32)
+    if out is not None:
+        if not direct:
+            arrays.copy_into(call.dest, target)
+        return out
+    return call.result(target, kind)
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """A transform call checked and converted, as :func:`_transform` and the scheduler's
+    ``transform_matrix`` (:mod:`liam_gpu.alda.ops`) compute it.
+
+    Attributes
+    ----------
+    x, w, b
+        data, weights and bias (or None) in ``dtype``, C-contiguous, checked
+        (not empty; finite where asked).
+    dtype
+        The result dtype (:data:`liam_gpu.bfloat16.CARRIER` with ``storage``).
+    storage
+        ``"bfloat16"`` where the arrays hold bfloat16 as ``uint16`` bits, else None.
+    batched
+        Weights ``(B, d_out, d_in)``.
+    out_shape
+        ``x.shape[:-1] + (d_out,)``.
+    dest
+        The caller's ``out`` as a compute array (shape, dtype and writeable
+        checked), or None.
+    separate
+        ``dest`` may overlap an input: the result must go through a separate
+        buffer, so that every input is read whole before ``out`` is written.
+    """
+
+    x: Any
+    w: Any
+    b: Any | None
+    dtype: np.dtype
+    storage: str | None
+    batched: bool
+    out_shape: tuple[int, ...]
+    dest: Any | None
+    separate: bool
+
+    def result(self, y: Any, kind: arrays.ArrayKind) -> Any:
+        """The computed ``y`` (of ``dtype``) as the caller's array."""
+        return arrays.from_bfloat16_bits(y, kind) if self.storage else arrays.from_compute(y, kind)
+
+
+def prepare(data: Any, weights: Any, bias: Any, out: Any, kind: arrays.ArrayKind, *, check_finite: bool,
+            to_backend: Callable[[Any], Any] | None = None) -> PreparedCall:
+    """Check a transform call and convert its arrays: the one statement of the rules.
+
+    In order: the inputs' dtypes (``TypeError``), shapes, each input not
+    empty, cast and (with ``check_finite``) finite, then ``out``.  The inputs
+    are cast to the result dtype only where they differ from it (or are not
+    C-contiguous), so the usual call copies nothing.
+
+    Parameters
+    ----------
+    data, weights, bias, out
+        The caller's arguments (``bias`` and ``out`` may be None).
+    kind
+        Their :class:`~liam_gpu.arrays.ArrayKind`.
+    check_finite
+        Reject NaN/Inf in the inputs.
+    to_backend
+        Moves an input where it is computed (the backend's ``asarray``) before
+        its cast; None leaves the inputs in the caller's memory (the
+        scheduler, whose chunks go to their devices).
+
+    Returns
+    -------
+    PreparedCall
+    """
 
     def compute_array(a, name, writable=False):
         return arrays.to_compute(a, kind, name=name, writable=writable, keep_bfloat16=kind.bfloat16)
@@ -142,33 +220,53 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite, tf32
     storage = "bfloat16" if kind.bfloat16 and np.dtype(x.dtype) == bfloat16.CARRIER else None
     dtype = bfloat16.CARRIER if storage else _result_dtype(x, w, b)
     batched = check_shapes(x, w, b)
+    move = to_backend or (lambda a: a)
 
-    def prepare(name, a):
-        return validation.as_float_array(name, backend.asarray(a), finite=check_finite, dtype=dtype, storage=storage)
+    def checked(name, a):
+        return validation.as_float_array(name, move(a), finite=check_finite, dtype=dtype, storage=storage)
 
-    x, w = prepare("data", x), prepare("weights", w)
+    x, w = checked("data", x), checked("weights", w)
     if b is not None:
-        b = prepare("bias", b)
-    d_out, d_in = w.shape[-2:]
-
-    out_shape = tuple(x.shape[:-1]) + (d_out,)
-    dest = None if out is None else compute_array(out, "out", writable=True)
-    # An out that overlaps an input gets its result through a separate buffer,
-    # so the inputs are read whole before out is written (as numpy's out= does).
+        b = checked("bias", b)
+    out_shape = tuple(x.shape[:-1]) + (w.shape[-2],)
+    dest = None
+    if out is not None:
+        dest = compute_array(out, "out", writable=True)
+        check_out(dest, out_shape, dtype)
     separate = bool(validation.overlapping(dest, data=x, weights=w, bias=b))
-    target, direct = _output_buffer(dest, backend, out_shape, dtype, separate=separate)
+    return PreparedCall(x, w, b, dtype, storage, batched, out_shape, dest, separate)
+
+
+def compute_part(call: PreparedCall, x: Any, w: Any, b: Any | None, code: int, device: Any,
+                 tf32: bool = False) -> Any:
+    """One part of a prepared call (a scheduler's chunk) on backend ``device``.
+
+    ``x``, ``w``, ``b`` are slices of ``call.x``, ``call.w``, ``call.b`` (checked
+    already, so nothing is checked again), possibly copied to the worker's
+    device.  Returns ``act(x @ w.T + b)`` of ``call.dtype`` (bits with
+    ``call.storage``) in the array library of ``x``.
+    """
+    kind = arrays.common_kind(data=x, weights=w, bias=b)
+    backend = backends.resolve(device, kind)
+    with arrays.caller_stream(kind), backend.activate():
+        x, w = backend.asarray(x), backend.asarray(w)
+        b = None if b is None else backend.asarray(b)
+        target = backend.empty(tuple(x.shape[:-1]) + (w.shape[-2],), call.dtype)
+        _linear(backend, call, x, w, b, code, target, tf32)
+        return arrays.from_compute(target, kind)
+
+
+def _linear(backend, call: PreparedCall, x: Any, w: Any, b: Any | None, code: int, target: Any,
+            tf32: bool) -> None:
+    """The backend's fused primitive for ``call`` (or a part of it), written into ``target``."""
     # tf32 is a permission: only float32 storage can use it (other dtypes ignore it).  The
     # keyword goes to the backend only when set, so a backend without it serves every default call.
-    extra = {"tf32": True} if tf32 and storage is None and np.dtype(dtype) == np.float32 else {}
-    if batched:
-        backend.batched_linear(x, w, b, code, target, storage=storage, **extra)
+    extra = {"tf32": True} if tf32 and call.storage is None and np.dtype(call.dtype) == np.float32 else {}
+    if call.batched:
+        backend.batched_linear(x, w, b, code, target, storage=call.storage, **extra)
     else:
-        backend.linear(x.reshape(-1, d_in), w, b, code, target.reshape(-1, d_out), storage=storage, **extra)
-    if out is not None:
-        if not direct:
-            arrays.copy_into(dest, target)
-        return out
-    return arrays.from_bfloat16_bits(target, kind) if storage else arrays.from_compute(target, kind)
+        d_out, d_in = w.shape
+        backend.linear(x.reshape(-1, d_in), w, b, code, target.reshape(-1, d_out), storage=call.storage, **extra)
 
 
 def check_shapes(x: Any, w: Any, b: Any | None) -> bool:
@@ -216,14 +314,12 @@ def check_out(dest: Any, shape: tuple, dtype: np.dtype) -> None:
         raise ValueError("out is read-only")
 
 
-def _output_buffer(dest: Any | None, backend, shape: tuple, dtype: np.dtype, *, separate: bool = False):
-    """The buffer the kernel writes, and whether it is the caller's ``out`` (as ``dest``) itself.
+def _output_buffer(call: PreparedCall, backend) -> tuple[Any, bool]:
+    """The buffer the kernel writes, and whether it is the caller's ``out`` (``call.dest``) itself.
 
-    ``separate``: ``out`` overlaps an input, so the kernel writes a new buffer.
+    An ``out`` that overlaps an input (``call.separate``) gets a new buffer.
     """
-    if dest is None:
-        return backend.empty(shape, dtype), False
-    check_out(dest, shape, dtype)
-    if backend.holds(dest) and dest.flags.c_contiguous and not separate:
+    dest = call.dest
+    if dest is not None and backend.holds(dest) and dest.flags.c_contiguous and not call.separate:
         return dest, True
-    return backend.empty(shape, dtype), False
+    return backend.empty(call.out_shape, call.dtype), False

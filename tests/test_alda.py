@@ -238,6 +238,54 @@ def test_transform_bad_input_raises_the_operations_own_error(rng):
         transform_matrix(x, np.ones((3, 9)), device=Scheduler(CPUS[2]))
 
 
+_NAN = np.array([[1.0, np.nan], [2.0, 3.0]])
+BAD_TRANSFORMS = {
+    # Two faults at once: the core reports the inputs' NaN before it looks at out.
+    "nan-data-and-out-shape": ((_NAN, np.ones((3, 2))), {"out": np.empty((2, 4))}),
+    "nan-weights-and-out-dtype": ((np.ones((2, 2)), _NAN), {"out": np.empty((2, 2), np.float32)}),
+    "no-features": ((np.ones((4, 0)), np.ones((3, 0))), {}),
+    "no-rows": ((np.ones((0, 2)), np.ones((3, 2))), {}),
+    "empty-weights": ((np.ones((4, 2)), np.ones((0, 2))), {}),
+    "empty-bias-of-empty-weights": ((np.ones((4, 2)), np.ones((0, 2)), np.ones(0)), {}),
+    "bias-shape": ((np.ones((4, 2)), np.ones((3, 2)), np.ones(2)), {}),
+    "complex-weights": ((np.ones((4, 2)), np.ones((3, 2), complex)), {}),
+    "complex-bias-and-nan-data": ((_NAN, np.ones((3, 2)), np.ones(3, complex)), {}),
+    "read-only-out": ((np.ones((4, 2)), np.ones((3, 2))), {"out": np.broadcast_to(np.empty(3), (4, 3))}),
+    "batched-batch": ((np.ones((2, 4, 2)), np.ones((3, 5, 2))), {}),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TRANSFORMS))
+def test_transform_refuses_what_the_core_refuses_with_its_error_before_any_chunk(case):
+    args, kwargs = BAD_TRANSFORMS[case]
+    with pytest.raises((ValueError, TypeError)) as core:
+        transform_matrix(*args, device="cpu", **kwargs)
+    ran = []
+    sched = Scheduler(CPUS[2], chunk_size=1, fault_injector=lambda device, chunk: ran.append(chunk))
+    with pytest.raises(type(core.value)) as scheduled:
+        transform_matrix(*args, device=sched, **kwargs)
+    assert str(scheduled.value) == str(core.value)
+    assert ran == []  # found by the one preparation, not by a chunk
+
+
+@pytest.mark.parametrize("route", ["dtype", "bits"])
+def test_lists_among_bfloat16_tensors_round_once_as_on_the_core(route, monkeypatch):
+    # 1 + 2^-8 + 2^-30 rounded once to bfloat16 is 1 + 2^-7; through float32 first it
+    # is the tie 1 + 2^-8, which goes to even (1.0).  The scheduler used to compute the
+    # list in float64 and round through float32 at the end.
+    torch = pytest.importorskip("torch")
+    from liam_gpu import bfloat16
+
+    if route == "bits":
+        monkeypatch.setattr(bfloat16, "has_dtype", lambda on_gpu: False)
+    x = torch.ones(3, 1, dtype=torch.bfloat16)
+    w = [[1 + 2.0 ** -8 + 2.0 ** -30], [1 + 2.0 ** -8]]
+    y = transform_matrix(x, w, device=Scheduler(CPUS[2], chunk_size=1))
+    assert y.dtype == torch.bfloat16
+    assert y.view(torch.int16).tolist() == [[0x3F81, 0x3F80]] * 3
+    assert torch.equal(y.view(torch.int16), transform_matrix(x, w, device="cpu").view(torch.int16))
+
+
 def _emulator_ready() -> str | None:
     """Why the emulator backend cannot run here, or None when it can."""
     from liam_gpu import backends

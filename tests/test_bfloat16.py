@@ -301,13 +301,21 @@ def test_cpu_backend_linear_takes_bits_directly(rng):
     np.testing.assert_array_equal(out, want)
 
 
-def test_scheduler_refuses_a_bfloat16_out_rather_than_losing_the_result():
-    x, w, _ = tensors((8, 4), 3)
-    sched = lg.Scheduler(["cpu:0", "cpu:1"])
-    y = lg.transform_matrix(x, w, device=sched)
-    check(y, x, w, None, None)
-    with pytest.raises(TypeError, match="out is a bfloat16 tensor"):
-        lg.transform_matrix(x, w, out=torch.empty(8, 3, dtype=torch.bfloat16), device=sched)
+@pytest.mark.parametrize("route", ["dtype", "bits"])
+def test_scheduler_writes_a_bfloat16_out_with_the_bits_of_the_core(route, monkeypatch):
+    # The scheduler prepares a call as the core does (transform.prepare): bfloat16 tensors
+    # stay bfloat16 (or their bits), so out= is written in place instead of refused.
+    if route == "bits":
+        monkeypatch.setattr(bfloat16, "has_dtype", lambda on_gpu: False)
+    sched = lg.Scheduler(["cpu:0", "cpu:1"], chunk_size=3)
+    for x, w, b in (tensors((8, 4), 3), tensors((5, 7, 6), 4, batch=5)):
+        want = lg.transform_matrix(x, w, b, "gelu", device="cpu")
+        y = lg.transform_matrix(x, w, b, "gelu", device=sched)
+        out = torch.full(want.shape, float("nan"), dtype=torch.bfloat16)
+        assert lg.transform_matrix(x, w, b, "gelu", out=out, device=sched) is out
+        for got in (y, out):
+            assert got.dtype == torch.bfloat16 and torch.equal(got.view(torch.int16), want.view(torch.int16))
+        check(y, x, w, b, "gelu")
 
 
 @pytest.mark.gpu

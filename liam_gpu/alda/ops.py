@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .. import arrays, validation
+from .. import arrays
 from ..backends.current import current_device
 from .devices import backend_name, cuda_index, is_cuda
 from .errors import ChunkError
@@ -71,61 +71,43 @@ def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=No
     from .. import transform
     from ..activations import activation_code
 
-    activation_code(activation)
-    transform.allows_tf32(precision)
+    code = activation_code(activation)
+    tf32 = transform.allows_tf32(precision)
     kind = arrays.common_kind(data=data, weights=weights, bias=bias, out=out)
     # Every conversion, in and out, on the caller's stream and device (torch refuses
     # to export a tensor of another device than its current one).
     with arrays.caller_stream(kind):
-        x = arrays.to_compute(data, kind)
-        w = arrays.to_compute(weights, kind)
-        b = None if bias is None else arrays.to_compute(bias, kind)
-        dtype = transform._result_dtype(x, w, b)
-        batched = transform.check_shapes(x, w, b)
-        d_out, d_in = w.shape[-2:]
-        out_shape = tuple(x.shape[:-1]) + (d_out,)
-        dest = None
-        if out is not None:
-            # writable: a bfloat16 out would otherwise be a float32 copy, written and lost.
-            dest = arrays.to_compute(out, kind, name="out", writable=True)
-            transform.check_out(dest, out_shape, dtype)
-        if check_finite:
-            # The whole input, before any chunk writes out: a NaN in the last chunk
-            # must not leave the first ones written (cpu and emulator check first too).
-            # Every cast to the result dtype widens, so finite inputs stay finite.
-            validation.check_all_finite(data=x, weights=w, bias=b)
+        # All of the input and out are checked here, before any chunk writes out: a NaN
+        # in the last chunk must not leave the first ones written (as on every device=).
+        call = transform.prepare(data, weights, bias, out, kind, check_finite=check_finite)
 
-        def run(*chunk: Any) -> Any:
-            device = backend_name(current_device())
-            return transform.transform_matrix(*chunk, activation=activation, device=device, check_finite=False,
-                                              precision=precision)
+        def run(x: Any, w: Any, b: Any = None) -> Any:
+            return transform.compute_part(call, x, w, b, code, backend_name(current_device()), tf32)
 
-        if batched:
-            batch = (x, w) if b is None else (x, w, b)
+        if call.batched:
+            batch = (call.x, call.w) if call.b is None else (call.x, call.w, call.b)
             fn = run
         else:
-            params = _per_device((w, b))
-            batch = x.reshape(-1, d_in)
+            params = _per_device((call.w, call.b))
+            batch = call.x.reshape(-1, call.x.shape[-1])
 
             def fn(rows: Any) -> Any:
-                w_here, b_here = params()
-                return run(rows, w_here, b_here)
+                return run(rows, *params())
 
-        target = None
+        dest, target = call.dest, None
         # A contiguous out receives the rows directly (each worker writes its own),
         # unless it overlaps an input: then a chunk's rows could overwrite another
         # chunk's input before it is read, so out is written once every chunk is done.
-        separate = bool(validation.overlapping(dest, data=x, weights=w, bias=b))
-        if dest is not None and dest.flags.c_contiguous and not separate:
-            target = dest if batched else dest.reshape(-1, d_out)
+        if dest is not None and dest.flags.c_contiguous and not call.separate:
+            target = dest if call.batched else dest.reshape(-1, call.out_shape[-1])
         try:
             y = sched.map(fn, batch, out=target)
         except ChunkError as err:
             raise _unwrap_bad_input(err) from None
         if dest is None:
-            return arrays.from_compute(y.reshape(out_shape), kind)
+            return call.result(y.reshape(call.out_shape), kind)
         if target is None:
-            dest[...] = y.reshape(out_shape)
+            dest[...] = y.reshape(call.out_shape)
         return out
 
 
