@@ -120,7 +120,7 @@ def test_layers_activate_in_place_without_autograd_and_out_of_place_with_it(monk
 # --- the finite check ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("size", [5, torch_ops._TORCH_SUM_MIN + 3])  # numpy's sum and torch's
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_sum_is_finite_is_false_for_any_nan_or_inf_and_for_an_overflowing_sum(size, dtype):
     y = torch.ones(size, 3, dtype=dtype)
     assert torch_ops.sum_is_finite(y) and torch_ops.sum_is_finite(y.t())  # strided view too
@@ -256,7 +256,8 @@ def test_out_is_refused_before_it_is_written(case):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("case", ["nan in data", "inf in data, zero weights column", "nan in weights",
-                                  "inf in bias", "+inf and -inf cancel to nan", "finite"])
+                                  "inf in bias", "+inf and -inf cancel to nan", "empty weights, nan data",
+                                  "nan and a bias shape error", "finite"])
 def test_layers_refuse_16_bit_and_float64_input_as_the_core(case, dtype):
     x, w, b = (None if t is None else t.to(dtype) for t in SINGLE[case])
     core = _outcome(lambda: transform.transform_matrix(x, w, b, "relu", device="cpu"))

@@ -352,10 +352,11 @@ def _check_host(data: torch.Tensor, weights: tuple[torch.Tensor, ...], bias: tor
                 continue
             if t.numel() == 0:
                 raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); every axis must have length >= 1")
-            if finite:
-                with torch.no_grad():
-                    if not bool(torch.isfinite(t).all()):
-                        raise ValueError(f"{name} contains NaN or Inf; pass check_finite=False to skip this check")
+            # A finite sum first (one read, as the core's check_finite; isfinite(t).all() makes
+            # temporaries and was 13.5 against 0.7 ms on 4M float32): the exact test decides only
+            # where the sum is not finite.
+            if finite and not torch_ops.sum_is_finite(t) and not bool(torch.isfinite(t.detach()).all()):
+                raise ValueError(f"{name} contains NaN or Inf; pass check_finite=False to skip this check")
         # The next product's data: the shape of this one's result (its values do not matter here).
         x = torch.empty((*x.shape[:-1], w.shape[0]), device="meta")
 
