@@ -9,8 +9,7 @@ caller's array type.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -141,10 +140,12 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite, tf32
     return call.result(target, kind)
 
 
-@dataclass(frozen=True)
-class PreparedCall:
+class PreparedCall(NamedTuple):
     """A transform call checked and converted, as :func:`_transform` and the scheduler's
     ``transform_matrix`` (:mod:`liam_gpu.alda.ops`) compute it.
+
+    A named tuple rather than a frozen dataclass: as immutable, and made in a
+    fifth of the time (0.25 against 1.15 µs here), which a tiny call notices.
 
     Attributes
     ----------

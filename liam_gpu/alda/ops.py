@@ -66,7 +66,11 @@ def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=No
     axes flattened) are the batch, and every device holds its own copy of the
     weights and bias.  Batched weights ``(B, d_out, d_in)``: data, weights and
     bias are split together along ``B``.  ``out`` receives the joined result.
-    Arguments and results are as for :func:`liam_gpu.transform_matrix`.
+    Arguments, results and errors are as for :func:`liam_gpu.transform_matrix`:
+    the call is prepared by the core's :func:`liam_gpu.transform.prepare`, here
+    in the caller's memory (so inputs of mixed dtypes, integers or
+    non-contiguous inputs are converted once, before the split), and every
+    chunk is computed by :func:`liam_gpu.transform.compute_part`.
     """
     from .. import transform
     from ..activations import activation_code
