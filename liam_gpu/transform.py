@@ -250,8 +250,7 @@ def compute_part(call: PreparedCall, x: Any, w: Any, b: Any | None, code: int, d
     kind = arrays.common_kind(data=x, weights=w, bias=b)
     backend = backends.resolve(device, kind)
     with arrays.caller_stream(kind), backend.activate():
-        x, w = backend.asarray(x), backend.asarray(w)
-        b = None if b is None else backend.asarray(b)
+        x, w, b = (None if a is None else backend.asarray(a) for a in (x, w, b))
         target = backend.empty(tuple(x.shape[:-1]) + (w.shape[-2],), call.dtype)
         _linear(backend, call, x, w, b, code, target, tf32)
         return arrays.from_compute(target, kind)
