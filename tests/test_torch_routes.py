@@ -143,12 +143,9 @@ def _outcome(call):
     return "ok", torch.isfinite(y.detach()).numpy().tolist()
 
 
-def _base(dtype=torch.float32):
+def _base(n=6, d_in=5, d_out=4):
     g = torch.Generator().manual_seed(11)
-    x = torch.randn(6, 5, generator=g).to(dtype)
-    w = torch.randn(4, 5, generator=g).to(dtype)
-    b = torch.randn(4, generator=g).to(dtype)
-    return x, w, b
+    return torch.randn(n, d_in, generator=g), torch.randn(d_out, d_in, generator=g), torch.randn(d_out, generator=g)
 
 
 def _put(t, index, value):
@@ -157,45 +154,58 @@ def _put(t, index, value):
     return t
 
 
-def _single_cases():
-    x, w, b = _base()
-    xz, wz = _put(x, (slice(None), 3), 0.0), _put(w, (slice(None), 3), 0.0)
+#: (n, d_in, d_out): a narrowing product, checked from its output's sum, and a widening one
+#: (more outputs than inputs), checked from its inputs' sums.
+SHAPES = {"narrowing": (6, 5, 4), "widening": (64, 2, 40)}
+
+
+def _single_cases(n, d_in, d_out):
+    x, w, b = _base(n, d_in, d_out)
+    k = d_in - 1
+    every = slice(None)
     return {
-        "nan in data": (_put(x, (2, 3), NAN), w, b),
-        "inf in data": (_put(x, (5, 4), INF), w, b),
+        "nan in data": (_put(x, (n // 2, k), NAN), w, b),
+        "inf in data": (_put(x, (n - 1, 0), INF), w, b),
         "-inf in data (relu would clear it)": (_put(x, (0, 0), -INF), w.abs(), b),
-        "inf in data, zero weights column": (_put(x, (1, 3), INF), wz, b),
-        "inf in data, zero weights": (_put(x, (1, 3), INF), torch.zeros_like(w), None),
+        "inf in data, zero weights column": (_put(x, (1, k), INF), _put(w, (every, k), 0.0), b),
+        "inf in data, zero weights": (_put(x, (1, k), INF), torch.zeros_like(w), None),
         "+inf and -inf cancel to nan": (_put(_put(x, (1, 0), INF), (1, 1), -INF), torch.ones_like(w), b),
-        "nan in weights": (x, _put(w, (3, 4), NAN), b),
-        "inf in weights, zero data column": (xz, _put(w, (0, 3), INF), b),
-        "-inf in weights": (x, _put(w, (2, 0), -INF), None),
-        "inf in bias": (x, w, _put(b, 3, INF)),
+        "nan in weights": (x, _put(w, (d_out - 1, k), NAN), b),
+        "inf in weights, zero data column": (_put(x, (every, k), 0.0), _put(w, (0, k), INF), b),
+        "-inf in weights": (x, _put(w, (d_out // 2, 0), -INF), None),
+        "inf in bias": (x, w, _put(b, d_out - 1, INF)),
         "nan in bias": (x, w, _put(b, 0, NAN)),
         "nan in data and weights: data first": (_put(x, (0, 0), NAN), _put(w, (0, 0), NAN), b),
         "nan in weights and bias: weights first": (x, _put(w, (1, 1), NAN), _put(b, 1, NAN)),
-        "huge finite data overflows": (torch.full((6, 5), 3e38), torch.ones(4, 5), None),
-        "only the sum overflows": (torch.full((6, 5), 3e37), torch.ones(4, 5), None),
-        "nan and a shape error: the shape first": (_put(x, (0, 0), NAN), torch.randn(4, 3), b),
-        "nan and a bias shape error": (_put(x, (0, 0), NAN), w, torch.randn(3)),
-        "1-d data with inf": (_put(x[0], 2, INF), w, b),
-        "3-d data with nan": (_put(x.reshape(2, 3, 5), (1, 2, 0), NAN), w, b),
+        "huge finite data overflows": (torch.full((n, d_in), 3e38), torch.ones(d_out, d_in), None),
+        "only the sums overflow": (torch.full((n, d_in), 3e37), torch.ones(d_out, d_in), None),
+        "nan and a shape error: the shape first": (_put(x, (0, 0), NAN), torch.randn(d_out, d_in + 1), b),
+        "nan and a bias shape error": (_put(x, (0, 0), NAN), w, torch.randn(d_out + 1)),
+        "1-d data with inf": (_put(x[0], k, INF), w, b),
+        "3-d data with nan": (_put(x.reshape(2, n // 2, d_in), (1, 2, 0), NAN), w, b),
         "0-d data": (torch.tensor(1.0), w, b),
-        "empty data, nan weights": (torch.ones(0, 5), _put(w, (0, 0), NAN), b),
-        "empty weights, nan data": (_put(x, (0, 0), NAN), torch.ones(0, 5), None),
-        "empty weights": (x, torch.ones(0, 5), None),
+        "empty data, nan weights": (torch.ones(0, d_in), _put(w, (0, 0), NAN), b),
+        "empty weights, nan data": (_put(x, (0, 0), NAN), torch.ones(0, d_in), None),
+        "empty weights": (x, torch.ones(0, d_in), None),
         "finite": (x, w, b),
     }
 
 
-SINGLE = _single_cases()
+SINGLE = {shape: _single_cases(*dims) for shape, dims in SHAPES.items()}
+
+
+def test_the_shapes_take_both_sides_of_the_check():
+    for shape, (n, d_in, d_out) in SHAPES.items():
+        x, w, b = _base(n, d_in, d_out)
+        assert torch_ops.inputs_are_smaller(n * d_out, x, w, b) == (shape == "widening")
 
 
 @pytest.mark.parametrize("check_finite", [True, False])
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
-@pytest.mark.parametrize("case", list(SINGLE))
-def test_both_routes_refuse_what_the_core_refuses_with_its_message(monkeypatch, case, activation, check_finite):
-    x, w, b = SINGLE[case]
+@pytest.mark.parametrize("case", list(SINGLE["narrowing"]))
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_both_routes_refuse_what_the_core_refuses_with_its_message(shape, case, activation, check_finite):
+    x, w, b = SINGLE[shape][case]
     inputs = [t.clone() for t in (x, w, b) if t is not None]
     core = _outcome(lambda: transform.transform_matrix(x, w, b, activation, device="cpu",
                                                        check_finite=check_finite))
@@ -211,37 +221,44 @@ def test_both_routes_refuse_what_the_core_refuses_with_its_message(monkeypatch, 
         np.testing.assert_array_equal(before.numpy(), now.numpy())
 
 
-def test_the_finite_check_reads_the_output_not_the_inputs(monkeypatch):
-    # A finite sum clears the inputs: no exact check runs (that is the saving); a bad input
-    # takes them.  Both routes.
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_the_check_reads_the_smaller_side_and_the_exact_checks_only_after_a_non_finite_sum(monkeypatch, shape):
+    # The saving: a narrowing product sums its output once, a widening one its inputs, and
+    # neither runs the exact checks on finite input.  Both routes.
+    import liam_gpu.torch.functional as functional
     from liam_gpu import validation
 
-    seen = []
-    real = validation.check_all_finite
-    monkeypatch.setattr(validation, "check_all_finite", lambda **k: seen.append(sorted(k)) or real(**k))
-    x, w, b = _base()
+    n, d_in, d_out = SHAPES[shape]
+    x, w, b = _base(n, d_in, d_out)
+    summed, exact, host_exact = [], [], []
+    real_sum, real_exact, real_host = torch_ops.sum_is_finite, validation.check_all_finite, functional._check_host
+    monkeypatch.setattr(torch_ops, "sum_is_finite", lambda t: summed.append(tuple(t.shape)) or real_sum(t))
+    monkeypatch.setattr(validation, "check_all_finite", lambda **k: exact.append(list(k)) or real_exact(**k))
+    monkeypatch.setattr(functional, "_check_host", lambda *a: host_exact.append(a[-1]) or real_host(*a))
+    widening = shape == "widening"
+    smaller = [(n, d_in), (d_out, d_in), (d_out,)] if widening else [(n, d_out)]
+
     lg.transform_matrix(x, w, b, "relu")
-    assert seen == []
-    with pytest.raises(ValueError, match="bias contains NaN or Inf"):
+    assert summed == smaller and exact == []
+    summed.clear()
+    with pytest.raises(ValueError, match="^bias contains NaN or Inf"):
         lg.transform_matrix(x, w, _put(b, 0, NAN), "relu")
-    assert seen == [["bias", "data", "weights"]]
+    assert summed == smaller and exact == [["data", "weights", "bias"]]
 
-    import liam_gpu.torch.functional as functional
-
-    checked = []
-    real_host = functional._check_host
-    monkeypatch.setattr(functional, "_check_host", lambda *a: checked.append(a[-1]) or real_host(*a))
+    summed.clear()
     host_linear(x, (w,), b, "relu", "cpu", True)
-    assert checked == []
-    with pytest.raises(ValueError, match="weights contains NaN or Inf"):
+    # the widening side runs the layers' checks up front: each input by its sum, nothing more
+    assert summed == smaller and host_exact == ([True] if widening else [])
+    host_exact.clear()
+    with pytest.raises(ValueError, match="^weights contains NaN or Inf"):
         host_linear(x, (_put(w, (0, 0), INF),), b, "relu", "cpu", True)
-    assert checked == [True]
+    assert host_exact == [True]
 
 
 @pytest.mark.parametrize("case", ["nan in data", "inf in weights, zero data column", "inf in bias",
                                   "huge finite data overflows", "finite"])
 def test_out_is_refused_before_it_is_written(case):
-    x, w, b = SINGLE[case]
+    x, w, b = SINGLE["narrowing"][case]
     results = []
     for call in (transform.transform_matrix, lg.transform_matrix):
         out = torch.full((6, 4), 7.0)
@@ -259,7 +276,7 @@ def test_out_is_refused_before_it_is_written(case):
                                   "inf in bias", "+inf and -inf cancel to nan", "empty weights, nan data",
                                   "nan and a bias shape error", "finite"])
 def test_layers_refuse_16_bit_and_float64_input_as_the_core(case, dtype):
-    x, w, b = (None if t is None else t.to(dtype) for t in SINGLE[case])
+    x, w, b = (None if t is None else t.to(dtype) for t in SINGLE["narrowing"][case])
     core = _outcome(lambda: transform.transform_matrix(x, w, b, "relu", device="cpu"))
     assert _outcome(lambda: host_linear(x, (w,), b, "relu", "cpu", True)) == core
 
@@ -272,37 +289,45 @@ def _core_chain(x, w1, w2, b, activation, check_finite):
     return transform.transform_matrix(hidden, w2, b, activation, device="cpu", check_finite=False)
 
 
-def _chain_cases():
+#: (n, d_in, rank, d_out): the first checked from the output's sum, the second from data's and W1's.
+CHAIN_SHAPES = {"narrowing": (6, 5, 3, 4), "widening": (64, 2, 3, 40)}
+
+
+def _chain_cases(n, d_in, r, d_out):
     g = torch.Generator().manual_seed(12)
-    x = torch.randn(6, 5, generator=g)
-    w1 = torch.randn(3, 5, generator=g)
-    w2 = torch.randn(4, 3, generator=g)
-    b = torch.randn(4, generator=g)
+    x = torch.randn(n, d_in, generator=g)
+    w1 = torch.randn(r, d_in, generator=g)
+    w2 = torch.randn(d_out, r, generator=g)
+    b = torch.randn(d_out, generator=g)
+    k, every = d_in - 1, slice(None)
     return {
-        "nan in w1 only": (x, _put(w1, (2, 1), NAN), w2, b),
-        "inf in w1, zero w2 column": (x, _put(w1, (1, 4), INF), _put(w2, (slice(None), 1), 0.0), b),
-        "nan in w2 only (not checked, as the core path)": (x, w1, _put(w2, (0, 2), NAN), b),
-        "nan in the bias of a chain (not checked)": (x, w1, w2, _put(b, 2, NAN)),
-        "inf in data": (_put(x, (3, 1), INF), w1, w2, b),
-        "inf in data, zero w1 column": (_put(x, (3, 1), INF), _put(w1, (slice(None), 1), 0.0), w2, b),
-        "+inf and -inf in data cancel": (_put(_put(x, (0, 0), INF), (0, 1), -INF), torch.ones(3, 5), w2, b),
-        "huge finite data overflows": (torch.full((6, 5), 3e38), torch.ones(3, 5), w2, None),
-        "w2 does not fit": (x, w1, torch.randn(4, 2), b),
-        "w2 does not fit, nan in w1: nan first": (x, _put(w1, (0, 0), NAN), torch.randn(4, 2), b),
-        "bias does not fit": (x, w1, w2, torch.randn(3)),
-        "empty w2": (x, w1, torch.ones(0, 3), None),
+        "nan in w1 only": (x, _put(w1, (r - 1, k), NAN), w2, b),
+        "inf in w1, zero w2 column": (x, _put(w1, (1, k), INF), _put(w2, (every, 1), 0.0), b),
+        "nan in w2 only (not checked, as the core path)": (x, w1, _put(w2, (0, r - 1), NAN), b),
+        "nan in the bias of a chain (not checked)": (x, w1, w2, _put(b, d_out - 1, NAN)),
+        "inf in data": (_put(x, (n // 2, 1), INF), w1, w2, b),
+        "inf in data, zero w1 column": (_put(x, (n // 2, 1), INF), _put(w1, (every, 1), 0.0), w2, b),
+        "+inf and -inf in data cancel": (_put(_put(x, (0, 0), INF), (0, 1), -INF), torch.ones(r, d_in), w2, b),
+        "huge finite data overflows": (torch.full((n, d_in), 3e38), torch.ones(r, d_in), w2, None),
+        "w2 does not fit": (x, w1, torch.randn(d_out, r - 1), b),
+        "w2 does not fit, nan in w1: nan first": (x, _put(w1, (0, 0), NAN), torch.randn(d_out, r - 1), b),
+        "bias does not fit": (x, w1, w2, torch.randn(d_out - 1)),
+        "empty w2": (x, w1, torch.ones(0, r), None),
         "finite": (x, w1, w2, b),
     }
 
 
-CHAIN = _chain_cases()
+CHAIN = {shape: _chain_cases(*dims) for shape, dims in CHAIN_SHAPES.items()}
 
 
 @pytest.mark.parametrize("check_finite", [True, False])
 @pytest.mark.parametrize("activation", [None, "relu"])
-@pytest.mark.parametrize("case", list(CHAIN))
-def test_chains_refuse_what_the_layers_core_path_refuses(case, activation, check_finite):
-    x, w1, w2, b = CHAIN[case]
+@pytest.mark.parametrize("case", list(CHAIN["narrowing"]))
+@pytest.mark.parametrize("shape", list(CHAIN_SHAPES))
+def test_chains_refuse_what_the_layers_core_path_refuses(shape, case, activation, check_finite):
+    x, w1, w2, b = CHAIN[shape][case]
+    n, _, _, d_out = CHAIN_SHAPES[shape]
+    assert torch_ops.inputs_are_smaller(n * d_out, x, w1) == (shape == "widening")
     core = _outcome(lambda: _core_chain(x, w1, w2, b, activation, check_finite))
     ours = _outcome(lambda: host_linear(x, (w1, w2), b, activation, "cpu", check_finite))
     assert ours == core, (case, ours, core)
@@ -312,7 +337,7 @@ def test_low_rank_layer_checks_through_torchs_ops(monkeypatch):
     monkeypatch.setattr(liam_gpu.dispatch, "transform_matrix",
                         lambda *a, **k: pytest.fail("a CPU layer went through liam-gpu's numpy path"))
     layer = lt.LowRankLinear(5, 4, rank=3, activation="relu", check_finite=True)
-    x, w1, w2, _ = CHAIN["inf in w1, zero w2 column"]
+    x, w1, w2, _ = CHAIN["narrowing"]["inf in w1, zero w2 column"]
     with torch.no_grad():
         layer.weight_in.copy_(w1)
         layer.weight_out.copy_(w2)

@@ -262,8 +262,10 @@ def host_linear(
     output once (:func:`liam_gpu.torch_ops.sum_is_finite`): NaN/Inf in
     ``data`` or ``W1`` makes whole rows or columns of every later product
     non-finite, so a finite sum clears them; only a non-finite one reads the
-    inputs.  NaN/Inf in a later factor or the bias of a chain is not an error,
-    as on that path.
+    inputs.  Where those inputs hold fewer elements than the output (a
+    widening layer) their own sums are read instead, before the product.
+    NaN/Inf in a later factor or the bias of a chain is not an error, as on
+    that path.
 
     Returns None (the caller takes the liam-gpu path) unless every tensor is
     a dense CPU tensor of one float dtype, the weights 2-D, and ``device``
@@ -294,12 +296,19 @@ def host_linear(
     if dtype in (torch.float16, torch.bfloat16):
         data, weights = data.float(), tuple(w.float() for w in weights)
         bias = None if bias is None else bias.float()
+    # The smaller side is read: the checked inputs (data, W1, a lone bias) where they hold fewer
+    # elements than the output (a widening layer), else the pre-activation output's sum
+    # (relu(-inf) is 0), with the exact checks only when that sum is not finite.
+    out_elements = data.numel() // data.shape[-1] * weights[-1].shape[0]
+    early = check_finite and torch_ops.inputs_are_smaller(
+        out_elements, data, weights[0], bias if len(weights) == 1 else None)
+    if early:
+        _check_host(data, weights, bias, True)
     z = data
     for w in weights[:-1]:
         z = torch.nn.functional.linear(z, w)
     z = torch.nn.functional.linear(z, weights[-1], bias)
-    # The sum of the pre-activation output (relu(-inf) is 0); the exact checks only when it is not finite.
-    if check_finite and not torch_ops.sum_is_finite(z):
+    if check_finite and not early and not torch_ops.sum_is_finite(z):
         _check_host(data, weights, bias, True)
     # z is this call's own fresh tensor: activated in place unless autograd records it (or a trace,
     # which fuses the out-of-place form anyway).
