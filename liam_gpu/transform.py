@@ -150,8 +150,10 @@ class PreparedCall(NamedTuple):
     Attributes
     ----------
     x, w, b
-        data, weights and bias (or None) in ``dtype``, C-contiguous, checked
-        (not empty; finite where asked).
+        data, weights and bias (or None), checked (not empty; finite where
+        asked): in ``dtype`` and C-contiguous, or as the caller gave them
+        where :func:`prepare` was told not to cast (each part is cast by
+        :func:`compute_part`).
     dtype
         The result dtype (:data:`liam_gpu.bfloat16.CARRIER` with ``storage``).
     storage
@@ -184,7 +186,7 @@ class PreparedCall(NamedTuple):
 
 
 def prepare(data: Any, weights: Any, bias: Any, out: Any, kind: arrays.ArrayKind, *, check_finite: bool,
-            to_backend: Callable[[Any], Any] | None = None) -> PreparedCall:
+            to_backend: Callable[[Any], Any] | None = None, cast: bool = True) -> PreparedCall:
     """Check a transform call and convert its arrays: the one statement of the rules.
 
     In order: the inputs' dtypes (``TypeError``), shapes, each input not
@@ -204,6 +206,12 @@ def prepare(data: Any, weights: Any, bias: Any, out: Any, kind: arrays.ArrayKind
         Moves an input where it is computed (the backend's ``asarray``) before
         its cast; None leaves the inputs in the caller's memory (the
         scheduler, whose chunks go to their devices).
+    cast
+        False: check the inputs but leave them in their own dtype and layout
+        (the scheduler: each chunk is cast on its worker by
+        :func:`compute_part`, so a float16 or integer input crosses to a
+        device, and sits in the caller's memory, at its own size, not the
+        result dtype's).  Casting widens, so a finite input stays finite.
 
     Returns
     -------
@@ -224,7 +232,12 @@ def prepare(data: Any, weights: Any, bias: Any, out: Any, kind: arrays.ArrayKind
     move = to_backend or (lambda a: a)
 
     def checked(name, a):
-        return validation.as_float_array(name, move(a), finite=check_finite, dtype=dtype, storage=storage)
+        if cast:
+            return validation.as_float_array(name, move(a), finite=check_finite, dtype=dtype, storage=storage)
+        validation.check_not_empty(name, a)
+        if check_finite:
+            validation.check_finite(name, a, storage=storage)
+        return a
 
     x, w = checked("data", x), checked("weights", w)
     if b is not None:
@@ -244,13 +257,16 @@ def compute_part(call: PreparedCall, x: Any, w: Any, b: Any | None, code: int, d
 
     ``x``, ``w``, ``b`` are slices of ``call.x``, ``call.w``, ``call.b`` (checked
     already, so nothing is checked again), possibly copied to the worker's
-    device.  Returns ``act(x @ w.T + b)`` of ``call.dtype`` (bits with
+    device, and cast here to ``call.dtype`` where :func:`prepare` left them
+    uncast.  Returns ``act(x @ w.T + b)`` of ``call.dtype`` (bits with
     ``call.storage``) in the array library of ``x``.
     """
     kind = arrays.common_kind(data=x, weights=w, bias=b)
     backend = backends.resolve(device, kind)
     with arrays.caller_stream(kind), backend.activate():
-        x, w, b = (None if a is None else backend.asarray(a) for a in (x, w, b))
+        x, w, b = (None if a is None else validation.as_float_array(
+            name, backend.asarray(a), finite=False, dtype=call.dtype, storage=call.storage)
+            for name, a in (("data", x), ("weights", w), ("bias", b)))
         target = backend.empty(tuple(x.shape[:-1]) + (w.shape[-2],), call.dtype)
         _linear(backend, call, x, w, b, code, target, tf32)
         return arrays.from_compute(target, kind)

@@ -759,3 +759,23 @@ def test_cupy_batch_is_copied_peer_to_peer_to_other_gpus():
     y = Scheduler(["cuda:0", "cuda:1"], chunk_size=9).map(lambda c: c * 2, x)
     assert y.device.id == 0
     np.testing.assert_array_equal(y.get(), cupy.asnumpy(x) * 2)
+
+
+@pytest.mark.parametrize("dtype, widened", [(np.float16, 2), (np.int8, 8)])
+def test_narrow_inputs_are_cast_per_chunk_not_widened_whole_in_the_callers_memory(dtype, widened):
+    """A float16 or integer input is cast chunk by chunk on the workers (and crosses to a GPU at its
+    own size): the call's peak host memory stays below one widened copy of the input."""
+    import tracemalloc
+
+    sched = Scheduler(["cpu:0", "cpu:1"], chunk_size=4096)
+    x = (np.arange(200_000 * 64) % 7).astype(dtype).reshape(200_000, 64)
+    w = np.ones((8, 64), np.float32)
+    tracemalloc.start()
+    try:
+        y = transform_matrix(x, w, device=sched)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(y, x.astype(y.dtype) @ w.T.astype(y.dtype))
+    # The output (200000 x 8) and a few chunks in flight, far below the widened copy.
+    assert peak < widened * x.nbytes / 2, (peak, x.nbytes)

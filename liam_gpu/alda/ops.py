@@ -67,10 +67,12 @@ def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=No
     weights and bias.  Batched weights ``(B, d_out, d_in)``: data, weights and
     bias are split together along ``B``.  ``out`` receives the joined result.
     Arguments, results and errors are as for :func:`liam_gpu.transform_matrix`:
-    the call is prepared by the core's :func:`liam_gpu.transform.prepare`, here
-    in the caller's memory (so inputs of mixed dtypes, integers or
-    non-contiguous inputs are converted once, before the split), and every
-    chunk is computed by :func:`liam_gpu.transform.compute_part`.
+    the call is checked by the core's :func:`liam_gpu.transform.prepare`, here
+    in the caller's memory and without a cast, and every chunk is cast to the
+    result dtype and computed on its worker by
+    :func:`liam_gpu.transform.compute_part` (an integer or float16 input is
+    never widened whole in the caller's memory, and crosses to a device at
+    its own size).
     """
     from .. import transform
     from ..activations import activation_code
@@ -83,7 +85,8 @@ def transform_matrix(sched, data, weights, bias=None, activation=None, *, out=No
     with arrays.caller_stream(kind):
         # All of the input and out are checked here, before any chunk writes out: a NaN
         # in the last chunk must not leave the first ones written (as on every device=).
-        call = transform.prepare(data, weights, bias, out, kind, check_finite=check_finite)
+        # Uncast: each chunk is cast on its worker (a float16 or integer input crosses at its own size).
+        call = transform.prepare(data, weights, bias, out, kind, check_finite=check_finite, cast=False)
 
         def run(x: Any, w: Any, b: Any = None) -> Any:
             return transform.compute_part(call, x, w, b, code, backend_name(current_device()), tf32)
