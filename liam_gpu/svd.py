@@ -256,7 +256,7 @@ def svd_compress(
         mean = _mean(backend, mat, center, kind)
         seed = seed_from_random_state(random_state)
         if tol is None:
-            plan = fixed_rank_plan(k, mat.min_dim, n_oversamples=p, n_iter=n_iter, seed=seed,
+            plan = fixed_rank_plan(k, mat.min_dim, n_oversamples=p, n_iter=n_iter, random_state=seed,
                                    check_finite=check_finite, tf32=tf32)
         else:
             cap = mat.min_dim if max_rank is None else validation.check_rank("max_rank", max_rank, mat.min_dim)
@@ -339,18 +339,19 @@ def seed_from_random_state(random_state: Any) -> int:
 # --------------------------------------------------------------------------- argument checks
 
 
-def fixed_rank_plan(k: Any, min_dim: int, *, n_oversamples: Any, n_iter: Any, seed: int, check_finite: Any,
+def fixed_rank_plan(k: Any, min_dim: int, *, n_oversamples: Any, n_iter: Any, random_state: Any, check_finite: Any,
                     tf32: bool = False) -> Plan:
     """The engine's plan of a fixed-rank :func:`svd_compress` (here and in :func:`liam_gpu.dask.svd_compress`).
 
-    ``k`` is checked against ``min_dim`` (None: ``min(DEFAULT_RANK, min_dim)``),
-    ``n_oversamples`` and ``n_iter`` too (``"auto"``: scikit-learn's rule for
-    that rank); the error is estimated.
+    Checked in this order: ``k`` against ``min_dim`` (None: ``min(DEFAULT_RANK,
+    min_dim)``), ``n_oversamples``, ``n_iter`` (``"auto"``: scikit-learn's rule
+    for that rank), ``random_state`` (or its seed); the error is estimated.
     """
     rank = min(DEFAULT_RANK, min_dim) if k is None else validation.check_rank("k", k, min_dim)
     p = _check_count("n_oversamples", n_oversamples, minimum=0)
-    return Plan(k=rank, p=p, q=_n_iter(n_iter, rank, min_dim), seed=seed, check=bool(check_finite), estimate=True,
-                tf32=tf32)
+    q = _n_iter(n_iter, rank, min_dim)
+    return Plan(k=rank, p=p, q=q, seed=seed_from_random_state(random_state), check=bool(check_finite),
+                estimate=True, tf32=tf32)
 
 
 def check_center_means(mean: np.ndarray, n: int) -> np.ndarray:

@@ -290,6 +290,22 @@ def test_svd_compress_bad_input_is_refused_with_a_clear_error(client):
         ldask.svd_compress(inf.T, K, n_iter=2)
 
 
+@pytest.mark.parametrize("bad, expected", [
+    (dict(k=0, random_state="bad"), (ValueError, "k=0")),
+    (dict(k=0, check_finite=1), (ValueError, "k=0")),
+    (dict(n_oversamples=-1, random_state=-5), (ValueError, "n_oversamples")),
+    (dict(n_iter="bad", random_state=2**70), (ValueError, "n_iter")),
+    (dict(random_state=-5, check_finite=1), (ValueError, "random_state")),
+])
+def test_svd_compress_reports_the_first_bad_argument_in_the_signatures_order(bad, expected):
+    """Several bad arguments at once: k, n_oversamples, n_iter, random_state, check_finite, in that order."""
+    x = da.ones((20, 5), chunks=(7, 5))
+    kwargs = {"k": 2, **bad}
+    error, match = expected
+    with pytest.raises(error, match=match):
+        ldask.svd_compress(x, **kwargs)
+
+
 @pytest.mark.skipif(not emulator_available(), reason="the emulator needs g++")
 def test_svd_compress_with_our_kernels_on_the_workers_equals_cpu(client):
     # device="emulator": every block's Philox sketch, Gram matrix and triangular

@@ -17,7 +17,7 @@ from .. import validation
 from ..lowrank import LowRank
 from ..rangefinder import fixed_rank
 from ..sparse_input import is_scipy
-from ..svd import fixed_rank_plan, seed_from_random_state
+from ..svd import fixed_rank_plan
 from .checks import check_center, check_dask_array, check_device, check_svd_chunks
 from .column_blocks import ColumnBlocks
 from .grid_blocks import GridBlocks
@@ -158,10 +158,10 @@ def svd_compress(
         raise ValueError(
             f"x has scipy.sparse chunks, which are computed on device='cpu' only, got device={device!r}"
         )
+    plan = fixed_rank_plan(k, min(m, n), n_oversamples=n_oversamples, n_iter=n_iter, random_state=random_state,
+                           check_finite=check_finite)
     if not isinstance(check_finite, (bool, np.bool_)):
         raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
-    plan = fixed_rank_plan(k, min(m, n), n_oversamples=n_oversamples, n_iter=n_iter,
-                           seed=seed_from_random_state(random_state), check_finite=check_finite)
     k = plan.k
     mean = check_center(center, n) if centring else None
 
