@@ -160,3 +160,32 @@ def test_a_pool_in_hand_still_takes_work_after_a_larger_one_is_made():
     small = _threads.pool(1)
     _threads.pool(_threads.pool(1)._max_workers + 1)
     assert small.submit(lambda: 7).result() == 7
+
+
+def test_blas_threads_are_numpys_not_a_library_loaded_after_the_callers_limit(monkeypatch):
+    """scipy's OpenBLAS, loaded after the caller's ``threadpool_limits(1)``, keeps its default:
+    the count is numpy's library's (the fewest where numpy's cannot be told apart)."""
+    import os
+    from types import SimpleNamespace
+
+    home = os.path.dirname(os.path.abspath(np.__file__))
+    numpys = SimpleNamespace(filepath=home + ".libs/libopenblas.so", num_threads=1)
+    later = SimpleNamespace(filepath="/elsewhere/scipy.libs/libopenblas.so", num_threads=4)
+    monkeypatch.setattr(_threads, "_controllers", [later, numpys])
+    assert _threads.blas_threads() == 1
+    monkeypatch.setattr(_threads, "_controllers", [later, SimpleNamespace(filepath="/usr/lib/libblas.so",
+                                                                          num_threads=2)])
+    assert _threads.blas_threads() == 2
+
+
+def test_checked_calls_take_no_output_sized_memory_for_the_check(parallel_always):
+    """The finite test of a checked call (sums of the product's blocks) adds no output-sized temporary."""
+    x, w, b = _inputs(16384, 64, 256)
+    lg.transform_matrix(x[:128], w, b, "relu", device="cpu")
+    tracemalloc.start()
+    try:
+        y = lg.transform_matrix(x, w, b, "relu", device="cpu")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - y.nbytes <= y.nbytes // 2

@@ -484,3 +484,84 @@ def test_torch_cpu_out_overlapping_an_input_goes_through_the_core():
     want = torch.relu(x).clone()
     assert lg.transform_matrix(x, w, None, "relu", out=x) is x
     np.testing.assert_array_equal(x.numpy(), want.numpy())  # x @ I is exact
+
+
+# --------------------------------------------------------------------------- the CPU's finite check from sums
+
+
+_BIG = (300, 256, 240)  # data + weights past transform.DEFERRED_CHECK_MIN: the check waits for the product
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_blas_turns_any_nonfinite_input_into_a_nonfinite_product(seed):
+    """What :meth:`CpuBackend.linear_checked` relies on, on this machine's BLAS: NaN/Inf anywhere in
+    ``x`` or ``w`` -- beside zeros (``inf * 0``), or cancelling (``inf - inf``) -- makes ``x @ w.T`` sum
+    to a non-finite value, for small shapes (BLAS's small-matrix kernels) and large ones."""
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        n, d_in, d_out = (int(rng.choice(c)) for c in ((1, 3, 16, 65, 300), (1, 5, 64, 129), (1, 7, 64, 200)))
+        dtype = (np.float32, np.float64)[int(rng.integers(2))]
+        x = rng.standard_normal((n, d_in)).astype(dtype)
+        w = rng.standard_normal((d_out, d_in)).astype(dtype)
+        value = (np.nan, np.inf, -np.inf)[int(rng.integers(3))]
+        target, other = (x, w) if rng.random() < 0.5 else (w, x)
+        i, k = int(rng.integers(target.shape[0])), int(rng.integers(d_in))
+        target[i, k] = value
+        if rng.random() < 0.5:
+            other[:, k] = 0.0
+        with np.errstate(all="ignore"):
+            assert not np.isfinite(np.sum(x @ w.T)), (n, d_in, d_out, dtype, value)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh", "gelu"])
+@pytest.mark.parametrize("where", ["data", "weights", "bias"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_check_after_the_product_refuses_every_nonfinite_input_naming_it(activation, where, value, dtype):
+    """Big calls on the CPU test finiteness from the product's sums, before the activation
+    (``relu(-inf)`` and ``sigmoid(-inf)`` are 0): every NaN/Inf is still refused with the exact
+    check's message, a zero column beside it included, and no input is modified."""
+    rng = np.random.default_rng(3)
+    n, d_in, d_out = _BIG
+    arrays_ = {"data": rng.standard_normal((n, d_in)).astype(dtype),
+               "weights": rng.standard_normal((d_out, d_in)).astype(dtype),
+               "bias": rng.standard_normal(d_out).astype(dtype)}
+    arrays_[where].flat[int(rng.integers(arrays_[where].size))] = value
+    if where == "data":
+        arrays_["weights"][:, :] = 0.0  # every product with the bad entry is inf * 0
+    copies = {k: v.copy() for k, v in arrays_.items()}
+    with pytest.raises(ValueError, match=f"^{where} contains NaN or Inf"):
+        lg.transform_matrix(arrays_["data"], arrays_["weights"], arrays_["bias"], activation, device="cpu")
+    for k in arrays_:
+        np.testing.assert_array_equal(arrays_[k], copies[k])
+
+
+def test_cpu_check_after_the_product_names_the_first_bad_input_and_keeps_the_checks_order():
+    """Several faults: the same first error as the checks before the product (data's NaN before
+    empty weights, data before weights before bias)."""
+    n, d_in, d_out = _BIG
+    x = np.ones((n, d_in), np.float32)
+    x[5, 5] = np.nan
+    with pytest.raises(ValueError, match="^data contains NaN"):
+        lg.transform_matrix(x, np.ones((0, d_in), np.float32), device="cpu")
+    w = np.ones((d_out, d_in), np.float32)
+    w[1, 1] = np.inf
+    b = np.full(d_out, np.nan, np.float32)
+    with pytest.raises(ValueError, match="^data contains NaN"):
+        lg.transform_matrix(x, w, b, "relu", device="cpu")
+    with pytest.raises(ValueError, match="^weights contains NaN"):
+        lg.transform_matrix(np.ones((n, d_in), np.float32), w, b, "relu", device="cpu")
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_cpu_check_after_the_product_returns_an_overflow_of_finite_inputs(activation):
+    """Finite inputs whose products overflow are not bad input: the result (with its infinities) is
+    what the unchecked call returns."""
+    n, d_in, d_out = _BIG
+    x = np.full((n, d_in), 1e30, np.float32)
+    w = np.full((d_out, d_in), 1e30, np.float32)
+    w[0] = -1e30
+    got = lg.transform_matrix(x, w, None, activation, device="cpu")
+    want = lg.transform_matrix(x, w, None, activation, device="cpu", check_finite=False)
+    np.testing.assert_array_equal(got, want)
+    assert np.isinf(got).any()
