@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -137,20 +138,29 @@ _GELU = ACTIVATIONS["gelu"]
 #: Elements per chunk of the numpy epilogue: its temporaries stay in L2.
 _PASS_ELEMENTS = 1 << 16
 _fast: Any = None  # the numba module once imported, False where it cannot be
+_fast_lock = threading.Lock()
 
 
 def fast_epilogue() -> Any | None:
-    """The compiled epilogue module, or None without numba (or with ``LIAM_GPU_NUMBA=0``)."""
+    """The compiled epilogue module, or None without numba (or with ``LIAM_GPU_NUMBA=0``).
+
+    The first call imports it under a lock: a worker thread of the same call
+    waits for the import instead of taking the numpy path meanwhile (the two
+    paths round differently, and one call must not mix them).
+    """
     global _fast
     if _fast is None:
-        _fast = False
-        if os.environ.get("LIAM_GPU_NUMBA", "1") != "0":
-            try:
-                from . import _numba_epilogue
+        with _fast_lock:
+            if _fast is None:
+                found: Any = False
+                if os.environ.get("LIAM_GPU_NUMBA", "1") != "0":
+                    try:
+                        from . import _numba_epilogue
 
-                _fast = _numba_epilogue
-            except ImportError:  # numba missing or not importable here: the numpy path
-                pass
+                        found = _numba_epilogue
+                    except ImportError:  # numba missing or not importable here: the numpy path
+                        pass
+                _fast = found
     return _fast or None
 
 

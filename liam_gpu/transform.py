@@ -9,6 +9,9 @@ caller's array type.
 """
 from __future__ import annotations
 
+import math
+import warnings
+
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -143,10 +146,12 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite, tf32
         finite = backend.linear_checked(call.x.reshape(-1, call.x.shape[-1]), call.w, call.b, code,
                                         target.reshape(-1, call.out_shape[-1]))
         if not finite or not (call.b is None or bool(np.isfinite(call.b).all())):
-            validation.check_all_finite(data=call.x, weights=call.w, bias=call.b)  # raises, or an overflow
+            _check_inputs(call)  # raises for NaN/Inf; else finite values overflowed
+            if not finite:  # the warning numpy gives the unchecked call (the checked product hid it)
+                warnings.warn("overflow encountered in matmul", RuntimeWarning, stacklevel=4)
     else:
         if defer:
-            validation.check_all_finite(data=call.x, weights=call.w, bias=call.b)
+            _check_inputs(call)
         _linear(backend, call, call.x, call.w, call.b, code, target, tf32)
     if out is not None:
         if not direct:
@@ -351,6 +356,13 @@ def check_out(dest: Any, shape: tuple, dtype: np.dtype) -> None:
 DEFERRED_CHECK_MIN = 1 << 16
 
 
+def _check_inputs(call: PreparedCall) -> None:
+    """The exact NaN/Inf checks of a prepared call's inputs, in order (bfloat16 bits read as such)."""
+    for name, a in (("data", call.x), ("weights", call.w), ("bias", call.b)):
+        if a is not None:
+            validation.check_finite(name, a, storage=call.storage)
+
+
 def _defers_check(backend: Any, data: Any, weights: Any, out: Any) -> bool:
     """Whether a checked call's NaN/Inf test waits for the product (the CPU backend, no ``out``, big inputs).
 
@@ -362,8 +374,8 @@ def _defers_check(backend: Any, data: Any, weights: Any, out: Any) -> bool:
     """
     if out is not None or not hasattr(backend, "linear_checked"):
         return False
-    sizes = [int(np.prod(a.shape)) if hasattr(a, "shape") else 0 for a in (data, weights)]
-    return sum(sizes) >= DEFERRED_CHECK_MIN
+    shapes = (getattr(a, "shape", ()) for a in (data, weights))
+    return sum(math.prod(shape) for shape in shapes) >= DEFERRED_CHECK_MIN
 
 
 def _output_buffer(call: PreparedCall, backend) -> tuple[Any, bool]:

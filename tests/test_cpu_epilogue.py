@@ -189,3 +189,32 @@ def test_checked_calls_take_no_output_sized_memory_for_the_check(parallel_always
     finally:
         tracemalloc.stop()
     assert peak - y.nbytes <= y.nbytes // 2
+
+
+def test_a_library_whose_path_only_begins_like_numpys_is_not_numpys(monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    home = os.path.dirname(os.path.realpath(np.__file__))
+    sibling = SimpleNamespace(filepath=home + "ro/lib/libopenblas.so", num_threads=8)  # e.g. numpyro/
+    other = SimpleNamespace(filepath="/usr/lib/libblas.so", num_threads=2)
+    monkeypatch.setattr(_threads, "_controllers", [sibling, other])
+    assert _threads.blas_threads() == 2
+
+
+def test_the_first_gelu_call_has_the_bits_of_later_calls(monkeypatch, parallel_always):
+    """The numba epilogue is imported under a lock: worker threads of the first call wait for it
+    instead of taking the numpy path meanwhile (the two round differently)."""
+    pytest.importorskip("numba")
+    x, w, b = _inputs(4096, 64, 256)
+    later = lg.transform_matrix(x, w, b, "gelu", device="cpu")
+    # A first call for real: the module imported again (numba loads its functions: a wide window).
+    import sys
+
+    import liam_gpu
+
+    monkeypatch.setattr(activations, "_fast", None)
+    monkeypatch.delitem(sys.modules, "liam_gpu._numba_epilogue")
+    monkeypatch.delattr(liam_gpu, "_numba_epilogue", raising=False)
+    first = lg.transform_matrix(x, w, b, "gelu", device="cpu")
+    np.testing.assert_array_equal(first, later)

@@ -565,3 +565,43 @@ def test_cpu_check_after_the_product_returns_an_overflow_of_finite_inputs(activa
     want = lg.transform_matrix(x, w, None, activation, device="cpu", check_finite=False)
     np.testing.assert_array_equal(got, want)
     assert np.isinf(got).any()
+
+
+@pytest.mark.parametrize("route", ["dtype", "bits"])
+@pytest.mark.parametrize("where", ["data", "weights", "bias"])
+def test_big_bfloat16_tensors_with_nan_are_refused_on_either_route(route, where, monkeypatch):
+    """bfloat16 torch tensors reach the core as the ml_dtypes dtype or as uint16 bits; past the size
+    where the CPU checks from the product, NaN is still found from the bits (found by review: the bits
+    route once skipped the check)."""
+    torch = pytest.importorskip("torch")
+    from liam_gpu import bfloat16
+
+    if route == "bits":
+        monkeypatch.setattr(bfloat16, "has_dtype", lambda on_gpu: False)
+    n, d_in, d_out = _BIG
+    args = {"data": torch.ones(n, d_in, dtype=torch.bfloat16), "weights": torch.ones(d_out, d_in, dtype=torch.bfloat16),
+            "bias": torch.ones(d_out, dtype=torch.bfloat16)}
+    args[where].view(-1)[3] = float("nan")
+    for activation in (None, "relu"):
+        with pytest.raises(ValueError, match=f"^{where} contains NaN or Inf"):
+            lg.transform_matrix(args["data"], args["weights"], args["bias"], activation, device="cpu")
+
+
+def test_cpu_check_after_the_product_warns_nothing_before_refusing_bad_input_that_also_overflows():
+    """Bad input beside finite values that overflow: the ValueError comes without a RuntimeWarning first
+    (a caller with warnings as errors gets the ValueError); an overflow of finite inputs alone still warns."""
+    import warnings
+
+    n, d_in, d_out = _BIG
+    x = np.full((n, d_in), 1e30, np.float32)
+    w = np.full((d_out, d_in), 1e30, np.float32)
+    bad = x.copy()
+    bad[0, 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="^data contains NaN"):
+            lg.transform_matrix(bad, w, device="cpu")
+        with pytest.raises(ValueError, match="^data contains NaN"):
+            lg.transform_matrix(bad, w, None, "relu", device="cpu")
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        lg.transform_matrix(x, w, None, "relu", device="cpu")

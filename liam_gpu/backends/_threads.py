@@ -40,8 +40,8 @@ def _blas() -> list[Any]:
 def blas_threads() -> int:
     """Threads numpy's BLAS may use now (the caller's limits included); 1 without threadpoolctl.
 
-    numpy's own library where it can be told apart (a wheel's, under numpy's
-    directory); else the fewest of those loaded.  Not the most: a library
+    numpy's own library where it can be told apart (a wheel's, in numpy's
+    directory or its ``numpy.libs`` beside it); else the fewest of those loaded.  Not the most: a library
     loaded after the caller's ``threadpool_limits`` (scipy's, imported by a
     later call) keeps its default and would override the caller's limit.
     """
@@ -52,8 +52,9 @@ def blas_threads() -> int:
 
     import numpy
 
-    home = os.path.dirname(os.path.abspath(numpy.__file__))
-    own = [lib for lib in libs if os.path.abspath(lib.filepath).startswith(home)]
+    home = os.path.dirname(os.path.realpath(numpy.__file__))
+    own = [lib for lib in libs
+           if os.path.realpath(lib.filepath).startswith((home + os.sep, home + ".libs" + os.sep))]
     return max(lib.num_threads for lib in own) if own else min(lib.num_threads for lib in libs)
 
 

@@ -75,8 +75,9 @@ def _gemm_blocks(x, wt, bias, code, out, rows: tuple[int, int], cols: tuple[int,
     w_part, b_part = wt[:, c0:c1], None if bias is None else bias[c0:c1]
     step = max(_ROW_ALIGN, _BLOCK_ELEMENTS // max(1, c1 - c0) // _ROW_ALIGN * _ROW_ALIGN)
     finite = True
-    # Checking: a NaN/Inf input makes NaN on its way to the caller's ValueError, not a warning.
-    with np.errstate(invalid="ignore") if sums else contextlib.nullcontext():
+    # Checking: a NaN/Inf input makes NaN (an overflow inf) on its way to the caller's ValueError,
+    # not a warning first; the caller warns of an overflow of finite inputs itself.
+    with np.errstate(invalid="ignore", over="ignore") if sums else contextlib.nullcontext():
         for start, stop in _row_blocks(*rows, step):
             part = out[start:stop, c0:c1]
             np.matmul(x[start:stop], w_part, out=part)
@@ -157,7 +158,7 @@ class CpuBackend(Backend):
         """
         if bias is not None or activation:
             return _fused_rows(x, w.T, bias, activation, out, sums=True)
-        with np.errstate(invalid="ignore"):  # as in _gemm_blocks
+        with np.errstate(invalid="ignore", over="ignore"):  # as in _gemm_blocks
             np.matmul(x, w.T, out=out)
         if out.size <= x.size + w.size:
             return _sum_is_finite(out)
