@@ -374,8 +374,7 @@ def _defers_check(backend: Any, data: Any, weights: Any, out: Any) -> bool:
     """
     if out is not None or not hasattr(backend, "linear_checked"):
         return False
-    shapes = (getattr(a, "shape", ()) for a in (data, weights))
-    return sum(math.prod(shape) for shape in shapes) >= DEFERRED_CHECK_MIN
+    return math.prod(getattr(data, "shape", ())) + math.prod(getattr(weights, "shape", ())) >= DEFERRED_CHECK_MIN
 
 
 def _output_buffer(call: PreparedCall, backend) -> tuple[Any, bool]:

@@ -1,7 +1,6 @@
 """The CPU backend: numpy and scipy (BLAS, LAPACK) primitives."""
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,19 +70,25 @@ def _gemm_blocks(x, wt, bias, code, out, rows: tuple[int, int], cols: tuple[int,
     activation) sums to a finite value, each sum taken while the block is in
     cache (see :meth:`CpuBackend.linear_checked`); True without.
     """
+    if sums:
+        # A NaN/Inf input makes NaN (an overflow inf) on its way to the caller's ValueError,
+        # not a warning first; the caller warns of an overflow of finite inputs itself.
+        with np.errstate(invalid="ignore", over="ignore"):
+            return _blocks(x, wt, bias, code, out, rows, cols, True)
+    return _blocks(x, wt, bias, code, out, rows, cols, False)
+
+
+def _blocks(x, wt, bias, code, out, rows, cols, sums) -> bool:
     c0, c1 = cols
     w_part, b_part = wt[:, c0:c1], None if bias is None else bias[c0:c1]
     step = max(_ROW_ALIGN, _BLOCK_ELEMENTS // max(1, c1 - c0) // _ROW_ALIGN * _ROW_ALIGN)
     finite = True
-    # Checking: a NaN/Inf input makes NaN (an overflow inf) on its way to the caller's ValueError,
-    # not a warning first; the caller warns of an overflow of finite inputs itself.
-    with np.errstate(invalid="ignore", over="ignore") if sums else contextlib.nullcontext():
-        for start, stop in _row_blocks(*rows, step):
-            part = out[start:stop, c0:c1]
-            np.matmul(x[start:stop], w_part, out=part)
-            if sums and finite:
-                finite = _sum_is_finite(part)
-            activations.apply_bias_inplace(part, b_part, code)
+    for start, stop in _row_blocks(*rows, step):
+        part = out[start:stop, c0:c1]
+        np.matmul(x[start:stop], w_part, out=part)
+        if sums and finite:
+            finite = _sum_is_finite(part)
+        activations.apply_bias_inplace(part, b_part, code)
     return finite
 
 
