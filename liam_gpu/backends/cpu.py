@@ -17,10 +17,17 @@ _CHUNK_ELEMENTS = 1 << 19
 #: the L2 of one core here).  Smaller blocks cost BLAS efficiency (1.2-1.6x at
 #: 64K-256K elements, measured); at this size a block costs nothing measurable.
 _BLOCK_ELEMENTS = 1 << 20
-#: Row blocks start at multiples of this, and none is shorter unless the whole
-#: output is: OpenBLAS then computes each row with the same kernel whatever the
-#: block size, so the bits do not depend on it (checked in tests/test_cpu_epilogue.py).
+#: Row (and column) blocks start at multiples of this, and none is shorter unless the
+#: whole output is.
 _ROW_ALIGN = 64
+#: Columns per block of an output wider than tall (a multiple of ``_ROW_ALIGN``).
+_COL_BLOCK = 1024
+#: Row blocks an output is cut into at least (where it has the rows), so threads have work.
+_MIN_ROW_BLOCKS = 4
+#: OpenBLAS computes a GEMM of at most this ``m n k`` on one thread whatever its limit
+#: (``SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD``); above it the fused path limits
+#: BLAS to one thread itself, so that BLAS's own split never changes the bits.
+_BLAS_SERIAL_MNK = 65536 * 4
 #: Work below which one thread does the whole call (2 n d_in d_out flops).
 _PARALLEL_FLOPS = 1 << 24
 #: Elements per float32 buffer of the 16-bit paths (large: BLAS needs big calls).
@@ -63,8 +70,8 @@ def _sum_is_finite(a: np.ndarray) -> bool:
         return bool(np.isfinite(np.sum(a @ np.ones(a.shape[-1], a.dtype))))
 
 
-def _gemm_blocks(x, wt, bias, code, out, rows: tuple[int, int], cols: tuple[int, int], sums: bool = False) -> bool:
-    """``out[rows, cols] = act(x @ wt + bias)`` by row blocks, each finished while in cache.
+def _gemm_blocks(x, wt, bias, code, out, blocks, sums: bool = False) -> bool:
+    """``out[rows, cols] = act(x @ wt + bias)`` for each ``(rows, cols)`` block, each finished while in cache.
 
     With ``sums``: whether every block's ``x @ wt`` (before bias and
     activation) sums to a finite value, each sum taken while the block is in
@@ -74,53 +81,66 @@ def _gemm_blocks(x, wt, bias, code, out, rows: tuple[int, int], cols: tuple[int,
         # A NaN/Inf input makes NaN (an overflow inf) on its way to the caller's ValueError,
         # not a warning first; the caller warns of an overflow of finite inputs itself.
         with np.errstate(invalid="ignore", over="ignore"):
-            return _blocks(x, wt, bias, code, out, rows, cols, True)
-    return _blocks(x, wt, bias, code, out, rows, cols, False)
+            return _blocks(x, wt, bias, code, out, blocks, True)
+    return _blocks(x, wt, bias, code, out, blocks, False)
 
 
-def _blocks(x, wt, bias, code, out, rows, cols, sums) -> bool:
-    c0, c1 = cols
-    w_part, b_part = wt[:, c0:c1], None if bias is None else bias[c0:c1]
-    step = max(_ROW_ALIGN, _BLOCK_ELEMENTS // max(1, c1 - c0) // _ROW_ALIGN * _ROW_ALIGN)
+def _blocks(x, wt, bias, code, out, blocks, sums) -> bool:
     finite = True
-    for start, stop in _row_blocks(*rows, step):
-        part = out[start:stop, c0:c1]
-        np.matmul(x[start:stop], w_part, out=part)
+    for (r0, r1), (c0, c1) in blocks:
+        part = out[r0:r1, c0:c1]
+        np.matmul(x[r0:r1], wt[:, c0:c1], out=part)
         if sums and finite:
             finite = _sum_is_finite(part)
-        activations.apply_bias_inplace(part, b_part, code)
+        activations.apply_bias_inplace(part, None if bias is None else bias[c0:c1], code)
     return finite
 
 
 def _fused_rows(x, wt, bias, code, out, sums: bool = False) -> bool:
-    """``out = act(x @ wt + bias)`` for 2-D float32/float64 ``out``: the GEMM by row blocks, each
+    """``out = act(x @ wt + bias)`` for 2-D float32/float64 ``out``: the GEMM by blocks, each
     block's bias and activation applied in place while it is in cache (no temporary of the output).
     Returns what :func:`_gemm_blocks` returns for ``sums``, over every block.
 
-    With BLAS allowed ``t > 1`` threads, ``t`` threads of ours each take a share of the
-    output and run BLAS single-threaded on it: the epilogue then runs in parallel too,
-    and one pool of threads is busy at a time (OpenBLAS's own threads would spin while
-    ours compute).  The share is a range of rows, or of columns where the weights are
-    the larger operand (256 x 4096 -> 4096: each thread reads half of them, not all).
-    The thread limit is set for this call only.
+    The blocks are a grid fixed by the output's shape alone (:func:`_grid`), and each is one
+    BLAS call: whatever the number of threads, every element comes from the same call, so the
+    bits do not depend on it -- on every OpenBLAS kernel (the AVX2 ones, Haswell's and Zen's,
+    round a row differently when a call's rows or columns start elsewhere).  With BLAS
+    allowed ``t > 1`` threads, ``t`` threads of ours each take a contiguous run of blocks and
+    call BLAS single-threaded on them: the epilogue then runs in parallel too, and one pool of
+    threads is busy at a time (OpenBLAS's own threads would spin while ours compute).  Wide
+    outputs are split by columns (256 x 4096 -> 4096: each thread reads its part of the
+    weights, not all of them).  The thread limit is set for this call only.
     """
     n, d_out = out.shape
-    workers = _threads.blas_threads() if 2 * n * d_out * x.shape[1] >= _PARALLEL_FLOPS else 1
-    by_cols = d_out > n
-    extent = d_out if by_cols else n
-    workers = min(workers, extent // _ROW_ALIGN)
+    blocks = _grid(n, d_out)
+    mnk = n * d_out * x.shape[1]
+    workers = min(_threads.blas_threads(), len(blocks)) if 2 * mnk >= _PARALLEL_FLOPS else 1
     if workers <= 1:
-        return _gemm_blocks(x, wt, bias, code, out, (0, n), (0, d_out), sums)
-    share = -(-extent // workers)
-    share = -(-share // _ROW_ALIGN) * _ROW_ALIGN
-    if by_cols:
-        jobs = [((0, n), span) for span in _row_blocks(0, d_out, share)]
-    else:
-        jobs = [(span, (0, d_out)) for span in _row_blocks(0, n, share)]
+        if mnk > _BLAS_SERIAL_MNK and _threads.blas_threads() > 1:
+            with _threads.blas_limited(1):  # BLAS's own split would round differently
+                return _gemm_blocks(x, wt, bias, code, out, blocks, sums)
+        return _gemm_blocks(x, wt, bias, code, out, blocks, sums)
+    share = -(-len(blocks) // workers)
+    runs = [blocks[i:i + share] for i in range(0, len(blocks), share)]
     with _threads.blas_limited(1):
-        pool = _threads.pool(len(jobs))
-        futures = [pool.submit(_gemm_blocks, x, wt, bias, code, out, rows, cols, sums) for rows, cols in jobs]
+        pool = _threads.pool(len(runs))
+        futures = [pool.submit(_gemm_blocks, x, wt, bias, code, out, run, sums) for run in runs]
         return all([future.result() for future in futures])
+
+
+def _grid(n: int, d_out: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The ``(rows, cols)`` blocks of an ``n x d_out`` output, column block by column block.
+
+    Columns in blocks of :data:`_COL_BLOCK` where the output is wider than tall (the weights
+    are then the larger operand), else whole; rows in blocks of about :data:`_BLOCK_ELEMENTS`
+    elements (and, with one column block, at least :data:`_MIN_ROW_BLOCKS` of them where the rows allow),
+    multiples of :data:`_ROW_ALIGN`, a short tail joined to the block before it.
+    """
+    cstep = _COL_BLOCK if d_out > n and d_out > _COL_BLOCK else d_out
+    rstep = max(_ROW_ALIGN, _BLOCK_ELEMENTS // max(1, cstep) // _ROW_ALIGN * _ROW_ALIGN)
+    if cstep == d_out:  # one column block: at least _MIN_ROW_BLOCKS row blocks, work for several threads
+        rstep = min(rstep, max(_ROW_ALIGN, -(-n // (_MIN_ROW_BLOCKS * _ROW_ALIGN)) * _ROW_ALIGN))
+    return [(rows, cols) for cols in _row_blocks(0, d_out, cstep) for rows in _row_blocks(0, n, rstep)]
 
 
 #: Elements per row block of the widened Gram reduction and triangular apply: about 1 MiB of float64, in L2.
