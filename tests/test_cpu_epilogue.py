@@ -60,13 +60,16 @@ def test_same_bits_whatever_the_thread_count(monkeypatch, parallel_always, shape
 
 
 def test_the_grid_depends_on_the_shape_alone_and_covers_the_output_once():
-    for n, d_out in [(1, 1), (63, 5), (64, 2000), (4097, 96), (256, 4096), (1000, 1025), (5000, 5000)]:
+    for n, d_out in [(1, 1), (63, 5), (64, 2000), (4097, 96), (256, 4096), (1000, 1025), (5000, 5000),
+                     (64, 300), (300, 64), (100000, 64)]:
         blocks = cpu._grid(n, d_out)
         cover = np.zeros((n, d_out), np.int64)
         for (r0, r1), (c0, c1) in blocks:
             assert r0 % cpu._ROW_ALIGN == 0 and c0 % cpu._ROW_ALIGN == 0
             cover[r0:r1, c0:c1] += 1
         assert (cover == 1).all()
+        if max(n, d_out) >= 4 * cpu._ROW_ALIGN:  # work for several threads, by rows or by columns
+            assert len(blocks) >= 2, (n, d_out)
 
 
 @pytest.mark.parametrize("act", ACTS)

@@ -22,12 +22,9 @@ _BLOCK_ELEMENTS = 1 << 20
 _ROW_ALIGN = 64
 #: Columns per block of an output wider than tall (a multiple of ``_ROW_ALIGN``).
 _COL_BLOCK = 1024
-#: Row blocks an output is cut into at least (where it has the rows), so threads have work.
-_MIN_ROW_BLOCKS = 4
-#: OpenBLAS computes a GEMM of at most this ``m n k`` on one thread whatever its limit
-#: (``SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD``); above it the fused path limits
-#: BLAS to one thread itself, so that BLAS's own split never changes the bits.
-_BLAS_SERIAL_MNK = 65536 * 4
+#: Blocks an output is cut into at least (by rows, or by columns where it has too few rows),
+#: so that threads have work.
+_MIN_BLOCKS = 4
 #: Work below which one thread does the whole call (2 n d_in d_out flops).
 _PARALLEL_FLOPS = 1 << 24
 #: Elements per float32 buffer of the 16-bit paths (large: BLAS needs big calls).
@@ -102,9 +99,11 @@ def _fused_rows(x, wt, bias, code, out, sums: bool = False) -> bool:
     Returns what :func:`_gemm_blocks` returns for ``sums``, over every block.
 
     The blocks are a grid fixed by the output's shape alone (:func:`_grid`), and each is one
-    BLAS call: whatever the number of threads, every element comes from the same call, so the
-    bits do not depend on it -- on every OpenBLAS kernel (the AVX2 ones, Haswell's and Zen's,
-    round a row differently when a call's rows or columns start elsewhere).  With BLAS
+    BLAS call: whatever the number of threads of ours, every element comes from the same call,
+    so the bits do not depend on it -- on every OpenBLAS kernel (the AVX2 ones, Haswell's and
+    Zen's, round a row differently when a call's rows or columns start elsewhere).  Below
+    :data:`_PARALLEL_FLOPS` one thread of ours calls BLAS, whose own threads split as they
+    decide (limiting them costs OpenBLAS a resize of its pool: 100 us a call, measured).  With BLAS
     allowed ``t > 1`` threads, ``t`` threads of ours each take a contiguous run of blocks and
     call BLAS single-threaded on them: the epilogue then runs in parallel too, and one pool of
     threads is busy at a time (OpenBLAS's own threads would spin while ours compute).  Wide
@@ -115,10 +114,7 @@ def _fused_rows(x, wt, bias, code, out, sums: bool = False) -> bool:
     blocks = _grid(n, d_out)
     mnk = n * d_out * x.shape[1]
     workers = min(_threads.blas_threads(), len(blocks)) if 2 * mnk >= _PARALLEL_FLOPS else 1
-    if workers <= 1:
-        if mnk > _BLAS_SERIAL_MNK and _threads.blas_threads() > 1:
-            with _threads.blas_limited(1):  # BLAS's own split would round differently
-                return _gemm_blocks(x, wt, bias, code, out, blocks, sums)
+    if workers <= 1:  # below _PARALLEL_FLOPS (or one block): BLAS threads as it decides
         return _gemm_blocks(x, wt, bias, code, out, blocks, sums)
     share = -(-len(blocks) // workers)
     runs = [blocks[i:i + share] for i in range(0, len(blocks), share)]
@@ -128,19 +124,27 @@ def _fused_rows(x, wt, bias, code, out, sums: bool = False) -> bool:
         return all([future.result() for future in futures])
 
 
+def _round_up(v: int, step: int) -> int:
+    return -(-v // step) * step
+
+
 def _grid(n: int, d_out: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """The ``(rows, cols)`` blocks of an ``n x d_out`` output, column block by column block.
 
     Columns in blocks of :data:`_COL_BLOCK` where the output is wider than tall (the weights
-    are then the larger operand), else whole; rows in blocks of about :data:`_BLOCK_ELEMENTS`
-    elements (and, with one column block, at least :data:`_MIN_ROW_BLOCKS` of them where the rows allow),
+    are then the larger operand), in up to :data:`_MIN_BLOCKS` blocks where it has too few
+    rows to cut, else whole; rows in blocks of about :data:`_BLOCK_ELEMENTS` elements (and,
+    with one column block, at least :data:`_MIN_BLOCKS` of them where the rows allow); all
     multiples of :data:`_ROW_ALIGN`, a short tail joined to the block before it.
     """
     cstep = _COL_BLOCK if d_out > n and d_out > _COL_BLOCK else d_out
+    if cstep == d_out and n < _MIN_BLOCKS * _ROW_ALIGN:  # too few rows to cut: columns, if they allow
+        cstep = min(d_out, max(_ROW_ALIGN, _round_up(-(-d_out // _MIN_BLOCKS), _ROW_ALIGN)))
+    columns = list(_row_blocks(0, d_out, cstep))
     rstep = max(_ROW_ALIGN, _BLOCK_ELEMENTS // max(1, cstep) // _ROW_ALIGN * _ROW_ALIGN)
-    if cstep == d_out:  # one column block: at least _MIN_ROW_BLOCKS row blocks, work for several threads
-        rstep = min(rstep, max(_ROW_ALIGN, -(-n // (_MIN_ROW_BLOCKS * _ROW_ALIGN)) * _ROW_ALIGN))
-    return [(rows, cols) for cols in _row_blocks(0, d_out, cstep) for rows in _row_blocks(0, n, rstep)]
+    if len(columns) == 1:  # one column block: at least _MIN_BLOCKS row blocks where the rows allow
+        rstep = min(rstep, max(_ROW_ALIGN, _round_up(-(-n // _MIN_BLOCKS), _ROW_ALIGN)))
+    return [(rows, cols) for cols in columns for rows in _row_blocks(0, n, rstep)]
 
 
 #: Elements per row block of the widened Gram reduction and triangular apply: about 1 MiB of float64, in L2.
