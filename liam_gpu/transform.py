@@ -146,12 +146,12 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite, tf32
         finite = backend.linear_checked(call.x.reshape(-1, call.x.shape[-1]), call.w, call.b, code,
                                         target.reshape(-1, call.out_shape[-1]))
         if not finite or not (call.b is None or bool(np.isfinite(call.b).all())):
-            _check_inputs(call)  # raises for NaN/Inf; else finite values overflowed
+            validation.check_all_finite(data=call.x, weights=call.w, bias=call.b)  # raises, or an overflow
             if not finite:  # the warning numpy gives the unchecked call (the checked product hid it)
                 warnings.warn("overflow encountered in matmul", RuntimeWarning, stacklevel=4)
     else:
         if defer:
-            _check_inputs(call)
+            validation.check_all_finite(data=call.x, weights=call.w, bias=call.b, storage=call.storage)
         _linear(backend, call, call.x, call.w, call.b, code, target, tf32)
     if out is not None:
         if not direct:
@@ -354,13 +354,6 @@ def check_out(dest: Any, shape: tuple, dtype: np.dtype) -> None:
 #: product (:meth:`liam_gpu.backends.cpu.CpuBackend.linear_checked`) instead of reading the
 #: inputs first: below it the exact checks are cheaper than a second call path.
 DEFERRED_CHECK_MIN = 1 << 16
-
-
-def _check_inputs(call: PreparedCall) -> None:
-    """The exact NaN/Inf checks of a prepared call's inputs, in order (bfloat16 bits read as such)."""
-    for name, a in (("data", call.x), ("weights", call.w), ("bias", call.b)):
-        if a is not None:
-            validation.check_finite(name, a, storage=call.storage)
 
 
 def _defers_check(backend: Any, data: Any, weights: Any, out: Any) -> bool:

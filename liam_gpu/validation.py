@@ -101,11 +101,14 @@ def _sum_is_finite(xp: Any, x: Any) -> bool:
         return bool(xp.isfinite(xp.sum(x)))
 
 
-def check_all_finite(**named: Any) -> None:
-    """:func:`check_finite` on each array given (None skipped), in order: the first bad one is named."""
+def check_all_finite(*, storage: str | None = None, **named: Any) -> None:
+    """:func:`check_finite` on each array given (None skipped), in order: the first bad one is named.
+
+    ``storage="bfloat16"``: the arrays hold bfloat16 bits (see :func:`check_finite`).
+    """
     for name, x in named.items():
         if x is not None:
-            check_finite(name, x)
+            check_finite(name, x, storage=storage)
 
 
 def check_rank(name: str, k: Any, limit: int, *, what: str = "min(m, n)") -> int:
