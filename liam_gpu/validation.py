@@ -76,28 +76,32 @@ def check_finite(name: str, x: Any, *, storage: str | None = None) -> None:
         bad = bool(bfloat16.nonfinite(x).any())
     else:
         xp = _module_of(x)
-        bad = x.dtype.kind == "f" and not _sum_is_finite(xp, x) and not bool(xp.isfinite(x).all())
+        big = x.dtype.itemsize >= 4 and x.size >= _SUM_TEST_MIN  # float16 sums overflow early
+        bad = x.dtype.kind == "f" and not (big and sum_is_finite(x)) and not bool(xp.isfinite(x).all())
     if bad:
         raise ValueError(f"{name} contains NaN or Inf; pass check_finite=False to skip this check")
 
 
-#: Elements from which :func:`check_finite` tries the one-sum test first.
+#: Elements from which :func:`check_finite` tries the one-sum test first: below it two small
+#: reductions cost more than the exact test's boolean temporary (7.6 µs more per tiny call).
 _SUM_TEST_MIN = 1 << 15
 
 
-def _sum_is_finite(xp: Any, x: Any) -> bool:
-    """Whether the sum of float32/float64 ``x`` is finite, which proves every element is.
+def sum_is_finite(x: Any) -> bool:
+    """Whether the sum of the float32/float64 array ``x`` (numpy or CuPy) is finite.
 
-    One reduction and no input-sized boolean temporary (3.5 against 6.4 ms for
-    ``isfinite(x).all()`` on 16M float32 here).  False for a non-finite sum of
-    finite terms (overflow), for float16 (whose sums overflow early) and for
-    arrays below :data:`_SUM_TEST_MIN` elements, where two small reductions
-    cost more than the temporary (7.6 µs more per tiny transform call): the
-    caller then runs the exact test.
+    A finite sum proves every element finite; False is NaN/Inf in ``x`` or an
+    overflow of finite terms (the caller's exact test decides).  One reduction
+    and no input-sized boolean temporary; a C-contiguous numpy array is summed
+    by BLAS row sums (``x @ 1``, which propagate NaN/Inf as a sum does): 2.4
+    against 5.2 ms for ``np.sum`` and 4.9 for ``isfinite(x).all()`` on 16M
+    float32, one thread, measured here.
     """
-    if x.dtype.itemsize < 4 or x.size < _SUM_TEST_MIN:
-        return False
+    xp = _module_of(x)
     with np.errstate(over="ignore", invalid="ignore"):
+        if xp is np and x.ndim >= 1 and x.size and (x.ndim == 2 or x.flags.c_contiguous):
+            rows = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+            return bool(np.isfinite(np.sum(rows @ np.ones(rows.shape[-1], rows.dtype))))
         return bool(xp.isfinite(xp.sum(x)))
 
 
