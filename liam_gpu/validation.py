@@ -93,9 +93,9 @@ def sum_is_finite(x: Any) -> bool:
     A finite sum proves every element finite; False is NaN/Inf in ``x`` or an
     overflow of finite terms (the caller's exact test decides).  One reduction
     and no input-sized boolean temporary; a C-contiguous numpy array is summed
-    by BLAS row sums (``x @ 1``, which propagate NaN/Inf as a sum does): 2.4
-    against 5.2 ms for ``np.sum`` and 4.9 for ``isfinite(x).all()`` on 16M
-    float32, one thread, measured here.
+    by BLAS row sums (``x @ 1``, which propagate NaN/Inf as a sum does): on
+    4096 x 4096 float32, one thread, 2.4 ms against 3.4 for ``np.sum`` (and
+    4.9 for ``isfinite(x).all()`` on the same 16M elements), measured here.
     """
     xp = _module_of(x)
     with np.errstate(over="ignore", invalid="ignore"):
