@@ -20,3 +20,18 @@ def halko_bound(s: np.ndarray, k: int, l: int, q: int) -> float:
     tail = float(np.sqrt(np.sum(s[k:] ** (2 * e))))
     basis = ((1 + 17 * math.sqrt(1 + k / p)) * s[k] ** e + 8 * math.sqrt(k + p) / (p + 1) * tail) ** (1 / e)
     return float(s[k]) + basis
+
+
+def rounding_bounds(matrix: np.ndarray, s_factored: np.ndarray, k: int, dtype) -> tuple[float, float]:
+    """How far two rounding-level computations of the same rank-``k`` SVD may differ.
+
+    Sums of ``matrix``'s ``sqrt(m n)``-long products round differently (another
+    chunking, another backend), so the two results factor matrices that differ
+    by about ``eps sqrt(m n) ||matrix||_2`` (the products of an implicitly
+    centred matrix round at the uncentred one's scale): singular values move by
+    that (Weyl), singular vectors by that over the smallest gap among the first
+    ``k + 1`` of the factored spectrum ``s_factored`` (Wedin).  Returns both.
+    """
+    dense = np.asarray(matrix, dtype=np.float64)
+    perturbation = np.finfo(dtype).eps * math.sqrt(dense.size) * np.linalg.norm(dense, 2)
+    return perturbation, perturbation / float(np.min(s_factored[:k] - s_factored[1:k + 1]))

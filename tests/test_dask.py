@@ -24,7 +24,7 @@ import liam_gpu  # noqa: E402
 from liam_gpu import dask as ldask  # noqa: E402
 from liam_gpu.dask import tasks as dask_tasks  # noqa: E402
 from liam_gpu.backends import emulator_available  # noqa: E402
-from bounds import halko_bound  # noqa: E402
+from bounds import halko_bound, rounding_bounds  # noqa: E402
 
 # Workers unpickle this module's helpers by value: they need not import the test module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -51,26 +51,13 @@ def _decaying(m: int, n: int, dtype=np.float64, rank: int | None = None, seed: i
 
 
 def _rounding_bounds(a: np.ndarray, k: int) -> tuple[float, float]:
-    """Bounds on the difference of two rounding-level computations of the rank-``k`` SVD.
-
-    Each sum of ``a``'s ``sqrt(m n)``-long products is rounded differently, so
-    the two results are SVDs of matrices that differ by about
-    ``eps sqrt(m n) sigma_1``: singular values move by that much (Weyl) and
-    singular vectors by that over the smallest gap among the first ``k + 1``
-    singular values (Wedin).
-    """
-    s = np.linalg.svd(a.astype(np.float64), compute_uv=False)
-    perturbation = np.finfo(a.dtype).eps * math.sqrt(a.size) * s[0]
-    gap = float(np.min(s[:k] - s[1:k + 1]))
-    return perturbation, perturbation / gap
+    """:func:`bounds.rounding_bounds` of ``a`` factored as it is."""
+    return rounding_bounds(a, np.linalg.svd(a.astype(np.float64), compute_uv=False), k, a.dtype)
 
 
 def _centred_bounds(a: np.ndarray, k: int) -> tuple[float, float]:
-    """:func:`_rounding_bounds` for ``a - mean(a, axis=0)`` factored without forming it: the products
-    round at the scale of the uncentred ``a``, the singular vectors move by that over the centred gaps."""
-    s = np.linalg.svd(a - a.mean(axis=0), compute_uv=False)
-    perturbation = np.finfo(a.dtype).eps * math.sqrt(a.size) * np.linalg.norm(a.astype(np.float64), 2)
-    return perturbation, perturbation / float(np.min(s[:k] - s[1:k + 1]))
+    """:func:`bounds.rounding_bounds` of ``a - mean(a, axis=0)`` factored without forming it."""
+    return rounding_bounds(a, np.linalg.svd(a - a.mean(axis=0), compute_uv=False), k, a.dtype)
 
 
 def _assert_same_lowrank(lr, ref, a: np.ndarray, k: int) -> None:
@@ -506,8 +493,7 @@ def test_svd_compress_is_independent_of_the_chunking_and_near_optimal(client, ki
     ref = liam_gpu.svd_compress(a, KC, n_iter=q, random_state=9, center=mean, device="cpu")
     # Products of the uncentred matrix round at its own scale: the perturbation is eps sqrt(mn) ||A||_2,
     # and singular vectors move by that over the smallest gap of the centred spectrum (Wedin).
-    perturbation = np.finfo(np.float64).eps * math.sqrt(m * n) * np.linalg.norm(dense, 2)
-    vec_tol = perturbation / float(np.min(s_true[:KC] - s_true[1:KC + 1]))
+    perturbation, vec_tol = rounding_bounds(dense, s_true, KC, np.float64)
     l = 16  # k + p = 15, rounded up to a multiple of 8 (rangefinder.sketch_width)
     bound = halko_bound(s_true, KC, l, q) + perturbation
     for chunks in _chunkings(m, n):
@@ -539,8 +525,7 @@ def test_centred_float32_is_independent_of_the_chunking(client):
     a = _slow_spectrum(MC, NC, np.float32, shift=3.0, seed=33)
     ref = liam_gpu.svd_compress(a, KC, n_iter=2, random_state=1, center=True, device="cpu")
     s_true = np.linalg.svd(_centred_truth(a, True), compute_uv=False)
-    perturbation = np.finfo(np.float32).eps * math.sqrt(a.size) * np.linalg.norm(a.astype(np.float64), 2)
-    vec_tol = perturbation / float(np.min(s_true[:KC] - s_true[1:KC + 1]))
+    perturbation, vec_tol = rounding_bounds(a, s_true, KC, np.float32)
     for chunks in [(60, NC), (MC, 24), (60, 24), ((7, 233), (40, 32))]:
         lr = ldask.svd_compress(da.from_array(a, chunks=chunks), KC, n_iter=2, random_state=1, center=True)
         assert lr.S.dtype == np.float32
@@ -589,8 +574,7 @@ def test_sparse_chunks_from_map_blocks_and_of_every_layout_equal_the_scipy_call(
         assert sp.issparse(x._meta)
         lr = ldask.svd_compress(x, KC, n_iter=3, random_state=2)
         s_true = np.linalg.svd(a.toarray(), compute_uv=False)
-        perturbation = np.finfo(np.float64).eps * math.sqrt(a.size) * s_true[0]
-        vec_tol = perturbation / float(np.min(s_true[:KC] - s_true[1:KC + 1]))
+        perturbation, vec_tol = rounding_bounds(a.toarray(), s_true, KC, np.float64)
         np.testing.assert_allclose(lr.S, ref.S, rtol=0, atol=perturbation)
         np.testing.assert_allclose(_as_dense(lr.U), ref.U, rtol=0, atol=vec_tol)
         np.testing.assert_allclose(_as_dense(lr.Vt), ref.Vt, rtol=0, atol=vec_tol)

@@ -59,6 +59,7 @@ pytest.importorskip("scipy.linalg")
 import scipy.linalg  # noqa: E402
 from dask.array.utils import assert_eq  # noqa: E402
 
+from bounds import rounding_bounds  # noqa: E402
 from liam_gpu import dask as ldask  # noqa: E402
 
 
@@ -156,8 +157,7 @@ def test_grid_chunks_give_the_whole_rows_result(shape, chunks):
     (u, s, vt), (ur, sr, vtr) = factors(x), factors(x.rechunk({1: -1}))
     a = x.compute()
     sv = np.linalg.svd(a, compute_uv=False)
-    perturbation = np.finfo(np.float64).eps * np.sqrt(a.size) * sv[0]  # Weyl: eps sqrt(mn) ||A||_2
-    vec_tol = perturbation / float(np.min(sv[:2] - sv[1:3]))  # Wedin: over the smallest gap
+    perturbation, vec_tol = rounding_bounds(a, sv, 2, np.float64)
     np.testing.assert_allclose(s, sr, rtol=0, atol=perturbation)
     np.testing.assert_allclose(u, ur, rtol=0, atol=vec_tol)
     np.testing.assert_allclose(vt, vtr, rtol=0, atol=vec_tol)

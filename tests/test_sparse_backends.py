@@ -11,7 +11,7 @@ imports as it would a GPU's.
 Every result is compared with the float64 truth of the densified matrix
 (within the randomized SVD's error bound) and with the CPU backend on the
 same seed (to rounding: the backends differ only in Omega's last bits and
-in summation orders; see :func:`_rounding_bounds`).
+in summation orders; see :func:`bounds.rounding_bounds`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import math
 import sys
 
 import fake_cupy
-from bounds import halko_bound
+from bounds import halko_bound, rounding_bounds
 import numpy as np
 import pytest
 
@@ -95,14 +95,6 @@ def _blocks(rng, m: int, n: int, dtype=np.float64, blocks: int = 40) -> "sp.csr_
 
 def _shape(tall: bool) -> tuple[int, int]:
     return (240, 120) if tall else (120, 240)
-
-
-def _rounding_bounds(dense: np.ndarray, s_true: np.ndarray, k: int, dtype) -> tuple[float, float]:
-    """Two roundings of the same computation: the products of the (uncentred) matrix round at its
-    own scale, ``eps sqrt(m n) ||A||_2``; singular values move by that (Weyl), singular vectors by
-    that over the smallest gap of the factored spectrum among the first ``k + 1`` (Wedin)."""
-    perturbation = np.finfo(dtype).eps * math.sqrt(dense.size) * np.linalg.norm(dense, 2)
-    return perturbation, perturbation / float(np.min(s_true[:k] - s_true[1:k + 1]))
 
 
 def _host(x):
@@ -185,7 +177,7 @@ def test_randomized_svd_against_the_truth_and_the_cpu(place, fmt, center, tall, 
     _check_family(got, place, dtype)
     u, s, vt = (_host(v).astype(np.float64) for v in got)
     # The same seed as the CPU: the same answer to rounding (bitwise on the CPU, whatever the format).
-    s_tol, vec_tol = _rounding_bounds(dense, s_true, K, dtype)
+    s_tol, vec_tol = rounding_bounds(dense, s_true, K, dtype)
     if place == "cpu":
         for mine, theirs in zip(got, ref):
             np.testing.assert_array_equal(mine, theirs)
@@ -233,7 +225,7 @@ def test_pca_eigsh_and_range_finder_take_sparse_input_everywhere(place):
     dense = a.toarray()
     s_true = np.linalg.svd(dense - dense.mean(axis=0), compute_uv=False)
     ours, ref = lg.pca(x, 4, random_state=1, device=device), lg.pca(a, 4, random_state=1, device="cpu")
-    s_tol, vec_tol = _rounding_bounds(dense, s_true, 4, np.float64)
+    s_tol, vec_tol = rounding_bounds(dense, s_true, 4, np.float64)
     np.testing.assert_allclose(_host(ours.singular_values), ref.singular_values, rtol=0, atol=s_tol)
     np.testing.assert_allclose(_host(ours.components), ref.components, rtol=0, atol=vec_tol)
     np.testing.assert_allclose(_host(ours.mean), dense.mean(axis=0), rtol=0, atol=1e-15)
@@ -246,7 +238,7 @@ def test_pca_eigsh_and_range_finder_take_sparse_input_everywhere(place):
     sym_x = _caller_input(sym, "csr", place)
     lam = np.linalg.eigvalsh(sym.toarray())[::-1]
     vals, vecs = lg.randomized_eigsh(sym_x, 4, n_iter=4, random_state=2, device=device)
-    lam_tol = _rounding_bounds(sym.toarray(), lam, 4, np.float64)[0]
+    lam_tol = rounding_bounds(sym.toarray(), lam, 4, np.float64)[0]
     np.testing.assert_allclose(_host(vals), lam[:4], rtol=0, atol=lam_tol + 1e-6 * lam[0])
     np.testing.assert_allclose(sym.toarray() @ _host(vecs), _host(vecs) * _host(vals), atol=1e-5 * lam[0])
     q = _host(lg.randomized_range_finder(x, size=12, n_iter=3, random_state=4, device=device))
@@ -277,7 +269,7 @@ def test_non_canonical_input_is_summed_on_a_copy(place):
     _assert_unmodified(x, before)
     ref = lg.randomized_svd(a, 4, random_state=5, device="cpu")
     dense = a.toarray()
-    s_tol, vec_tol = _rounding_bounds(dense, np.linalg.svd(dense, compute_uv=False), 4, np.float64)
+    s_tol, vec_tol = rounding_bounds(dense, np.linalg.svd(dense, compute_uv=False), 4, np.float64)
     np.testing.assert_allclose(_host(got[1]), ref[1], rtol=0, atol=s_tol)
     np.testing.assert_allclose(_host(got[0]), ref[0], rtol=0, atol=vec_tol)
 
@@ -349,7 +341,7 @@ def test_cupyx_input_goes_where_device_says_and_comes_back_on_its_gpu(cp):
     with cp.cuda.Device(1):
         x = cs.csr_matrix(a)
     dense = a.toarray()
-    s_tol, vec_tol = _rounding_bounds(dense, np.linalg.svd(dense, compute_uv=False), 4, np.float64)
+    s_tol, vec_tol = rounding_bounds(dense, np.linalg.svd(dense, compute_uv=False), 4, np.float64)
     for device in (None, "cuda", "cuda:0", "cpu", "emulator"):
         before = _snapshot(x)
         got = lg.randomized_svd(x, 4, random_state=1, device=device)
@@ -440,7 +432,7 @@ def test_torch_cpu_sparse_on_every_device_comes_back_as_tensors(cp):
     t = torch.sparse_coo_tensor(np.vstack([a.row, a.col]), a.data, a.shape).to_sparse_csr()
     ref = lg.randomized_svd(a, 4, device="cpu")
     dense = a.toarray()
-    s_tol, vec_tol = _rounding_bounds(dense, np.linalg.svd(dense, compute_uv=False), 4, np.float64)
+    s_tol, vec_tol = rounding_bounds(dense, np.linalg.svd(dense, compute_uv=False), 4, np.float64)
     for device in (None, "emulator", "cuda", "cuda:1"):
         u, s, vt = lg.randomized_svd(t, 4, device=device)
         assert isinstance(u, torch.Tensor) and u.device.type == "cpu" and u.layout == torch.strided
