@@ -37,6 +37,23 @@ def _blas() -> list[Any]:
     return _controllers
 
 
+_own: tuple[list[Any], list[Any]] | None = None  # (controllers, numpy's among them), found once
+
+
+def _numpys(libs: list[Any]) -> list[Any]:
+    """numpy's own libraries among ``libs`` (by path: ``realpath`` costs 34 us a call, so once)."""
+    global _own
+    if _own is None or _own[0] is not libs:
+        import os
+
+        import numpy
+
+        home = os.path.dirname(os.path.realpath(numpy.__file__))
+        roots = (home + os.sep, home + ".libs" + os.sep)
+        _own = (libs, [lib for lib in libs if os.path.realpath(lib.filepath).startswith(roots)])
+    return _own[1]
+
+
 def blas_threads() -> int:
     """Threads numpy's BLAS may use now (the caller's limits included); 1 without threadpoolctl.
 
@@ -48,13 +65,7 @@ def blas_threads() -> int:
     libs = _blas()
     if not libs:
         return 1
-    import os
-
-    import numpy
-
-    home = os.path.dirname(os.path.realpath(numpy.__file__))
-    own = [lib for lib in libs
-           if os.path.realpath(lib.filepath).startswith((home + os.sep, home + ".libs" + os.sep))]
+    own = _numpys(libs)
     return max(lib.num_threads for lib in own) if own else min(lib.num_threads for lib in libs)
 
 
