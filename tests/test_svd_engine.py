@@ -270,3 +270,14 @@ def test_cpu_gram_and_triangular_apply_by_row_blocks_equal_the_float64_truth(mon
     assert q.dtype == np.float32
     assert np.all(np.abs(q - exact) <= 2.0**-23 * np.abs(exact) + 5 * 2.0**-52 * (np.abs(y64) @ np.abs(np.linalg.inv(r))))
     assert np.array_equal(y, y0)
+
+
+def test_cpu_gram_of_zero_rows_is_the_zero_matrix():
+    """The widened (float32 -> float64) Gram reduction by row blocks, on a block with no rows (a Dask
+    chunk can have none): the exact answer, zeros, not a crash."""
+    from liam_gpu.backends.cpu import CpuBackend
+
+    for dtype in (np.float32, np.float64):
+        g = CpuBackend().gram(np.zeros((0, 3), dtype))
+        assert g.dtype == np.float64
+        np.testing.assert_array_equal(g, np.zeros((3, 3)))

@@ -108,6 +108,11 @@ class Backend:
         y = self.matmul(a, z, trans=trans, tf32=tf32)
         return y, self.matmul(a, y, trans=not trans, tf32=tf32)
 
+    def omega(self, seed: int, rows: int, cols: int, dtype: Any, *, col0: int = 0) -> Any:
+        """``Omega[:rows, col0:col0 + cols]`` of the Philox stream as a backend array of ``dtype``
+        (for operators without a fused sketch, e.g. sparse ones)."""
+        raise NotImplementedError
+
     def sketch_pass(self, a: Any, seed: int, l: int, *, trans: bool = False, col0: int = 0,
                     tf32: bool = False) -> tuple[Any, Any]:
         """``Y = op(a) @ Omega`` (as :meth:`sketch`) and ``V = op(a).T @ Y``.

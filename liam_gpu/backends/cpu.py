@@ -236,7 +236,7 @@ class CpuBackend(Backend):
         # Omega is materialised here (n x l, the O((m + n) l) budget allows it):
         # one BLAS call beats any blocked regeneration on a CPU.
         op = a.T if trans else a
-        omega = philox.omega(seed, op.shape[1], l, a.dtype, col0=col0)
+        omega = self.omega(seed, op.shape[1], l, a.dtype, col0=col0)
         # NaN/Inf in ``a`` is reported by the caller from this very product.
         with np.errstate(invalid="ignore", over="ignore"):
             return np.matmul(op, omega)
@@ -271,9 +271,8 @@ class CpuBackend(Backend):
 
     def sketch_pass(self, a, seed, l, *, trans=False, col0=0, tf32=False):
         op = a.T if trans else a
-        omega = philox.omega(seed, op.shape[1], l, a.dtype, col0=col0)
-        with np.errstate(invalid="ignore", over="ignore"):  # reported by the caller, from Y
-            return self.power_pass(a, omega, trans=trans)
+        # power_pass ignores NaN/Inf and overflow: the caller reports them, from Y.
+        return self.power_pass(a, self.omega(seed, op.shape[1], l, a.dtype, col0=col0), trans=trans)
 
     def gram(self, y, *, accumulate=np.float64):
         acc = np.dtype(accumulate)
@@ -287,11 +286,10 @@ class CpuBackend(Backend):
             # Widened by row blocks that stay in cache, not as one copy of y: at
             # 100000 x 110 that copy was 88 MB and 0.47 s of a sparse SVD's 1.49 s.
             step = max(1, _GRAM_BLOCK_ELEMENTS // max(1, int(y.shape[1])))
-            g = None
+            g = np.zeros((int(y.shape[1]),) * 2, dtype=acc)  # zero rows: the zero matrix
             for lo in range(0, int(y.shape[0]), step):
                 b = y[lo:lo + step].astype(acc)
-                part = np.dot(b.T, b)
-                g = part if g is None else g.__iadd__(part)
+                g += np.dot(b.T, b)
             return g.astype(np.float64, copy=False)
 
     def tri_apply(self, y, r, *, accumulate=np.float64, rinv=None):
