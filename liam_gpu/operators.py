@@ -325,12 +325,15 @@ class RankOneUpdate:
 
     Centring is this update: for the caller's ``A - 1 mu^T`` with ``T0 = A``,
     ``(a, b) = (1, mu)``; when ``T0 = A^T`` (a wide ``A``), ``(a, b) = (mu, 1)``.
-    ``a`` (mt,) and ``b`` (nt,) are host float64 vectors.
+    ``a`` (mt,) and ``b`` (nt,) are host float64 vectors; ``unit`` names the one
+    that is all ones (``"a"``, ``"b"`` or ``""``), whose products are skipped
+    (``x - 1 row`` is ``x - row``: no ones vector made or moved per pass).
     """
 
     base: Any
     a: np.ndarray
     b: np.ndarray
+    unit: str = ""
 
     def with_tf32(self) -> "RankOneUpdate":
         """The update over the base's :meth:`~DenseOperator.with_tf32` (where the base has one)."""
@@ -343,8 +346,8 @@ class RankOneUpdate:
         mt, nt = op.shape
         mean = np.asarray(mean, dtype=np.float64)
         if op.swapped:
-            return cls(op, mean, np.ones(nt))
-        return cls(op, np.ones(mt), mean)
+            return cls(op, mean, np.ones(nt), unit="b")
+        return cls(op, np.ones(mt), mean, unit="a")
 
     shape = property(lambda self: self.base.shape)
     dtype = property(lambda self: self.base.dtype)
@@ -355,9 +358,9 @@ class RankOneUpdate:
     def _vec(self, v: np.ndarray) -> Any:
         return self.backend.asarray(np.ascontiguousarray(v, dtype=self.dtype))
 
-    def _minus(self, x: Any, left: np.ndarray, right_t_x: Any) -> Any:
-        """``x - left right_t_x`` for a host vector ``left`` and a row ``right_t_x`` (1, l)."""
-        return rank_one_minus(self.backend, x, left, right_t_x)
+    def _minus(self, x: Any, side: str, right_t_x: Any) -> Any:
+        """``x - v right_t_x`` for the vector ``v`` named ``side`` (``"a"`` or ``"b"``) and a row (1, l)."""
+        return rank_one_minus(self.backend, x, None if side == self.unit else getattr(self, side), right_t_x)
 
     # Y is centred before T^T Y is formed, so the update gives up the base's fused
     # (Y, T0^T Y) pass: forming T^T Y from T0^T T0 X cancels at the scale of
@@ -369,16 +372,16 @@ class RankOneUpdate:
 
         y0, _ = self.base.sketch(seed, l, col0)
         b_omega = self._vec(self.b @ philox.omega(seed, self.shape[1], l, np.float64, col0=col0))[None, :]
-        y = self._minus(y0, self.a, b_omega)
+        y = self._minus(y0, "a", b_omega)
         return y, (self.t_times(y) if with_v else None)
 
     def power(self, w: Any, *, with_v: bool = False) -> tuple[Any, Any | None]:
-        y = self._minus(self.base.power(w)[0], self.a, vector_times(self.backend, self.b, w, self.dtype))
+        y = self._minus(self.base.power(w)[0], "a", vector_times(self.backend, self.b, w, self.dtype))
         return y, (self.t_times(y) if with_v else None)
 
     def t_times(self, y: Any) -> Any:
         """``T^T Y = T0^T Y - b (a^T Y)``."""
-        return self._minus(self.base.t_times(y), self.b, vector_times(self.backend, self.a, y, self.dtype))
+        return self._minus(self.base.t_times(y), "b", vector_times(self.backend, self.a, y, self.dtype))
 
     def sum_squares(self) -> float:
         if isinstance(self.base, SparseOperator):
