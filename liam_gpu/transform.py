@@ -142,7 +142,7 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite, tf32
             prepare(data, weights, bias, out, kind, check_finite=True, to_backend=backend.asarray)
         raise
     target, direct = _output_buffer(call, backend)
-    if defer and not call.batched and call.storage is None and not validation.is_half(call.dtype):
+    if defer:
         finite = backend.linear_checked(call.x.reshape(-1, call.x.shape[-1]), call.w, call.b, code,
                                         target.reshape(-1, call.out_shape[-1]))
         if not finite or not (call.b is None or bool(np.isfinite(call.b).all())):
@@ -150,8 +150,6 @@ def _transform(data, weights, bias, code, out, kind, backend, check_finite, tf32
             if not finite:  # the warning numpy gives the unchecked call (the checked product hid it)
                 warnings.warn("overflow encountered in matmul", RuntimeWarning, stacklevel=4)
     else:
-        if defer:
-            validation.check_all_finite(data=call.x, weights=call.w, bias=call.b, storage=call.storage)
         _linear(backend, call, call.x, call.w, call.b, code, target, tf32)
     if out is not None:
         if not direct:
@@ -354,10 +352,12 @@ def check_out(dest: Any, shape: tuple, dtype: np.dtype) -> None:
 #: product (:meth:`liam_gpu.backends.cpu.CpuBackend.linear_checked`) instead of reading the
 #: inputs first: below it the exact checks are cheaper than a second call path.
 DEFERRED_CHECK_MIN = 1 << 16
+_CHECKED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _defers_check(backend: Any, data: Any, weights: Any, out: Any) -> bool:
-    """Whether a checked call's NaN/Inf test waits for the product (the CPU backend, no ``out``, big inputs).
+    """Whether a checked call's NaN/Inf test waits for the product (the CPU backend, no ``out``, big
+    float32/float64 inputs of one dtype, 2-D weights).
 
     The product's sums read the output while it is in cache instead of every
     input from memory (at 256 x 4096 -> 4096 the weights are 16 times the
@@ -367,7 +367,11 @@ def _defers_check(backend: Any, data: Any, weights: Any, out: Any) -> bool:
     """
     if out is not None or not hasattr(backend, "linear_checked"):
         return False
-    return math.prod(getattr(data, "shape", ())) + math.prod(getattr(weights, "shape", ())) >= DEFERRED_CHECK_MIN
+    # linear_checked's inputs: 2-D weights and data of one float32/float64 dtype (no cast, no storage).
+    dtype = getattr(data, "dtype", None)
+    if dtype not in _CHECKED_DTYPES or getattr(weights, "dtype", None) != dtype or getattr(weights, "ndim", 0) != 2:
+        return False
+    return math.prod(data.shape) + math.prod(weights.shape) >= DEFERRED_CHECK_MIN
 
 
 def _output_buffer(call: PreparedCall, backend) -> tuple[Any, bool]:
