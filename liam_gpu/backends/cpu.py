@@ -1,6 +1,7 @@
 """The CPU backend: numpy and scipy (BLAS, LAPACK) primitives."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,7 +118,14 @@ def _round_up(v: int, step: int) -> int:
     return -(-v // step) * step
 
 
-def _grid(n: int, d_out: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+def _grid(n: int, d_out: int) -> tuple[tuple[tuple[int, int], tuple[int, int]], ...]:
+    """The ``(rows, cols)`` blocks of an ``n x d_out`` output (:func:`_grid_of`, remembered per shape)."""
+    return _grid_of(n, d_out, _BLOCK_ELEMENTS, _ROW_ALIGN, _COL_BLOCK, _MIN_BLOCKS)
+
+
+@functools.lru_cache(maxsize=256)
+def _grid_of(n: int, d_out: int, block_elements: int, align: int, col_block: int,
+             min_blocks: int) -> tuple[tuple[tuple[int, int], tuple[int, int]], ...]:
     """The ``(rows, cols)`` blocks of an ``n x d_out`` output, column block by column block.
 
     Columns in blocks of :data:`_COL_BLOCK` where the output is wider than tall (the weights
@@ -126,14 +134,14 @@ def _grid(n: int, d_out: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     with one column block, at least :data:`_MIN_BLOCKS` of them where the rows allow); all
     multiples of :data:`_ROW_ALIGN`, a short tail joined to the block before it.
     """
-    cstep = _COL_BLOCK if d_out > n and d_out > _COL_BLOCK else d_out
-    if cstep == d_out and n < _MIN_BLOCKS * _ROW_ALIGN:  # too few rows to cut: columns, if they allow
-        cstep = min(d_out, max(_ROW_ALIGN, _round_up(-(-d_out // _MIN_BLOCKS), _ROW_ALIGN)))
+    cstep = col_block if d_out > n and d_out > col_block else d_out
+    if cstep == d_out and n < min_blocks * align:  # too few rows to cut: columns, if they allow
+        cstep = min(d_out, max(align, _round_up(-(-d_out // min_blocks), align)))
     columns = list(_row_blocks(0, d_out, cstep))
-    rstep = max(_ROW_ALIGN, _BLOCK_ELEMENTS // max(1, cstep) // _ROW_ALIGN * _ROW_ALIGN)
-    if len(columns) == 1:  # one column block: at least _MIN_BLOCKS row blocks where the rows allow
-        rstep = min(rstep, max(_ROW_ALIGN, _round_up(-(-n // _MIN_BLOCKS), _ROW_ALIGN)))
-    return [(rows, cols) for cols in columns for rows in _row_blocks(0, n, rstep)]
+    rstep = max(align, block_elements // max(1, cstep) // align * align)
+    if len(columns) == 1:  # one column block: at least min_blocks row blocks where the rows allow
+        rstep = min(rstep, max(align, _round_up(-(-n // min_blocks), align)))
+    return tuple((rows, cols) for cols in columns for rows in _row_blocks(0, n, rstep))
 
 
 #: Elements per row block of the widened Gram reduction and triangular apply: about 1 MiB of float64, in L2.
