@@ -23,14 +23,13 @@ def check_dask_array(name: str, x: Any) -> Any:
     return x
 
 
-def check_row_chunks(name: str, x: Any, *, known_rows: bool) -> None:
+def check_row_chunks(name: str, x: Any) -> None:
     """Every chunk must hold whole rows (one chunk along the last axis) of a known width.
 
-    ``known_rows``: the row chunk sizes must be known too (the SVD needs the
-    shapes of its bases; a lazy map does not).
+    The row chunk sizes may be unknown (a lazy map needs none; the SVD checks
+    its chunks with :func:`check_svd_chunks`).
     """
-    axes = x.chunks if known_rows else x.chunks[-1:]
-    if any(math.isnan(c) for axis in axes for c in axis):
+    if any(math.isnan(c) for c in x.chunks[-1]):
         raise ValueError(
             f"{name} has unknown chunk sizes {x.chunks}; call {name}.compute_chunk_sizes() first"
         )

@@ -72,7 +72,7 @@ def transform_matrix(
     x = check_dask_array("x", x)
     validation.check_ndim("x", x, min_ndim=1)
     validation.float_dtype("x", x, allow_half=True)
-    check_row_chunks("x", x, known_rows=False)
+    check_row_chunks("x", x)
     check_device(device)
     w = host_copy("weights", weights)
     b = None if bias is None else host_copy("bias", bias)
