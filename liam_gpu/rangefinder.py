@@ -320,10 +320,10 @@ def fixed_rank(op: Any, plan: Plan, norm2: float | None = None) -> Factorization
     early = plan.estimate and norm2 is None and not getattr(op, "sums_in_sketch", False)
     if early:
         norm2 = _norm2(op, plan)
-    basis = fixed_basis(op, plan)
+    q = fixed_basis(op, plan)
     if norm2 is None and plan.estimate:
         norm2 = _norm2(op, plan)
-    return finish(op, basis, norm2, driver=plan.driver)
+    return finish(op, q, norm2, driver=plan.driver)
 
 
 def _width(op: Any, plan: Plan) -> int:
@@ -353,9 +353,9 @@ def basis(op: Any, plan: Plan) -> Factorization:
 def fixed_basis(op: Any, plan: Plan) -> Any:
     """The fixed-rank range finder's orthonormal basis ``Q`` of ``T`` (``mt x width``), no small SVD.
 
-    For callers that form ``Q^T T`` themselves (the autograd path,
-    :mod:`liam_gpu._svd_grad`).  A sketch as wide as ``T`` takes no power
-    iteration (it would only square the conditioning).
+    Shared by :func:`fixed_rank` and :func:`basis` (whose callers, the autograd
+    path of :mod:`liam_gpu._svd_grad`, form ``Q^T T`` themselves).  A sketch as
+    wide as ``T`` takes no power iteration (it would only square the conditioning).
     """
     width = _width(op, plan)
     q = 0 if width >= op.shape[1] else plan.q
@@ -378,7 +378,7 @@ def adaptive(op: Any, plan: Plan) -> tuple[Factorization, int]:
         fact = fixed_rank(op, plan, norm2)  # dense when the cap's sketch spans the matrix
         return fact, min(plan.k, fact.width)
     target = plan.tol**2 * norm2
-    basis = bt = None
+    found = bt = None
     width, block, captured = 0, FIRST_BLOCK, 0.0
     while True:
         step = min(block, cap - width)
@@ -386,16 +386,16 @@ def adaptive(op: Any, plan: Plan) -> tuple[Factorization, int]:
             fact = dense(op, norm2)  # norm2 is finite here: the input was checked by _norm2
             return _checked(fact, fact.rank_for(plan.tol, plan.k), plan)
         new = range_finder(passes(op, plan), step, plan.q, plan.seed, col0=width + (-width) % 4,
-                           normalizer=plan.normalizer, deflate=basis, check=plan.check and basis is None)
+                           normalizer=plan.normalizer, deflate=found, check=plan.check and found is None)
         new_bt = op.t_times(new)
         captured += op.backend.sum_squares(new_bt)
-        basis = new if basis is None else op.space.xp.concatenate([basis, new], axis=1)
+        found = new if found is None else op.space.xp.concatenate([found, new], axis=1)
         bt = new_bt if bt is None else op.backend.xp.concatenate([bt, new_bt], axis=1)
         width += step
         block *= 2
         if width < cap and norm2 - captured > target:
             continue
-        fact = finish(op, basis, norm2, bt, plan.driver)
+        fact = finish(op, found, norm2, bt, plan.driver)
         k = fact.rank_for(plan.tol, plan.k)
         met = fact.error_sq(k) <= target
         if width >= cap or (met and k + plan.p <= width):

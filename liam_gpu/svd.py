@@ -254,11 +254,11 @@ def svd_compress(
         mat = _Matrix.prepare(backend, a, kind)
         recorded = _recording(a, center)
         mean = _mean(backend, mat, center, kind)
-        seed = seed_from_random_state(random_state)
         if tol is None:
-            plan = fixed_rank_plan(k, mat.min_dim, n_oversamples=p, n_iter=n_iter, random_state=seed,
+            plan = fixed_rank_plan(k, mat.min_dim, n_oversamples=p, n_iter=n_iter, random_state=random_state,
                                    check_finite=check_finite, tf32=tf32)
         else:
+            seed = seed_from_random_state(random_state)
             cap = mat.min_dim if max_rank is None else validation.check_rank("max_rank", max_rank, mat.min_dim)
             q = ADAPTIVE_N_ITER if n_iter == "auto" else _check_count("n_iter", n_iter, minimum=0)
             plan = Plan(k=cap, p=p, q=q, seed=seed, check=bool(check_finite), estimate=True, tol=tol, tf32=tf32)
@@ -287,8 +287,8 @@ def randomized_range_finder(
     (``n x size``), normalized after every product as the engine does
     (:func:`liam_gpu.rangefinder.range_finder`), orthonormal to working
     precision.  Parameters as for :func:`randomized_svd`; ``size`` is at
-    most ``m`` (``Q`` has orthonormal columns).  2-D ``a`` only (dense or
-    scipy.sparse).  ``Q`` is never recorded by autograd: like the test
+    most ``m`` (``Q`` has orthonormal columns).  2-D ``a`` only (dense, or
+    sparse of any library :func:`randomized_svd` takes).  ``Q`` is never recorded by autograd: like the test
     matrix it is a constant of the factorizations built on it.
     """
     normalizer = _check_normalizer(power_iteration_normalizer)
