@@ -203,26 +203,28 @@ def exact(x: Any) -> tuple[Any, Any, Any]:
     return _torch().linalg.svd(x, full_matrices=False)
 
 
+def _largest_entry_signs(t: Any, dim: int) -> Any:
+    """:func:`liam_gpu.operators.largest_entry_signs` for torch tensors: constant ``+-1`` along ``dim``
+    (kept, length 1) making each vector's largest-magnitude entry positive."""
+    torch = _torch()
+    with torch.no_grad():
+        where = t.abs().argmax(dim=dim, keepdim=True)
+        return torch.where(torch.gather(t, dim, where) < 0, -1.0, 1.0).to(t.dtype)
+
+
 def flip_columns(u: Any, vt: Any) -> tuple[Any, Any]:
     """scikit-learn's ``svd_flip`` on ``U``: the largest-magnitude entry of each column positive.
 
     The signs are constants (piecewise constant in the input): only the
     multiplication is recorded.  Works on single matrices and stacks.
     """
-    torch = _torch()
-    with torch.no_grad():
-        where = u.abs().argmax(dim=-2, keepdim=True)
-        signs = torch.where(torch.gather(u, -2, where) < 0, -1.0, 1.0).to(u.dtype)
+    signs = _largest_entry_signs(u, -2)
     return u * signs, vt * signs.mT
 
 
 def flip_rows(vt: Any) -> Any:
     """scikit-learn ``PCA``'s convention: the largest-magnitude entry of each row of ``Vt`` positive."""
-    torch = _torch()
-    with torch.no_grad():
-        where = vt.abs().argmax(dim=-1, keepdim=True)
-        signs = torch.where(torch.gather(vt, -1, where) < 0, -1.0, 1.0).to(vt.dtype)
-    return vt * signs
+    return vt * _largest_entry_signs(vt, -1)
 
 
 def as_result(t: Any, kind: arrays.ArrayKind) -> Any:
