@@ -150,9 +150,7 @@ def row_means_block(a: Any, dtype: np.dtype, device: Any) -> np.ndarray:
     """The row means of one row block of ``x.T`` in float64 (``center=True`` on column chunks)."""
     with on_worker(a, device) as w:
         block = Block(w, a, dtype)
-        if block.sparse:
-            return _row_sums(block) / block.x.shape[1]
-        return w.host(w.backend.xp.mean(block.x, axis=1, dtype=np.float64))
+        return _row_sums(block) / block.x.shape[1]
 
 
 # --------------------------------------------------------------------------- grid blocks, on the workers
