@@ -27,7 +27,6 @@ is that the CUDA code path runs and gives the right values, not the bits.
 """
 from __future__ import annotations
 
-import sys
 
 import fake_cupy
 import numpy as np
@@ -87,8 +86,9 @@ class SimulatedCudaRuntime(EmulatorRuntime):
 
 @pytest.fixture
 def cp(monkeypatch):
-    """The fake ``cupy`` module, installed, with ``device="cuda[:N]"`` routed to simulated devices."""
-    fake = fake_cupy.make(device_count=DEVICES)
+    """The fake ``cupy`` and ``cupyx.scipy.sparse``, installed, with ``device="cuda[:N]"`` routed to
+    simulated devices (shared by the test files that simulate CUDA)."""
+    fake = fake_cupy.install(monkeypatch, device_count=DEVICES)
     runtimes: dict[int, SimulatedCudaRuntime] = {}
 
     def cuda_runtime(device_id: int) -> SimulatedCudaRuntime:
@@ -96,7 +96,6 @@ def cp(monkeypatch):
             runtimes[device_id] = SimulatedCudaRuntime(device_id, fake)
         return runtimes[device_id]
 
-    monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(backends, "cuda_device_count", lambda: DEVICES)
     monkeypatch.setattr(kernel_backends, "cuda_runtime", cuda_runtime)
     backends.get_backend.cache_clear()

@@ -26,8 +26,8 @@ import pytest
 import liam_gpu as lg
 from liam_gpu import backends, operators, sparse_input
 from liam_gpu.backends import emulator_available
-from liam_gpu.backends import kernel as kernel_backends
 from liam_gpu.rangefinder import sketch_width
+from test_cuda_path_simulated import cp  # noqa: F401  (the simulated-CUDA fixture)
 
 sp = pytest.importorskip("scipy.sparse")
 
@@ -38,23 +38,6 @@ FORMATS = ["csr", "csc", "coo"]
 #: Where the factorization runs and what the caller passes: scipy on cpu / emulator / the simulated GPU,
 #: and cupyx matrices on the simulated GPU.
 PLACES = ["cpu", "emulator", "cuda", "cupyx"]
-
-
-@pytest.fixture
-def cp(monkeypatch):
-    """The fake ``cupy`` and ``cupyx.scipy.sparse``, installed, with ``device="cuda[:N]"`` on two simulated GPUs."""
-    from test_cuda_path_simulated import SimulatedCudaRuntime
-
-    fake = fake_cupy.install(monkeypatch, device_count=2)
-    runtimes: dict = {}
-    monkeypatch.setattr(backends, "cuda_device_count", lambda: 2)
-    monkeypatch.setattr(kernel_backends, "cuda_runtime",
-                        lambda i: runtimes.setdefault(i, SimulatedCudaRuntime(i, fake)))
-    backends.get_backend.cache_clear()
-    try:
-        yield fake
-    finally:
-        backends.get_backend.cache_clear()
 
 
 @pytest.fixture
