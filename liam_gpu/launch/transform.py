@@ -353,7 +353,10 @@ def _run_blas(runtime, dtype, x, w, bias, activation, out, batched: bool) -> Lau
 
 def _mma_refusal(runtime: Runtime, dtype: str, x: Any, w: Any, tf32: bool) -> str | None:
     """Why the tensor-core kernel cannot take a launch (None when it can): the plan's reasons, then alignment."""
-    reason = mma_refusal(dtype, int(x.shape[-1]), has_tensor_cores(runtime), tf32)
+    cc = compute_capability(runtime)
+    reason = mma_refusal(dtype, int(x.shape[-1]), cc >= MMA_MIN_CAPABILITY, tf32)
+    if reason is not None and cc < MMA_MIN_CAPABILITY:
+        reason += f"; this device is {cc[0]}.{cc[1]}"
     if reason is None:
         for name, a in (("x", x), ("w", w)):
             if not is_aligned(runtime, a, 16):
